@@ -1,0 +1,436 @@
+/* api.c - the routing table and one function per endpoint. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http.h"
+
+extern const char *const openapi_yaml[];
+
+/* ---- query parameters ---- */
+
+struct query_check {
+	const char *const *allowed;
+	const char *bad;
+};
+
+static enum MHD_Result check_key(void *cls, enum MHD_ValueKind kind,
+				 const char *key, const char *value)
+{
+	struct query_check *q = cls;
+	size_t i;
+
+	for (i = 0; q->allowed[i]; i++)
+		if (strcmp(q->allowed[i], key) == 0)
+			return MHD_YES;
+	q->bad = key;
+	return MHD_NO;
+}
+
+/* unknown_param returns the name of a query parameter the endpoint does not
+ * take, or NULL: a typo such as ?limt=5 must not pass silently. */
+static const char *unknown_param(struct request *r,
+				 const char *const *allowed)
+{
+	struct query_check q = { allowed, NULL };
+
+	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, check_key,
+				  &q);
+	return q.bad;
+}
+
+static const char *param(struct request *r, const char *name)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND,
+					   name);
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+	char *end;
+	long v;
+
+	if (!s || !*s || strspn(s, "0123456789") != strlen(s) ||
+	    strlen(s) > 12)
+		return -1;
+	v = strtol(s, &end, 10);
+	if (v < lo || v > hi)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* The wait parameter of long-polls: seconds, 0..60, decimals allowed. */
+static int parse_wait(struct request *r, double *out)
+{
+	const char *s = param(r, "wait");
+	char *end;
+	double v;
+
+	*out = 0;
+	if (!s)
+		return 0;
+	v = strtod(s, &end);
+	if (!*s || *end || !isfinite(v) || v < 0 || v > 60)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+struct page {
+	const char *state;
+	long limit;
+	int64_t after;
+};
+
+/* parse_page reads state, limit and after; answers 400 itself and returns
+ * -1 when one is bad.  Cursors are the key of the last item, prefixed with
+ * the letter of its list so a batch cursor is never taken for a job one. */
+static int parse_page(struct request *r, char cursor_prefix,
+		      int (*state_ok)(const char *), struct page *p,
+		      enum MHD_Result *rc)
+{
+	static const char *const allowed[] = { "state", "limit", "after",
+					       NULL };
+	const char *s, *bad = unknown_param(r, allowed);
+	long v;
+
+	p->state = param(r, "state");
+	p->limit = 100;
+	p->after = -1;          /* before the first item */
+	if (bad) {
+		char path[80];
+
+		snprintf(path, sizeof(path), "?%.64s", bad);
+		*rc = http_invalid(r, path, "is not a parameter of this endpoint");
+		return -1;
+	}
+	if (p->state && !state_ok(p->state)) {
+		*rc = http_invalid(r, "?state", "is not a known state");
+		return -1;
+	}
+	s = param(r, "limit");
+	if (s && parse_long(s, 1, 1000, &p->limit) < 0) {
+		*rc = http_invalid(r, "?limit", "must be an integer from 1 to 1000");
+		return -1;
+	}
+	s = param(r, "after");
+	if (s && (s[0] != cursor_prefix ||
+		  parse_long(s + 1, 0, 999999999999L, &v) < 0)) {
+		*rc = http_invalid(r, "?after", "is not a cursor from this list");
+		return -1;
+	}
+	if (s)
+		p->after = v;
+	return 0;
+}
+
+static int job_state_ok(const char *s)
+{
+	return job_state_parse(s) >= 0;
+}
+
+static int terminal(const json_t *obj)
+{
+	const char *s = json_string_value(json_object_get(obj, "state"));
+
+	return s && strcmp(s, "queued") != 0 && strcmp(s, "running") != 0;
+}
+
+/* ---- endpoints ---- */
+
+static enum MHD_Result api_healthz(struct request *r)
+{
+	return http_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static enum MHD_Result api_readyz(struct request *r)
+{
+	if (shutting_down)
+		return http_problem(r, P_UNAVAILABLE, "the server is shutting down", NULL);
+	if (store_ping() < 0)
+		return http_problem(r, P_UNAVAILABLE, "the database cannot be read", NULL);
+	if (pool_live() < pool_size())
+		return http_problem(r, P_UNAVAILABLE, "the worker pool is not complete", NULL);
+	return http_json(r, 200, json_pack("{s:s}", "status", "ready"));
+}
+
+static enum MHD_Result api_openapi(struct request *r)
+{
+	return http_text(r, "application/yaml", openapi_yaml[0]);
+}
+
+static int is_json_type(const char *ct)
+{
+	size_t n = strlen("application/json");
+
+	return ct && strncasecmp(ct, "application/json", n) == 0 &&
+	       (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
+}
+
+static enum MHD_Result api_batch_create(struct request *r)
+{
+	const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						     "Content-Type");
+	json_error_t jerr;
+	json_t *body, *errors, *job_ids = NULL;
+	int64_t id;
+	char detail[300];
+	int n;
+
+	if (!is_json_type(ct))
+		return http_problem(r, P_MEDIA_TYPE,
+				    "send the batch as application/json", NULL);
+	body = json_loadb(r->body ? r->body : "", r->len,
+			  JSON_REJECT_DUPLICATES, &jerr);
+	if (!body) {
+		snprintf(detail, sizeof(detail), "%s (line %d, column %d)",
+			 jerr.text, jerr.line, jerr.column);
+		return http_problem(r, P_INVALID_JSON, detail,
+				    json_pack("[{s:s, s:s}]", "path", "/",
+					      "message", jerr.text));
+	}
+	errors = json_array();
+	n = validate_batch(body, errors);
+	if (n > 0) {
+		json_decref(body);
+		snprintf(detail, sizeof(detail), "%d invalid field%s", n,
+			 n == 1 ? "" : "s");
+		return http_problem(r, P_INVALID, detail, errors);
+	}
+	json_decref(errors);
+	if (store_batch_insert(body, now_us(), &id, &job_ids) < 0) {
+		json_decref(body);
+		return http_problem(r, P_UNAVAILABLE,
+				    "the batch could not be stored", NULL);
+	}
+	json_decref(body);
+	/* Answered from api_resume once the turn's commit is durable. */
+	http_suspend_ack(r, id, job_ids);
+	return MHD_YES;
+}
+
+static enum MHD_Result reply_created(struct request *r)
+{
+	json_t *batch;
+	char loc[64];
+
+	if (!r->ack_ok)
+		return http_problem(r, P_UNAVAILABLE,
+				    "the batch could not be committed", NULL);
+	batch = store_batch_json(r->ack_batch);
+	if (!batch)
+		return http_problem(r, P_INTERNAL, "stored batch vanished", NULL);
+	json_object_set(batch, "job_ids", r->job_ids);
+	snprintf(loc, sizeof(loc), "/v1/batches/%s",
+		 json_string_value(json_object_get(batch, "id")));
+	http_header(r, "Location", loc);
+	return http_json(r, 201, batch);
+}
+
+static enum MHD_Result api_batch_list(struct request *r)
+{
+	enum MHD_Result rc;
+	struct page p;
+
+	if (parse_page(r, 'b', batch_state_valid, &p, &rc) < 0)
+		return rc;
+	return http_json(r, 200, store_batch_list(p.state, p.after,
+						  (int)p.limit));
+}
+
+/* get_or_wait answers with the object, or suspends the request when the
+ * client asked to wait and the object is not terminal yet. */
+static enum MHD_Result get_or_wait(struct request *r, int is_batch)
+{
+	static const char *const allowed[] = { "wait", NULL };
+	int64_t id = r->ids[0];
+	json_t *obj;
+	double wait;
+
+	if (unknown_param(r, allowed))
+		return http_invalid(r, "?wait", "is the only parameter of this endpoint");
+	if (parse_wait(r, &wait) < 0)
+		return http_invalid(r, "?wait", "must be a number of seconds from 0 to 60");
+	obj = is_batch ? store_batch_json(id) : store_job_json(id);
+	if (!obj)
+		return http_problem(r, P_NOT_FOUND, is_batch ?
+				    "no such batch" : "no such job", NULL);
+	if (r->phase == PH_NEW)
+		r->deadline = mono_us() + (int64_t)(wait * 1e6);
+	/* A woken long-poll checks again: a wake may be for a sibling. */
+	if (wait > 0 && !terminal(obj) && mono_us() < r->deadline) {
+		int64_t parent = is_batch ? 0 : parse_id(json_string_value(
+			json_object_get(obj, "batch_id")), 'b');
+
+		json_decref(obj);
+		http_suspend_wait(r, is_batch, id, parent);
+		return MHD_YES;
+	}
+	return http_json(r, 200, obj);
+}
+
+static enum MHD_Result api_batch_get(struct request *r)
+{
+	return get_or_wait(r, 1);
+}
+
+static enum MHD_Result api_job_get(struct request *r)
+{
+	return get_or_wait(r, 0);
+}
+
+static enum MHD_Result api_batch_jobs(struct request *r)
+{
+	struct batch_info b;
+	enum MHD_Result rc;
+	struct page p;
+
+	if (parse_page(r, 'j', job_state_ok, &p, &rc) < 0)
+		return rc;
+	if (store_batch_info(r->ids[0], &b) < 0)
+		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
+	return http_json(r, 200, store_job_list(r->ids[0], p.state, p.after,
+						(int)p.limit));
+}
+
+static enum MHD_Result cancel_reply(struct request *r, int rc, int is_batch)
+{
+	json_t *obj;
+
+	if (rc == -404)
+		return http_problem(r, P_NOT_FOUND, is_batch ?
+				    "no such batch" : "no such job", NULL);
+	if (rc == -409)
+		return http_problem(r, P_CONFLICT, is_batch ?
+				    "the batch has already finished" :
+				    "the job has already finished", NULL);
+	if (rc < 0)
+		return http_problem(r, P_UNAVAILABLE, "the cancel could not be stored", NULL);
+	obj = is_batch ? store_batch_json(r->ids[0]) : store_job_json(r->ids[0]);
+	return obj ? http_json(r, 200, obj) :
+		     http_problem(r, P_INTERNAL, "object vanished", NULL);
+}
+
+static enum MHD_Result api_batch_cancel(struct request *r)
+{
+	return cancel_reply(r, engine_cancel_batch(r->ids[0]), 1);
+}
+
+static enum MHD_Result api_job_cancel(struct request *r)
+{
+	return cancel_reply(r, engine_cancel_job(r->ids[0]), 0);
+}
+
+static enum MHD_Result api_batch_delete(struct request *r)
+{
+	struct batch_info b;
+
+	if (store_batch_info(r->ids[0], &b) < 0)
+		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
+	if (b.queued + b.running > 0)
+		return http_problem(r, P_CONFLICT,
+				    "the batch has unfinished jobs; cancel it first", NULL);
+	if (store_batch_delete(r->ids[0]) < 0)
+		return http_problem(r, P_UNAVAILABLE, "the batch could not be deleted", NULL);
+	return http_empty(r, 204);
+}
+
+static enum MHD_Result api_pool_get(struct request *r)
+{
+	return http_json(r, 200, pool_json());
+}
+
+/* ---- routing ---- */
+
+static const struct route routes[] = {
+	{"/healthz", "GET", api_healthz},
+	{"/readyz", "GET", api_readyz},
+	{"/openapi.yaml", "GET", api_openapi},
+	{"/v1/batches", "GET", api_batch_list},
+	{"/v1/batches", "POST", api_batch_create},
+	{"/v1/batches/{b}", "GET", api_batch_get},
+	{"/v1/batches/{b}", "DELETE", api_batch_delete},
+	{"/v1/batches/{b}/jobs", "GET", api_batch_jobs},
+	{"/v1/batches/{b}/cancel", "POST", api_batch_cancel},
+	{"/v1/jobs/{j}", "GET", api_job_get},
+	{"/v1/jobs/{j}/cancel", "POST", api_job_cancel},
+	{"/v1/pool", "GET", api_pool_get},
+};
+
+/* match compares url with pattern segment by segment; "{b}" and "{j}"
+ * match only well-formed batch and job ids, so a malformed id is a 404. */
+static int match(const char *pattern, const char *url, int64_t *ids)
+{
+	const char *p = pattern, *u = url;
+	int n = 0;
+
+	while (*p && *u) {
+		if (p[0] == '{') {
+			char seg[32];
+			size_t len = strcspn(u, "/");
+
+			if (len >= sizeof(seg))
+				return 0;
+			memcpy(seg, u, len);
+			seg[len] = 0;
+			ids[n] = parse_id(seg, p[1]);
+			if (ids[n++] < 0)
+				return 0;
+			p += 3;
+			u += len;
+			continue;
+		}
+		if (*p++ != *u++)
+			return 0;
+	}
+	return *p == 0 && *u == 0;
+}
+
+static int same_method(const char *route, const char *method)
+{
+	return strcmp(route, method) == 0 ||
+	       (strcmp(route, "GET") == 0 && strcmp(method, "HEAD") == 0);
+}
+
+enum MHD_Result http_route(struct request *r)
+{
+	char allow[64] = "";
+	size_t i;
+
+	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		if (!match(routes[i].pattern, r->url, r->ids))
+			continue;
+		if (same_method(routes[i].method, r->method)) {
+			r->route = &routes[i];
+			return routes[i].fn(r);
+		}
+		if (allow[0])
+			strncat(allow, ", ", sizeof(allow) - strlen(allow) - 1);
+		strncat(allow, routes[i].method,
+			sizeof(allow) - strlen(allow) - 1);
+		if (strcmp(routes[i].method, "GET") == 0)
+			strncat(allow, ", HEAD",
+				sizeof(allow) - strlen(allow) - 1);
+	}
+	if (allow[0]) {
+		char detail[128];
+
+		snprintf(detail, sizeof(detail), "%s is not allowed here; use %s",
+			 r->method, allow);
+		http_header(r, "Allow", allow);
+		return http_problem(r, P_METHOD, detail, NULL);
+	}
+	return http_problem(r, P_NOT_FOUND, "no such resource", NULL);
+}
+
+/* api_resume answers a request that was suspended: a submission whose
+ * commit finished, or a long-poll that was woken or timed out. */
+enum MHD_Result api_resume(struct request *r)
+{
+	if (r->job_ids || r->ack_batch)
+		return reply_created(r);
+	return r->route->fn(r);
+}

@@ -1,0 +1,249 @@
+/* engine.c - a job's life: dispatch, finish, cancel, timeout, worker death.
+ *
+ * The glue between the scheduler (who is next), the pool (processes) and
+ * the store (what is recorded).  Every transition is written to the store in
+ * the loop turn's transaction and wakes the long-polls that wait for it.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "jobpool.h"
+
+/* settle_batch forgets a batch that has nothing queued or running. */
+static void settle_batch(struct sbatch *b, int64_t batch_id, int done)
+{
+	if (done) {
+		if (b)
+			sched_remove(b);
+		http_wake(1, batch_id);
+	}
+}
+
+/* engine_dispatch gives queued jobs to idle workers until one side runs
+ * out.  Called at the end of every loop turn, so a worker freed by a
+ * finished job gets its next job in the same turn. */
+void engine_dispatch(void)
+{
+	struct sbatch *b;
+	struct slot *s;
+	struct claim c;
+	int64_t now;
+	int rc;
+
+	while (!shutting_down && (s = pool_idle()) && (b = sched_pick())) {
+		now = now_us();
+		rc = store_job_claim(sched_id(b), s->index, s->pid, now, &c);
+		if (rc == 1) {
+			/* The counters said queued but the store has none:
+			 * trust the store. */
+			log_warn("engine: batch %lld has no queued job",
+				 (long long)sched_id(b));
+			sched_drop_queued(b, 1);
+			continue;
+		}
+		if (rc < 0)
+			return;
+		sched_started(b);
+		pool_send_run(s, &c);
+		s->started_at = now;
+		free(c.args);
+	}
+}
+
+static void finish(struct slot *s, struct outcome *o)
+{
+	struct sbatch *b = sched_find(s->batch_id);
+	int64_t job_id = s->job_id, batch_id = s->batch_id;
+	int done = 0;
+
+	if (store_job_finish(job_id, batch_id, o, s, &done) < 0)
+		log_warn("engine: job %lld: outcome not stored",
+			 (long long)job_id);
+	if (b)
+		sched_finished(b);
+	s->jobs_done++;
+	s->job_id = 0;
+	s->deadline_mono = 0;
+	if (s->state == SLOT_BUSY)
+		s->state = SLOT_IDLE;
+	http_wake(0, job_id);
+	settle_batch(b, batch_id, done);
+}
+
+static int64_t msg_int(const json_t *m, const char *key)
+{
+	const json_t *v = json_object_get(m, key);
+
+	return json_is_integer(v) ? json_integer_value(v) : -1;
+}
+
+/* engine_job_done records a "done" message from slot s's worker. */
+void engine_job_done(struct slot *s, const json_t *msg)
+{
+	struct outcome o = { .exit_code = -1 };
+	int ok = json_is_true(json_object_get(msg, "ok"));
+
+	o.state = ok ? JS_SUCCEEDED : JS_FAILED;
+	o.finished_at = now_us();
+	o.run_us = mono_us() - s->started_mono;
+	o.user_us = msg_int(msg, "user_us");
+	o.sys_us = msg_int(msg, "sys_us");
+	o.max_rss_kb = msg_int(msg, "maxrss_kb");
+	o.result = ok ? json_object_get(msg, "result") : NULL;
+	o.error = ok ? NULL : json_string_value(json_object_get(msg, "error"));
+	if (!ok && !o.error)
+		o.error = "the job failed";
+	finish(s, &o);
+}
+
+/* engine_worker_died settles the job of a worker that exited: killed on
+ * purpose (cancel, timeout, shutdown) or crashed on its own. */
+void engine_worker_died(struct slot *s, int status)
+{
+	struct outcome o = { .exit_code = -1, .user_us = -1, .sys_us = -1,
+			     .max_rss_kb = s->rss_kb };
+	struct sbatch *b;
+	char error[160];
+
+	o.finished_at = now_us();
+	o.run_us = mono_us() - s->started_mono;
+	if (s->kill == KILL_SHUTDOWN) {
+		/* Not the job's fault: back to the queue, attempt not
+		 * counted, so the next start runs it again. */
+		store_job_requeue(s->job_id, s->batch_id, 1);
+		b = sched_find(s->batch_id);
+		if (b)
+			sched_requeued(b);
+		s->job_id = 0;
+		return;
+	}
+	if (WIFSIGNALED(status))
+		o.signal = WTERMSIG(status);
+	else if (WIFEXITED(status))
+		o.exit_code = WEXITSTATUS(status);
+	switch (s->kill) {
+	case KILL_CANCEL:
+		o.state = JS_CANCELED;
+		o.error = "canceled while running";
+		break;
+	case KILL_TIMEOUT:
+		o.state = JS_TIMED_OUT;
+		o.error = "exceeded its timeout_s and was killed";
+		break;
+	default:
+		o.state = JS_FAILED;
+		if (o.signal)
+			snprintf(error, sizeof(error),
+				 "the worker running the job was killed by %s",
+				 signal_name(o.signal) ? signal_name(o.signal) :
+				 "a signal");
+		else
+			snprintf(error, sizeof(error),
+				 "the worker running the job exited with code %d",
+				 o.exit_code);
+		o.error = error;
+		break;
+	}
+	finish(s, &o);
+}
+
+void engine_timeout(struct slot *s)
+{
+	log_info("engine: job %lld timed out on slot %d", (long long)s->job_id,
+		 s->index);
+	pool_kill(s, KILL_TIMEOUT, cfg.kill_grace_ms);
+}
+
+static struct slot *slot_of_job(int64_t job_id)
+{
+	struct slot *s;
+	int i;
+
+	for (i = 0; (s = pool_slot(i)); i++)
+		if (s->job_id == job_id && s->pid > 0)
+			return s;
+	return NULL;
+}
+
+/* engine_cancel_job cancels one job.  Returns 0, -404, -409 (already
+ * terminal) or -500. */
+int engine_cancel_job(int64_t job_id)
+{
+	enum job_state state;
+	int64_t batch_id;
+	struct sbatch *b;
+	struct slot *s;
+	int done = 0, rc;
+
+	if (store_job_batch(job_id, &batch_id, &state) < 0)
+		return -404;
+	if (state == JS_RUNNING) {
+		s = slot_of_job(job_id);
+		if (s)
+			pool_kill(s, KILL_CANCEL, cfg.kill_grace_ms);
+		return 0;
+	}
+	if (state != JS_QUEUED)
+		return -409;
+	rc = store_job_cancel_queued(job_id, batch_id, now_us(), &done);
+	if (rc < 0)
+		return -500;
+	b = sched_find(batch_id);
+	if (b && rc == 0)
+		sched_drop_queued(b, 1);
+	http_wake(0, job_id);
+	settle_batch(b, batch_id, done);
+	return 0;
+}
+
+/* engine_cancel_batch cancels the queued jobs of a batch at once and kills
+ * its running ones.  Returns 0, -404, -409 or -500. */
+int engine_cancel_batch(int64_t batch_id)
+{
+	struct batch_info info;
+	struct sbatch *b;
+	struct slot *s;
+	int canceled = 0, done = 0, i;
+
+	if (store_batch_info(batch_id, &info) < 0)
+		return -404;
+	if (info.queued + info.running == 0)
+		return -409;
+	if (store_batch_cancel(batch_id, now_us(), &canceled, &done) < 0)
+		return -500;
+	b = sched_find(batch_id);
+	if (b)
+		sched_drop_queued(b, canceled);
+	for (i = 0; (s = pool_slot(i)); i++)
+		if (s->job_id && s->batch_id == batch_id && s->pid > 0)
+			pool_kill(s, KILL_CANCEL, cfg.kill_grace_ms);
+	/* Long-polls on the canceled queued jobs: they are terminal now. */
+	if (canceled)
+		http_wake_batch_jobs(batch_id);
+	settle_batch(b, batch_id, done);
+	return 0;
+}
+
+/* engine_batch_added puts a durably stored batch on the schedule. */
+void engine_batch_added(int64_t batch_id)
+{
+	struct batch_info info;
+
+	if (store_batch_info(batch_id, &info) < 0)
+		return;
+	sched_add(&info);
+}
+
+static void add_loaded(const struct batch_info *b, void *ctx)
+{
+	sched_add(b);
+}
+
+/* engine_load schedules the unfinished batches found at start. */
+int engine_load(void)
+{
+	return store_load_active(add_loaded, NULL);
+}

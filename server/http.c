@@ -1,0 +1,449 @@
+/* http.c - libmicrohttpd glue: per-request state, routing, replies,
+ * suspended requests (durable acks and long-polls).
+ *
+ * MHD runs in external epoll mode inside the one event loop, so handlers
+ * never race with the scheduler and no lock exists anywhere.  A request that
+ * must wait (its batch is not yet on disk, or a client long-polls) is
+ * suspended, never blocked on: the loop resumes it later and MHD calls the
+ * access handler again, which then answers.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <microhttpd.h>
+
+#include "http.h"
+
+static struct MHD_Daemon *daemon_;
+static struct request *waiters;         /* long-polls, a list */
+static struct request *acks;            /* submissions awaiting commit */
+static int resumed;                     /* a resume awaits MHD_run */
+
+/* The closed table of client-visible errors (STYLE 8). */
+static const struct {
+	const char *code;
+	unsigned status;
+	const char *title;
+} problems[] = {
+	[P_INVALID_JSON] = {"invalid-json", 400, "Body is not valid JSON"},
+	[P_INVALID] = {"invalid-request", 400, "Request is invalid"},
+	[P_NOT_FOUND] = {"not-found", 404, "Not found"},
+	[P_METHOD] = {"method-not-allowed", 405, "Method not allowed"},
+	[P_CONFLICT] = {"conflict", 409, "Conflict with the current state"},
+	[P_TOO_LARGE] = {"body-too-large", 413, "Request body too large"},
+	[P_MEDIA_TYPE] = {"unsupported-media-type", 415,
+			  "Content-Type must be application/json"},
+	[P_INTERNAL] = {"internal", 500, "Internal server error"},
+	[P_UNAVAILABLE] = {"unavailable", 503, "Service unavailable"},
+};
+
+static void list_remove(struct request **head, struct request *r)
+{
+	if (!r->listed)
+		return;
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		*head = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	r->prev = r->next = NULL;
+	r->listed = 0;
+}
+
+static void list_push(struct request **head, struct request *r)
+{
+	r->prev = NULL;
+	r->next = *head;
+	if (*head)
+		(*head)->prev = r;
+	*head = r;
+	r->listed = 1;
+}
+
+/* ---- replies ---- */
+
+static enum MHD_Result queue(struct request *r, unsigned status,
+			     const char *type, char *body, size_t len)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result rc;
+	size_t i;
+
+	resp = MHD_create_response_from_buffer(len, body,
+					       MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(body);
+		return MHD_NO;
+	}
+	if (type)
+		MHD_add_response_header(resp, "Content-Type", type);
+	for (i = 0; i < r->nheaders; i++)
+		MHD_add_response_header(resp, r->headers[i].name,
+					r->headers[i].value);
+	rc = MHD_queue_response(r->conn, status, resp);
+	MHD_destroy_response(resp);
+	r->answered = 1;
+	return rc;
+}
+
+void http_header(struct request *r, const char *name, const char *value)
+{
+	if (r->nheaders >= sizeof(r->headers) / sizeof(r->headers[0]))
+		return;
+	snprintf(r->headers[r->nheaders].name, sizeof(r->headers[0].name),
+		 "%s", name);
+	snprintf(r->headers[r->nheaders].value, sizeof(r->headers[0].value),
+		 "%s", value);
+	r->nheaders++;
+}
+
+enum MHD_Result http_json(struct request *r, unsigned status, json_t *body)
+{
+	char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+
+	json_decref(body);
+	if (!text)
+		return http_problem(r, P_INTERNAL, "out of memory", NULL);
+	return queue(r, status, "application/json", text, strlen(text));
+}
+
+enum MHD_Result http_empty(struct request *r, unsigned status)
+{
+	return queue(r, status, NULL, NULL, 0);
+}
+
+enum MHD_Result http_text(struct request *r, const char *type,
+			  const char *text)
+{
+	char *copy = strdup(text);
+
+	if (!copy)
+		return MHD_NO;
+	return queue(r, 200, type, copy, strlen(copy));
+}
+
+enum MHD_Result http_problem(struct request *r, enum problem p,
+			     const char *detail, json_t *errors)
+{
+	json_t *body;
+	char *text;
+
+	if (problems[p].status >= 500)
+		log_warn("%s %s: %u %s", r->method, r->url, problems[p].status,
+			 detail);
+	body = json_pack("{s:s+, s:s, s:i, s:s, s:o}",
+			 "type", "urn:jobpool:problem:", problems[p].code,
+			 "title", problems[p].title,
+			 "status", (int)problems[p].status,
+			 "detail", detail,
+			 "errors", errors ? errors : json_array());
+	text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	if (!text)
+		return MHD_NO;
+	return queue(r, problems[p].status, "application/problem+json", text,
+		     strlen(text));
+}
+
+/* http_invalid answers 400 invalid-request naming one field. */
+enum MHD_Result http_invalid(struct request *r, const char *path,
+			     const char *message)
+{
+	json_t *errors = json_pack("[{s:s, s:s}]", "path", path,
+				   "message", message);
+	char detail[256];
+
+	snprintf(detail, sizeof(detail), "%s %s", path, message);
+	return http_problem(r, P_INVALID, detail, errors);
+}
+
+/* ---- suspension ---- */
+
+void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids)
+{
+	r->phase = PH_ACK;
+	r->ack_batch = batch_id;
+	r->job_ids = job_ids;
+	list_push(&acks, r);
+	MHD_suspend_connection(r->conn);
+}
+
+int http_acks_pending(void)
+{
+	return acks != NULL;
+}
+
+/* http_acks resumes every submission of the turn once its transaction is
+ * durable (ok) or has failed; batches join the scheduler only when they
+ * are on disk, so a job never runs from a batch that was never stored. */
+void http_acks(int ok)
+{
+	struct request *r;
+
+	while ((r = acks)) {
+		list_remove(&acks, r);
+		r->ack_ok = ok;
+		r->phase = PH_RESUMED;
+		if (ok)
+			engine_batch_added(r->ack_batch);
+		MHD_resume_connection(r->conn);
+		resumed = 1;
+	}
+}
+
+void http_suspend_wait(struct request *r, int is_batch, int64_t id,
+		       int64_t parent)
+{
+	r->phase = PH_WAIT;
+	r->wait_batch = is_batch;
+	r->wait_id = id;
+	r->wait_parent = parent;
+	list_push(&waiters, r);
+	MHD_suspend_connection(r->conn);
+}
+
+static void resume_wait(struct request *r)
+{
+	list_remove(&waiters, r);
+	r->phase = PH_RESUMED;
+	MHD_resume_connection(r->conn);
+	resumed = 1;
+}
+
+void http_wake(int is_batch, int64_t id)
+{
+	struct request *r, *next;
+
+	for (r = waiters; r; r = next) {
+		next = r->next;
+		if (r->wait_batch == is_batch && r->wait_id == id)
+			resume_wait(r);
+	}
+}
+
+/* http_wake_batch_jobs wakes the long-polls on any job of a batch; each
+ * checks its job again and goes back to waiting if it is not terminal. */
+void http_wake_batch_jobs(int64_t batch_id)
+{
+	struct request *r, *next;
+
+	for (r = waiters; r; r = next) {
+		next = r->next;
+		if (!r->wait_batch && r->wait_parent == batch_id)
+			resume_wait(r);
+	}
+}
+
+int64_t http_tick(int64_t now)
+{
+	struct request *r, *next;
+	int64_t soonest = 0;
+
+	for (r = waiters; r; r = next) {
+		next = r->next;
+		if (now >= r->deadline)
+			resume_wait(r);
+		else if (!soonest || r->deadline < soonest)
+			soonest = r->deadline;
+	}
+	return soonest;
+}
+
+/* ---- MHD callbacks ---- */
+
+static int body_method(const char *method)
+{
+	return strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+	       strcmp(method, "PATCH") == 0;
+}
+
+static enum MHD_Result append_body(struct request *r, const char *data,
+				   size_t size)
+{
+	char *p;
+
+	if (r->too_large)
+		return MHD_YES;
+	if (r->len + size > cfg.max_body_bytes) {
+		r->too_large = 1;
+		return MHD_YES;
+	}
+	if (r->len + size + 1 > r->cap) {
+		size_t cap = r->cap ? r->cap : 4096;
+
+		while (cap < r->len + size + 1)
+			cap *= 2;
+		if (cap > cfg.max_body_bytes + 1)
+			cap = cfg.max_body_bytes + 1;
+		p = realloc(r->body, cap);
+		if (!p)
+			return MHD_NO;
+		r->body = p;
+		r->cap = cap;
+	}
+	memcpy(r->body + r->len, data, size);
+	r->len += size;
+	r->body[r->len] = 0;
+	return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+				  const char *url, const char *method,
+				  const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
+{
+	struct request *r = *con_cls;
+	const char *cl;
+
+	if (!r) {
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return MHD_NO;
+		r->conn = conn;
+		r->url = url;
+		r->method = method;
+		*con_cls = r;
+		/* Refuse an announced oversize body before reading it. */
+		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						 MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl && body_method(method) &&
+		    strtoull(cl, NULL, 10) > cfg.max_body_bytes)
+			r->too_large = 1;
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		size_t n = *upload_data_size;
+
+		*upload_data_size = 0;
+		return append_body(r, upload_data, n);
+	}
+	if (r->answered)
+		return MHD_YES;
+	if (r->phase == PH_RESUMED)
+		return api_resume(r);
+	if (r->phase != PH_NEW)
+		return MHD_YES;
+	if (r->too_large) {
+		char detail[96];
+
+		snprintf(detail, sizeof(detail),
+			 "the body exceeds the limit of %zu bytes",
+			 cfg.max_body_bytes);
+		return http_problem(r, P_TOO_LARGE, detail, NULL);
+	}
+	return http_route(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn,
+			 void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+	struct request *r = *con_cls;
+
+	if (!r)
+		return;
+	list_remove(&waiters, r);
+	list_remove(&acks, r);
+	json_decref(r->job_ids);
+	free(r->body);
+	free(r);
+	*con_cls = NULL;
+}
+
+static void on_mhd(int fd, uint32_t events, void *ctx)
+{
+	MHD_run(daemon_);
+}
+
+int http_start(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	const union MHD_DaemonInfo *info;
+
+	sa.sin_port = htons((uint16_t)cfg.listen_port);
+	if (inet_pton(AF_INET, cfg.listen_host, &sa.sin_addr) != 1) {
+		log_warn("http: --listen: not an IPv4 address: %s",
+			 cfg.listen_host);
+		return -1;
+	}
+	daemon_ = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+				   MHD_USE_ERROR_LOG,
+				   0, NULL, NULL, on_request, NULL,
+				   MHD_OPTION_SOCK_ADDR, &sa,
+				   MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+				   NULL,
+				   MHD_OPTION_CONNECTION_LIMIT, 4000,
+				   MHD_OPTION_CONNECTION_TIMEOUT, 120,
+				   MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
+				   MHD_OPTION_END);
+	if (!daemon_) {
+		log_warn("http: cannot listen on %s:%d: %s", cfg.listen_host,
+			 cfg.listen_port, strerror(errno));
+		return -1;
+	}
+	info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_EPOLL_FD);
+	if (!info || loop_add(info->epoll_fd, EPOLLIN, on_mhd, NULL) < 0)
+		return -1;
+	return 0;
+}
+
+int http_port(void)
+{
+	const union MHD_DaemonInfo *info;
+
+	info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+	return info ? info->port : -1;
+}
+
+/* http_run lets MHD do its work at the end of a turn.  In external epoll
+ * mode MHD only moves a resumed connection back to its lists in one
+ * MHD_run and calls the handler in the next, and nothing on the socket
+ * will wake the loop for it: so run it again while resumes are pending. */
+void http_run(void)
+{
+	int i;
+
+	MHD_run(daemon_);
+	for (i = 0; resumed && i < 3; i++) {
+		resumed = 0;
+		MHD_run(daemon_);
+	}
+	resumed = 0;
+}
+
+/* http_timeout_ms returns how long the loop may sleep for MHD's sake. */
+int64_t http_timeout_ms(void)
+{
+	MHD_UNSIGNED_LONG_LONG ms;
+
+	if (MHD_get_timeout(daemon_, &ms) == MHD_YES)
+		return (int64_t)ms;
+	return -1;
+}
+
+/* http_quiesce stops accepting new connections (shutdown has begun). */
+void http_quiesce(void)
+{
+	MHD_socket fd = MHD_quiesce_daemon(daemon_);
+
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
+}
+
+void http_stop(void)
+{
+	struct request *r;
+
+	/* Answer suspended requests before MHD tears their connections down:
+	 * MHD refuses to stop with suspended connections. */
+	while ((r = waiters))
+		resume_wait(r);
+	http_acks(store_flush() == 0);
+	MHD_run(daemon_);
+	MHD_stop_daemon(daemon_);
+	daemon_ = NULL;
+}

@@ -1,0 +1,70 @@
+/* http.h - what http.c shares with the endpoint code in api.c. */
+#ifndef JOBPOOL_HTTP_H
+#define JOBPOOL_HTTP_H
+
+#include <microhttpd.h>
+
+#include "jobpool.h"
+
+enum problem {
+	P_INVALID_JSON, P_INVALID, P_NOT_FOUND, P_METHOD, P_CONFLICT,
+	P_TOO_LARGE, P_MEDIA_TYPE, P_INTERNAL, P_UNAVAILABLE
+};
+
+enum phase { PH_NEW, PH_ACK, PH_WAIT, PH_RESUMED };
+
+/* Per-request state: allocated on MHD's first callback, freed only in the
+ * completion callback (STYLE 9). */
+struct request {
+	struct MHD_Connection *conn;
+	const char *url, *method;       /* borrowed from MHD */
+	char *body;                     /* NUL-terminated, capped */
+	size_t len, cap;
+	int too_large, answered, listed;
+	enum phase phase;
+	const struct route *route;
+	int64_t ids[2];                 /* ids parsed from the path */
+	/* ack of a submission */
+	int64_t ack_batch;
+	json_t *job_ids;
+	int ack_ok;
+	/* long-poll */
+	int wait_batch;
+	int64_t wait_id, wait_parent;  /* a job's batch, for batch cancel */
+	int64_t deadline;               /* monotonic us, set on first wait */
+	struct request *prev, *next;
+	/* extra response headers */
+	struct {
+		char name[32];
+		char value[224];
+	} headers[4];
+	size_t nheaders;
+};
+
+typedef enum MHD_Result (*api_fn)(struct request *r);
+
+struct route {
+	const char *pattern;            /* "/v1/batches/{b}/jobs" */
+	const char *method;
+	api_fn fn;
+};
+
+/* http.c */
+void http_header(struct request *r, const char *name, const char *value);
+enum MHD_Result http_json(struct request *r, unsigned status, json_t *body);
+enum MHD_Result http_empty(struct request *r, unsigned status);
+enum MHD_Result http_text(struct request *r, const char *type,
+			  const char *text);
+enum MHD_Result http_problem(struct request *r, enum problem p,
+			     const char *detail, json_t *errors);
+enum MHD_Result http_invalid(struct request *r, const char *path,
+			     const char *message);
+void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids);
+void http_suspend_wait(struct request *r, int is_batch, int64_t id,
+		       int64_t parent);
+
+/* api.c */
+enum MHD_Result http_route(struct request *r);
+enum MHD_Result api_resume(struct request *r);
+
+#endif

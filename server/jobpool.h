@@ -1,0 +1,207 @@
+/* jobpool.h - the private header of jobpoold.
+ *
+ * One file per subsystem, named by its prefix: store_ (the only SQL),
+ * sched_ (which batch runs next), pool_ (worker processes), engine_ (a job's
+ * life: dispatch, finish, cancel, timeout), http_ (libmicrohttpd glue and
+ * replies), api_ (one function per endpoint), validate_ (submissions),
+ * loop_ (epoll), and small helpers in util.c.
+ */
+#ifndef JOBPOOL_H
+#define JOBPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <jansson.h>
+
+/* ---- configuration (main.c) ---- */
+struct config {
+	char listen_host[64];
+	int listen_port;
+	const char *db_path;
+	int workers;
+	const char *worker_bin;
+	int kill_grace_ms;
+	double drain_timeout_s;
+	size_t max_body_bytes;
+	int max_jobs_per_batch;
+	int commit_interval_us;
+};
+extern struct config cfg;
+extern volatile int shutting_down;
+
+/* ---- util.c ---- */
+int64_t now_us(void);           /* wall clock, microseconds since the epoch */
+int64_t mono_us(void);          /* CLOCK_MONOTONIC, microseconds */
+/* fmt_time writes us as RFC 3339 UTC with milliseconds. */
+void fmt_time(char *buf, size_t size, int64_t us);
+json_t *json_time(int64_t us);          /* new; null when us <= 0 */
+json_t *json_ms(int64_t us);            /* new; ms with 3 decimals */
+void fmt_id(char *buf, size_t size, char prefix, int64_t id);
+/* parse_id returns the number in "<prefix>_<12 digits>", or -1. */
+int64_t parse_id(const char *s, char prefix);
+const char *signal_name(int sig);       /* "SIGSEGV", or NULL */
+int signal_number(const char *name);    /* 0 when unknown */
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- validate.c ---- */
+/* validate_batch checks a decoded submission.  Returns 0 when valid, else
+ * the number of problems appended to errors ([{path, message}]). */
+int validate_batch(const json_t *body, json_t *errors);
+
+/* ---- store.c ---- */
+enum job_state { JS_QUEUED, JS_RUNNING, JS_SUCCEEDED, JS_FAILED,
+		 JS_TIMED_OUT, JS_CANCELED, JS__COUNT };
+const char *job_state_name(enum job_state s);
+int job_state_parse(const char *s);             /* -1 when unknown */
+int batch_state_valid(const char *s);
+
+/* A job being started: what the worker needs and what the engine tracks. */
+struct claim {
+	int64_t job_id;
+	int64_t batch_id;
+	int64_t created_at;
+	int attempts;           /* including this one */
+	double timeout_s;       /* 0: none */
+	char kind[32];
+	char *args;             /* new JSON text; the caller frees */
+};
+
+/* An attempt's outcome, written by store_job_finish. */
+struct outcome {
+	enum job_state state;
+	int64_t finished_at;
+	int64_t run_us, user_us, sys_us, max_rss_kb;
+	int exit_code;          /* -1: none */
+	int signal;             /* 0: none */
+	const char *error;      /* borrowed, may be NULL */
+	json_t *result;         /* borrowed, may be NULL */
+};
+
+/* Scheduler view of one unfinished batch, filled by store_load_active. */
+struct batch_info {
+	int64_t id;
+	int priority;
+	int concurrency;        /* 0: no limit of its own */
+	int queued, running;
+	int cancel_req;
+};
+
+int store_open(const char *path);
+void store_close(void);
+int store_flush(void);
+int store_dirty(void);
+int store_recover(int64_t now, int *requeued, int *interrupted);
+int store_load_active(void (*fn)(const struct batch_info *b, void *ctx),
+		      void *ctx);
+int store_batch_insert(const json_t *req, int64_t now, int64_t *id,
+		       json_t **job_ids);
+int store_batch_info(int64_t id, struct batch_info *b);
+json_t *store_batch_json(int64_t id);
+json_t *store_job_json(int64_t id);
+int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *st);
+json_t *store_batch_list(const char *state, int64_t after, int limit);
+json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
+		       int limit);
+int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		    struct claim *c);
+struct slot;
+int store_job_finish(int64_t job_id, int64_t batch_id,
+		     const struct outcome *o, const struct slot *w,
+		     int *batch_done);
+int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt);
+int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
+			    int *batch_done);
+int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
+		       int *batch_done);
+int store_batch_delete(int64_t batch_id);
+int store_ping(void);
+
+/* ---- sched.c ---- */
+struct sbatch;
+void sched_add(const struct batch_info *b);
+struct sbatch *sched_find(int64_t id);
+struct sbatch *sched_pick(void);
+int64_t sched_id(const struct sbatch *b);
+void sched_started(struct sbatch *b);
+void sched_finished(struct sbatch *b);
+void sched_requeued(struct sbatch *b);
+void sched_drop_queued(struct sbatch *b, int n);
+void sched_remove(struct sbatch *b);
+int sched_queued_total(void);
+void sched_clear(void);
+
+/* ---- pool.c ---- */
+enum slot_state { SLOT_EMPTY, SLOT_STARTING, SLOT_IDLE, SLOT_BUSY,
+		  SLOT_STOPPING };
+enum kill_reason { KILL_NONE, KILL_CANCEL, KILL_TIMEOUT, KILL_SHUTDOWN };
+
+struct slot {
+	int index;
+	enum slot_state state;
+	pid_t pid;
+	int fd;
+	int64_t spawned_at;
+	int jobs_done;
+	/* the job it runs, when busy */
+	int64_t job_id, batch_id, job_created_at;
+	int job_attempts;
+	int64_t started_at, started_mono;
+	int64_t deadline_mono;          /* timeout, 0: none */
+	int64_t kill_at_mono;           /* SIGKILL after grace, 0: none */
+	enum kill_reason kill;
+	int done;                       /* "done" received for the job */
+	int64_t rss_kb;
+	int retire;                     /* pool shrinking: do not replace */
+};
+
+int pool_start(int size);
+int pool_size(void);
+struct slot *pool_slot(int index);
+struct slot *pool_idle(void);
+int pool_send_run(struct slot *s, const struct claim *c);
+void pool_on_readable(int index);
+void pool_reap(void);
+void pool_kill(struct slot *s, enum kill_reason why, int grace_ms);
+int64_t pool_tick(int64_t now_mono);    /* returns next deadline or 0 */
+int pool_live(void);
+int pool_busy(void);
+void pool_stop_all(void);
+void pool_kill_all(void);
+json_t *pool_json(void);
+
+/* ---- engine.c ---- */
+void engine_dispatch(void);
+void engine_job_done(struct slot *s, const json_t *msg);
+void engine_worker_died(struct slot *s, int status);
+void engine_batch_added(int64_t batch_id);
+int engine_cancel_job(int64_t job_id);
+int engine_cancel_batch(int64_t batch_id);
+void engine_timeout(struct slot *s);
+int engine_load(void);
+void engine_requeue_running(void);
+
+/* ---- loop.c ---- */
+typedef void (*loop_fn)(int fd, uint32_t events, void *ctx);
+int loop_init(void);
+int loop_add(int fd, uint32_t events, loop_fn fn, void *ctx);
+void loop_del(int fd);
+int loop_wait(int timeout_ms);
+void loop_close(void);
+
+/* ---- http.c ---- */
+struct request;
+int http_start(void);
+void http_stop(void);
+int http_port(void);
+void http_run(void);
+int64_t http_timeout_ms(void);
+void http_quiesce(void);
+void http_wake(int is_batch, int64_t id);
+void http_wake_batch_jobs(int64_t batch_id);
+int64_t http_tick(int64_t now_mono);
+void http_acks(int ok);
+int http_acks_pending(void);
+
+#endif

@@ -1,0 +1,366 @@
+/* main.c - jobpoold: flags, startup, the loop turn, shutdown.
+ *
+ * Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage, 3 database
+ * cannot be opened or migrated, 4 cannot listen, 5 cannot start workers.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "jobpool.h"
+
+struct config cfg = {
+	.listen_host = "127.0.0.1",
+	.listen_port = 8080,
+	.db_path = "./jobpool.db",
+	.kill_grace_ms = 2000,
+	.drain_timeout_s = 30,
+	.max_body_bytes = 16 << 20,
+	.max_jobs_per_batch = 100000,
+	.commit_interval_us = 2000,
+};
+volatile int shutting_down;
+
+static int64_t drain_deadline;
+static int stop_loop;
+static char worker_path[PATH_MAX];
+
+static const char usage[] =
+"usage: jobpoold [options]\n"
+"\n"
+"A durable job runner: POST a batch of jobs, a pool of worker processes\n"
+"runs them, poll or long-poll for state and timings.\n"
+"\n"
+"  --listen HOST:PORT     address to serve HTTP on      [127.0.0.1:8080]\n"
+"                         (port 0 picks a free port; the log says which)\n"
+"  --db PATH              SQLite database file          [./jobpool.db]\n"
+"  --workers N            worker processes              [number of cores]\n"
+"  --worker-bin PATH      the jobpool-worker program    [next to jobpoold]\n"
+"  --kill-grace-ms MS     SIGTERM-to-SIGKILL grace when a running job is\n"
+"                         canceled or times out         [2000]\n"
+"  --drain-timeout-s S    on SIGTERM, how long running jobs may finish\n"
+"                         before they are killed and re-queued [30]\n"
+"  --max-body-bytes N     largest request body          [16777216]\n"
+"  --max-jobs-per-batch N largest batch                 [100000]\n"
+"  --commit-interval-us N longest delay before job state changes are\n"
+"                         committed (submissions never wait) [2000]\n"
+"  -h, --help             this text\n"
+"\n"
+"Every option can also be set in the environment as JOBPOOL_<NAME>, e.g.\n"
+"JOBPOOL_LISTEN, JOBPOOL_DB, JOBPOOL_WORKERS; a flag wins over the\n"
+"environment.\n";
+
+static void die_usage(const char *what, const char *value)
+{
+	fprintf(stderr, "jobpoold: invalid %s: %s\n\n%s", what, value, usage);
+	exit(2);
+}
+
+static long number(const char *what, const char *s, long lo, long hi)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || !*s || *end || v < lo || v > hi)
+		die_usage(what, s);
+	return v;
+}
+
+static void set_listen(const char *s)
+{
+	const char *colon = strrchr(s, ':');
+	size_t n;
+
+	if (!colon || (n = (size_t)(colon - s)) == 0 ||
+	    n >= sizeof(cfg.listen_host))
+		die_usage("--listen (want HOST:PORT)", s);
+	memcpy(cfg.listen_host, s, n);
+	cfg.listen_host[n] = 0;
+	cfg.listen_port = (int)number("--listen port", colon + 1, 0, 65535);
+}
+
+enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
+	   O_BODY, O_JOBS, O_COMMIT };
+
+static const struct option options[] = {
+	{"listen", required_argument, NULL, O_LISTEN},
+	{"db", required_argument, NULL, O_DB},
+	{"workers", required_argument, NULL, O_WORKERS},
+	{"worker-bin", required_argument, NULL, O_WORKER_BIN},
+	{"kill-grace-ms", required_argument, NULL, O_GRACE},
+	{"drain-timeout-s", required_argument, NULL, O_DRAIN},
+	{"max-body-bytes", required_argument, NULL, O_BODY},
+	{"max-jobs-per-batch", required_argument, NULL, O_JOBS},
+	{"commit-interval-us", required_argument, NULL, O_COMMIT},
+	{"help", no_argument, NULL, 'h'},
+	{NULL, 0, NULL, 0}
+};
+
+static void set_option(int o, const char *v)
+{
+	switch (o) {
+	case O_LISTEN: set_listen(v); break;
+	case O_DB: cfg.db_path = v; break;
+	case O_WORKERS: cfg.workers = (int)number("--workers", v, 1, 1024); break;
+	case O_WORKER_BIN: cfg.worker_bin = v; break;
+	case O_GRACE:
+		cfg.kill_grace_ms = (int)number("--kill-grace-ms", v, 0, 600000);
+		break;
+	case O_DRAIN:
+		cfg.drain_timeout_s = number("--drain-timeout-s", v, 0, 86400);
+		break;
+	case O_BODY:
+		cfg.max_body_bytes = (size_t)number("--max-body-bytes", v,
+						    64, 1L << 30);
+		break;
+	case O_JOBS:
+		cfg.max_jobs_per_batch = (int)number("--max-jobs-per-batch", v,
+						     1, 1000000);
+		break;
+	case O_COMMIT:
+		cfg.commit_interval_us = (int)number("--commit-interval-us", v,
+						     0, 1000000);
+		break;
+	}
+}
+
+/* parse_config applies JOBPOOL_* variables first, then flags over them. */
+static void parse_config(int argc, char **argv)
+{
+	const struct option *o;
+	char env[64], *p;
+	const char *v;
+	int c;
+
+	for (o = options; o->name; o++) {
+		if (o->val == 'h')
+			continue;
+		snprintf(env, sizeof(env), "JOBPOOL_%s", o->name);
+		for (p = env; *p; p++)
+			*p = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ?
+						      *p - 32 : *p);
+		v = getenv(env);
+		if (v && *v)
+			set_option(o->val, v);
+	}
+	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(usage, stdout);
+			exit(0);
+		}
+		if (c == '?')
+			die_usage("option", argv[optind - 1]);
+		set_option(c, optarg);
+	}
+	if (optind < argc)
+		die_usage("argument", argv[optind]);
+	if (!cfg.workers)
+		cfg.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (cfg.workers < 1)
+		cfg.workers = 1;
+}
+
+/* find_worker locates jobpool-worker: the flag, else beside this binary
+ * (installed), else ../workers/ (the build tree). */
+static int find_worker(void)
+{
+	static const char *const rel[] = { "/jobpool-worker",
+					   "/../workers/jobpool-worker" };
+	char self[PATH_MAX - 32];
+	ssize_t n;
+	size_t i;
+
+	if (cfg.worker_bin)
+		return access(cfg.worker_bin, X_OK);
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return -1;
+	self[n] = 0;
+	*strrchr(self, '/') = 0;
+	for (i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+		snprintf(worker_path, sizeof(worker_path), "%s%s", self, rel[i]);
+		if (access(worker_path, X_OK) == 0) {
+			cfg.worker_bin = worker_path;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static void on_signal(int fd, uint32_t events, void *ctx)
+{
+	struct signalfd_siginfo si;
+
+	while (read(fd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGCHLD) {
+			pool_reap();
+		} else if (!shutting_down) {
+			log_info("%s: draining (up to %g s), then exiting",
+				 signal_name((int)si.ssi_signo),
+				 cfg.drain_timeout_s);
+			shutting_down = 1;
+			drain_deadline = mono_us() +
+				(int64_t)(cfg.drain_timeout_s * 1e6);
+		} else {
+			/* A second signal: stop waiting for running jobs. */
+			drain_deadline = mono_us();
+		}
+	}
+}
+
+static int setup_signals(void)
+{
+	sigset_t set;
+	int fd;
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	/* Blocked so that only the signalfd sees them; workers get a clean
+	 * mask back through posix_spawn attributes. */
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return -1;
+	fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	return loop_add(fd, EPOLLIN, on_signal, NULL);
+}
+
+static int64_t min_deadline(int64_t a, int64_t b)
+{
+	if (!a)
+		return b;
+	if (!b)
+		return a;
+	return a < b ? a : b;
+}
+
+/* turn runs one loop iteration: wait for events, then timers, dispatch,
+ * group commit and answers. */
+static int turn(int64_t *dirty_since)
+{
+	int64_t now = mono_us(), next, wait_ms = 1000;
+	int64_t mhd_ms = http_timeout_ms();
+
+	next = min_deadline(pool_tick(now), http_tick(now));
+	if (*dirty_since)
+		next = min_deadline(next, *dirty_since + cfg.commit_interval_us);
+	if (shutting_down)
+		next = min_deadline(next, drain_deadline);
+	if (next)
+		wait_ms = next > now ? (next - now + 999) / 1000 : 0;
+	if (mhd_ms >= 0 && mhd_ms < wait_ms)
+		wait_ms = mhd_ms;
+	if (http_acks_pending())
+		wait_ms = 0;    /* a submission arrived after the last commit */
+	if (loop_wait((int)wait_ms) < 0)
+		return -1;
+
+	now = mono_us();
+	pool_tick(now);
+	http_tick(now);
+	engine_dispatch();
+	http_run();
+	if (store_dirty() && !*dirty_since)
+		*dirty_since = now;
+	/* Submissions are answered in this turn; other changes may wait a
+	 * little to share an fsync with the next ones. */
+	if (store_dirty() && (http_acks_pending() ||
+			      now - *dirty_since >= cfg.commit_interval_us)) {
+		int ok = store_flush() == 0;
+
+		if (!ok)
+			log_warn("store: commit failed");
+		*dirty_since = 0;
+		http_acks(ok);
+		engine_dispatch();      /* batches acknowledged just now */
+		http_run();
+	}
+	if (shutting_down) {
+		if (pool_busy() == 0)
+			stop_loop = 1;
+		else if (mono_us() >= drain_deadline)
+			pool_stop_all();
+	}
+	return 0;
+}
+
+/* wait_children ends every worker after the loop: idle ones exit when
+ * their channel closes; SIGKILL after a bound so exit never hangs on a
+ * stuck child.  Unknown children (PID 1 in a container) are reaped too. */
+static void wait_children(void)
+{
+	int64_t give_up = mono_us() + 5000000;
+
+	pool_stop_all();
+	while (pool_live() > 0) {
+		pool_reap();
+		if (pool_live() == 0)
+			break;
+		if (mono_us() > give_up) {
+			pool_kill_all();
+			give_up = mono_us() + 5000000;
+		}
+		usleep(2000);
+	}
+	while (waitpid(-1, NULL, WNOHANG) > 0)
+		;
+}
+
+int main(int argc, char **argv)
+{
+	int64_t dirty_since = 0;
+	int requeued = 0, interrupted = 0, n;
+
+	parse_config(argc, argv);
+	if (find_worker() < 0) {
+		fprintf(stderr, "jobpoold: cannot find jobpool-worker; "
+			"use --worker-bin\n");
+		return 2;
+	}
+	if (store_open(cfg.db_path) < 0)
+		return 3;
+	if (store_recover(now_us(), &requeued, &interrupted) < 0)
+		return 3;
+	if (requeued || interrupted)
+		log_info("recovery: %d running job(s) re-queued, %d failed as "
+			 "interrupted", requeued, interrupted);
+	n = engine_load();
+	if (loop_init() < 0 || setup_signals() < 0) {
+		log_warn("cannot set up the event loop: %s", strerror(errno));
+		return 1;
+	}
+	if (http_start() < 0)
+		return 4;
+	if (pool_start(cfg.workers) < 0)
+		return 5;
+	log_info("listening on http://%s:%d (db %s, %d workers, %d unfinished "
+		 "batch(es))", cfg.listen_host, http_port(), cfg.db_path,
+		 cfg.workers, n);
+	while (!stop_loop)
+		if (turn(&dirty_since) < 0) {
+			log_warn("event loop: %s", strerror(errno));
+			break;
+		}
+	log_info("drained; stopping");
+	http_quiesce();
+	wait_children();
+	http_stop();
+	store_close();
+	sched_clear();
+	loop_close();
+	log_info("stopped");
+	return 0;
+}

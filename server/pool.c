@@ -1,0 +1,408 @@
+/* pool.c - the worker processes: spawn, talk, kill, reap.
+ *
+ * Each slot holds one jobpool-worker process and the server's end of its
+ * SOCK_SEQPACKET channel.  A worker is exec'd from its own binary so it
+ * starts with a clean address space: no listen socket, no client sockets,
+ * no SQLite handle (every fd here is CLOEXEC; only the channel is dup'ed to
+ * fd 3).  A worker is replaced whenever it dies, so the number of live
+ * workers stays the configured size.
+ *
+ * The outcome of a job whose worker died is decided only when the process
+ * is reaped, because only wait4() knows the exit status and the rusage.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stddef.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "jobpool.h"
+#include "protocol.h"
+
+extern char **environ;
+
+static struct slot *slots;
+static int nslots;              /* allocated */
+static int target;              /* configured size */
+
+static void on_channel(int fd, uint32_t events, void *ctx);
+
+/* spawn_worker starts one worker process for slot s.  Returns 0, or -1 with
+ * errno set (the slot stays empty and is retried on the next reap). */
+static int spawn_worker(struct slot *s)
+{
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t none, dfl;
+	char parent[24];
+	char *argv[] = { (char *)cfg.worker_bin, "--parent", parent, NULL };
+	int sv[2], rc, child;
+	pid_t pid;
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return -1;
+	child = sv[1];
+	/* dup2 onto the same number would leave CLOEXEC set on fd 3. */
+	if (child == PROTO_FD) {
+		child = fcntl(sv[1], F_DUPFD_CLOEXEC, PROTO_FD + 1);
+		close(sv[1]);
+	}
+	snprintf(parent, sizeof(parent), "%d", (int)getpid());
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, child, PROTO_FD);
+	/* The server blocks SIGCHLD/SIGTERM/SIGINT (they go to its signalfd)
+	 * and ignores SIGPIPE; a worker must start with neither, or SIGTERM
+	 * would not stop it. */
+	posix_spawnattr_init(&attr);
+	sigemptyset(&none);
+	sigemptyset(&dfl);
+	sigaddset(&dfl, SIGPIPE);
+	sigaddset(&dfl, SIGTERM);
+	sigaddset(&dfl, SIGINT);
+	sigaddset(&dfl, SIGCHLD);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &dfl);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK |
+				 POSIX_SPAWN_SETSIGDEF);
+	fflush(NULL);
+	rc = posix_spawn(&pid, cfg.worker_bin, &fa, &attr, argv, environ);
+	posix_spawnattr_destroy(&attr);
+	posix_spawn_file_actions_destroy(&fa);
+	close(child);
+	if (rc != 0) {
+		close(sv[0]);
+		errno = rc;
+		log_warn("pool: cannot start %s: %s", cfg.worker_bin,
+			 strerror(rc));
+		return -1;
+	}
+	memset(&s->job_id, 0, sizeof(*s) - offsetof(struct slot, job_id));
+	s->state = SLOT_STARTING;
+	s->pid = pid;
+	s->fd = sv[0];
+	s->spawned_at = now_us();
+	s->jobs_done = 0;
+	s->rss_kb = -1;
+	loop_add(s->fd, EPOLLIN, on_channel, s);
+	return 0;
+}
+
+int pool_start(int size)
+{
+	int i;
+
+	slots = calloc((size_t)size, sizeof(*slots));
+	if (!slots)
+		return -1;
+	nslots = target = size;
+	for (i = 0; i < size; i++) {
+		slots[i].index = i;
+		slots[i].fd = -1;
+		if (spawn_worker(&slots[i]) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+int pool_size(void)
+{
+	return target;
+}
+
+struct slot *pool_slot(int index)
+{
+	return index >= 0 && index < nslots ? &slots[index] : NULL;
+}
+
+struct slot *pool_idle(void)
+{
+	int i;
+
+	for (i = 0; i < nslots; i++)
+		if (slots[i].state == SLOT_IDLE && !slots[i].retire)
+			return &slots[i];
+	return NULL;
+}
+
+int pool_live(void)
+{
+	int i, n = 0;
+
+	for (i = 0; i < nslots; i++)
+		n += slots[i].state != SLOT_EMPTY;
+	return n;
+}
+
+int pool_busy(void)
+{
+	int i, n = 0;
+
+	for (i = 0; i < nslots; i++)
+		n += slots[i].state == SLOT_BUSY || slots[i].job_id != 0;
+	return n;
+}
+
+static void close_channel(struct slot *s)
+{
+	if (s->fd < 0)
+		return;
+	loop_del(s->fd);
+	close(s->fd);
+	s->fd = -1;
+}
+
+/* pool_send_run hands claim c to idle slot s.  Returns 0, or -1 when the
+ * channel is broken (the worker is dying; its reap will settle the job). */
+int pool_send_run(struct slot *s, const struct claim *c)
+{
+	char id[32], *msg;
+	json_t *args, *m;
+	ssize_t n;
+
+	fmt_id(id, sizeof(id), 'j', c->job_id);
+	args = json_loads(c->args, 0, NULL);
+	m = json_pack("{s:s, s:s, s:s, s:o}", "t", "run", "job", id,
+		      "kind", c->kind, "args", args ? args : json_object());
+	msg = json_dumps(m, JSON_COMPACT);
+	json_decref(m);
+	s->state = SLOT_BUSY;
+	s->job_id = c->job_id;
+	s->batch_id = c->batch_id;
+	s->job_created_at = c->created_at;
+	s->job_attempts = c->attempts;
+	s->done = 0;
+	s->kill = KILL_NONE;
+	s->kill_at_mono = 0;
+	s->started_mono = mono_us();
+	s->deadline_mono = c->timeout_s > 0 ?
+		s->started_mono + (int64_t)(c->timeout_s * 1e6) : 0;
+	n = msg ? send(s->fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT) :
+		  -1;
+	free(msg);
+	if (n < 0) {
+		log_warn("pool: slot %d: send: %s", s->index, strerror(errno));
+		pool_kill(s, KILL_NONE, 0);
+		return -1;
+	}
+	return 0;
+}
+
+static void handle_message(struct slot *s, const char *buf, size_t len)
+{
+	json_t *m = json_loadb(buf, len, 0, NULL);
+	const char *t = json_string_value(json_object_get(m, "t"));
+
+	if (t && strcmp(t, "ready") == 0 && s->state == SLOT_STARTING) {
+		s->state = SLOT_IDLE;
+	} else if (t && strcmp(t, "done") == 0 && s->job_id) {
+		/* Also when a kill is on its way: the job did finish, and
+		 * the truth beats the intent. */
+		s->rss_kb = json_integer_value(json_object_get(m,
+							       "maxrss_kb"));
+		engine_job_done(s, m);
+	} else if (!t || strcmp(t, "done") != 0) {
+		/* A worker that says something unexpected cannot be trusted
+		 * with the next job. */
+		log_warn("pool: slot %d pid %d: bad message", s->index,
+			 (int)s->pid);
+		pool_kill(s, KILL_NONE, 0);
+	}
+	json_decref(m);
+}
+
+static void on_channel(int fd, uint32_t events, void *ctx)
+{
+	static char buf[PROTO_MAX_MSG + 1];
+	struct slot *s = ctx;
+	ssize_t n;
+
+	for (;;) {
+		n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n > 0) {
+			handle_message(s, buf, (size_t)n);
+			if (s->fd != fd)
+				return;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		/* EOF or error: the worker is gone or going; its reap
+		 * settles any job it held. */
+		close_channel(s);
+		if (s->state != SLOT_STOPPING)
+			s->state = SLOT_STOPPING;
+		return;
+	}
+}
+
+void pool_kill(struct slot *s, enum kill_reason why, int grace_ms)
+{
+	if (s->pid <= 0)
+		return;
+	if (why != KILL_NONE && s->kill == KILL_NONE)
+		s->kill = why;
+	if (grace_ms <= 0) {
+		kill(s->pid, SIGKILL);
+	} else {
+		kill(s->pid, SIGTERM);
+		if (!s->kill_at_mono)
+			s->kill_at_mono = mono_us() + (int64_t)grace_ms * 1000;
+	}
+	if (s->state != SLOT_EMPTY)
+		s->state = SLOT_STOPPING;
+}
+
+static struct slot *slot_by_pid(pid_t pid)
+{
+	int i;
+
+	for (i = 0; i < nslots; i++)
+		if (slots[i].pid == pid)
+			return &slots[i];
+	return NULL;
+}
+
+/* pool_reap collects every exited child.  Unknown pids are reaped too and
+ * ignored: as PID 1 in a container we inherit orphans. */
+void pool_reap(void)
+{
+	struct rusage ru;
+	struct slot *s;
+	int status;
+	pid_t pid;
+
+	while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
+		s = slot_by_pid(pid);
+		if (!s)
+			continue;
+		/* Read what the worker said before it died (a "done" sent
+		 * just before a crash must win over the crash). */
+		if (s->fd >= 0)
+			on_channel(s->fd, EPOLLIN, s);
+		close_channel(s);
+		if (s->job_id)
+			engine_worker_died(s, status);
+		s->pid = 0;
+		s->state = SLOT_EMPTY;
+		s->job_id = 0;
+		if (!shutting_down && !s->retire && s->index < target)
+			spawn_worker(s);
+	}
+}
+
+/* pool_tick enforces job timeouts and kill grace periods.  Returns the next
+ * monotonic deadline, or 0 when there is none. */
+int64_t pool_tick(int64_t now)
+{
+	int64_t next = 0;
+	int i;
+
+	for (i = 0; i < nslots; i++) {
+		struct slot *s = &slots[i];
+
+		if (s->pid <= 0)
+			continue;
+		if (s->kill_at_mono && now >= s->kill_at_mono) {
+			kill(s->pid, SIGKILL);
+			s->kill_at_mono = 0;
+		}
+		if (s->state == SLOT_BUSY && s->deadline_mono &&
+		    now >= s->deadline_mono) {
+			s->deadline_mono = 0;
+			engine_timeout(s);
+		}
+		if (s->kill_at_mono && (!next || s->kill_at_mono < next))
+			next = s->kill_at_mono;
+		if (s->state == SLOT_BUSY && s->deadline_mono &&
+		    (!next || s->deadline_mono < next))
+			next = s->deadline_mono;
+	}
+	return next;
+}
+
+/* pool_stop_all closes every channel (an idle worker exits on EOF) and
+ * kills workers still holding a job; used at shutdown after draining. */
+void pool_stop_all(void)
+{
+	int i;
+
+	for (i = 0; i < nslots; i++) {
+		struct slot *s = &slots[i];
+
+		if (s->pid <= 0)
+			continue;
+		if (s->job_id)
+			pool_kill(s, KILL_SHUTDOWN, 0);
+		else
+			close_channel(s);
+	}
+}
+
+void pool_kill_all(void)
+{
+	int i;
+
+	for (i = 0; i < nslots; i++)
+		if (slots[i].pid > 0)
+			kill(slots[i].pid, SIGKILL);
+}
+
+static int64_t proc_rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	int64_t kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %lld", (long long *)&kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+json_t *pool_json(void)
+{
+	static const char *const names[] = {
+		"stopped", "starting", "idle", "busy", "stopping"
+	};
+	json_t *workers = json_array();
+	char id[32];
+	int i, busy = 0, idle = 0;
+
+	for (i = 0; i < nslots; i++) {
+		struct slot *s = &slots[i];
+		int64_t rss;
+
+		if (s->state == SLOT_EMPTY && s->index >= target)
+			continue;
+		busy += s->state == SLOT_BUSY;
+		idle += s->state == SLOT_IDLE;
+		fmt_id(id, sizeof(id), 'j', s->job_id);
+		rss = s->pid > 0 ? proc_rss_kb(s->pid) : -1;
+		json_array_append_new(workers, json_pack(
+			"{s:i, s:o, s:s, s:o, s:i, s:o, s:o}",
+			"slot", s->index,
+			"pid", s->pid > 0 ? json_integer(s->pid) : json_null(),
+			"state", names[s->state],
+			"job_id", s->job_id ? json_string(id) : json_null(),
+			"jobs_done", s->jobs_done,
+			"started_at", json_time(s->spawned_at),
+			"rss_kb", rss >= 0 ? json_integer(rss) : json_null()));
+	}
+	return json_pack("{s:i, s:i, s:i, s:o}", "size", target, "busy", busy,
+			 "idle", idle, "workers", workers);
+}

@@ -1,0 +1,131 @@
+/* sched.c - which batch runs next.
+ *
+ * Holds the unfinished batches that still have work (queued jobs, or jobs
+ * running) in one list ordered by priority (high first), then id (FIFO).
+ * sched_pick walks it from the head and returns the first batch with a
+ * queued job and room under its own concurrency.  Only batches at their
+ * limit are skipped, and each of those holds a running job, so a pick looks
+ * at no more than pool-size + 1 entries whatever the queue length.
+ * Which job of the batch runs next is the store's question (lowest index).
+ */
+#include <stdlib.h>
+
+#include "jobpool.h"
+
+struct sbatch {
+	struct batch_info b;
+	struct sbatch *prev, *next;
+};
+
+static struct sbatch *head, *tail;
+static int queued_total;
+
+static int before(const struct sbatch *a, const struct sbatch *b)
+{
+	if (a->b.priority != b->b.priority)
+		return a->b.priority > b->b.priority;
+	return a->b.id < b->b.id;
+}
+
+/* sched_add inserts a copy of b.  New batches usually go last among their
+ * priority, so the insertion point is searched from the tail. */
+void sched_add(const struct batch_info *b)
+{
+	struct sbatch *n = calloc(1, sizeof(*n)), *p;
+
+	if (!n)
+		abort();
+	n->b = *b;
+	queued_total += b->queued;
+	for (p = tail; p && before(n, p); p = p->prev)
+		;
+	n->prev = p;
+	n->next = p ? p->next : head;
+	if (n->next)
+		n->next->prev = n;
+	else
+		tail = n;
+	if (p)
+		p->next = n;
+	else
+		head = n;
+}
+
+struct sbatch *sched_find(int64_t id)
+{
+	struct sbatch *p;
+
+	for (p = head; p; p = p->next)
+		if (p->b.id == id)
+			return p;
+	return NULL;
+}
+
+struct sbatch *sched_pick(void)
+{
+	struct sbatch *p;
+
+	for (p = head; p; p = p->next) {
+		if (p->b.queued <= 0)
+			continue;
+		if (p->b.concurrency > 0 && p->b.running >= p->b.concurrency)
+			continue;
+		return p;
+	}
+	return NULL;
+}
+
+int64_t sched_id(const struct sbatch *b)
+{
+	return b->b.id;
+}
+
+void sched_started(struct sbatch *b)
+{
+	b->b.queued--;
+	b->b.running++;
+	queued_total--;
+}
+
+void sched_finished(struct sbatch *b)
+{
+	b->b.running--;
+}
+
+void sched_requeued(struct sbatch *b)
+{
+	b->b.running--;
+	b->b.queued++;
+	queued_total++;
+}
+
+void sched_drop_queued(struct sbatch *b, int n)
+{
+	b->b.queued -= n;
+	queued_total -= n;
+}
+
+void sched_remove(struct sbatch *b)
+{
+	if (b->prev)
+		b->prev->next = b->next;
+	else
+		head = b->next;
+	if (b->next)
+		b->next->prev = b->prev;
+	else
+		tail = b->prev;
+	queued_total -= b->b.queued;
+	free(b);
+}
+
+int sched_queued_total(void)
+{
+	return queued_total;
+}
+
+void sched_clear(void)
+{
+	while (head)
+		sched_remove(head);
+}

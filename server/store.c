@@ -1,0 +1,906 @@
+/* store.c - the only file that speaks SQL.
+ *
+ * One connection, one writer (the event loop).  Writes go into a transaction
+ * that is opened on the first write of a loop turn and committed by
+ * store_flush() at the end of the turn, so a burst of job transitions and
+ * submissions costs one fsync, not one each (group commit).  A submission is
+ * acknowledged only after the store_flush() that holds it returns 0.
+ *
+ * Everything the API shows is built here from rows, so another backend can
+ * replace this file without touching HTTP or scheduling code.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sqlite3.h>
+
+#include "jobpool.h"
+
+extern const char *const schema_migrations[];
+extern const size_t schema_migrations_count;
+
+static sqlite3 *db;
+static int in_txn;
+
+enum stmt_id {
+	S_BATCH_INSERT, S_JOB_INSERT, S_BATCH_GET, S_JOB_GET, S_JOB_BATCH,
+	S_NEXT_QUEUED, S_JOB_START, S_BATCH_START, S_JOB_FINISH,
+	S_BATCH_FINISH, S_BATCH_SETTLE, S_JOB_REQUEUE, S_BATCH_REQUEUE,
+	S_JOB_CANCEL_Q, S_BATCH_CANCEL_Q, S_BATCH_CANCEL_REQ,
+	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_LIST_B,
+	S_LIST_B_STATE, S_LIST_J, S_LIST_J_STATE, S_ACTIVE, S_INFO,
+	S__COUNT
+};
+
+#define BATCH_COLS "id, name, state, concurrency, priority, created_at, " \
+	"started_at, finished_at, n_total, n_queued, n_running, " \
+	"n_succeeded, n_failed, n_timed_out, n_canceled, total_run_us, " \
+	"total_cpu_us"
+#define JOB_COLS "id, batch_id, idx, name, kind, args, state, attempts, " \
+	"max_attempts, retry_on, retry_backoff_s, timeout_s, created_at, " \
+	"queued_at, started_at, finished_at, run_us, user_us, sys_us, " \
+	"max_rss_kb, worker_slot, worker_pid, exit_code, signal, error, " \
+	"result, history"
+/* The batch state after a transition, derived from its counters. */
+#define SETTLE_STATE \
+	"CASE WHEN n_queued = 0 AND n_running = 0 THEN " \
+	"  CASE WHEN n_succeeded = n_total THEN 'succeeded' " \
+	"       WHEN cancel_req THEN 'canceled' ELSE 'failed' END " \
+	"WHEN started_at IS NULL THEN 'queued' ELSE 'running' END"
+
+static const char *const sql[S__COUNT] = {
+	[S_BATCH_INSERT] = "INSERT INTO batches (name, state, concurrency, "
+		"priority, created_at, n_total, n_queued) "
+		"VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+	[S_JOB_INSERT] = "INSERT INTO jobs (batch_id, idx, name, kind, args, "
+		"state, max_attempts, retry_on, retry_backoff_s, timeout_s, "
+		"created_at, queued_at) "
+		"VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+	[S_BATCH_GET] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?",
+	[S_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?",
+	[S_JOB_BATCH] = "SELECT batch_id, state FROM jobs WHERE id = ?",
+	[S_NEXT_QUEUED] = "SELECT id, created_at, attempts, timeout_s, kind, "
+		"args FROM jobs WHERE batch_id = ? AND state = 'queued' "
+		"ORDER BY idx LIMIT 1",
+	[S_JOB_START] = "UPDATE jobs SET state = 'running', "
+		"attempts = attempts + 1, started_at = ?, finished_at = NULL, "
+		"worker_slot = ?, worker_pid = ?, run_us = NULL, "
+		"user_us = NULL, sys_us = NULL, max_rss_kb = NULL, "
+		"exit_code = NULL, signal = NULL, error = NULL, result = NULL "
+		"WHERE id = ?",
+	[S_BATCH_START] = "UPDATE batches SET n_queued = n_queued - 1, "
+		"n_running = n_running + 1, "
+		"started_at = coalesce(started_at, ?1), "
+		"state = 'running' WHERE id = ?2",
+	[S_JOB_FINISH] = "UPDATE jobs SET state = ?, finished_at = ?, "
+		"run_us = ?, user_us = ?, sys_us = ?, max_rss_kb = ?, "
+		"exit_code = ?, signal = ?, error = ?, result = ?, "
+		"history = json_insert(history, '$[#]', json(?)) WHERE id = ?",
+	[S_BATCH_FINISH] = "UPDATE batches SET n_running = n_running - 1, "
+		"n_succeeded = n_succeeded + ?, n_failed = n_failed + ?, "
+		"n_timed_out = n_timed_out + ?, n_canceled = n_canceled + ?, "
+		"total_run_us = total_run_us + ?, "
+		"total_cpu_us = total_cpu_us + ? WHERE id = ?",
+	[S_BATCH_SETTLE] = "UPDATE batches SET state = " SETTLE_STATE ", "
+		"finished_at = CASE WHEN n_queued = 0 AND n_running = 0 "
+		"THEN coalesce(finished_at, ?1) END WHERE id = ?2 "
+		"RETURNING n_queued + n_running",
+	[S_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', "
+		"attempts = attempts - ?, started_at = NULL, queued_at = ?, "
+		"worker_slot = NULL, worker_pid = NULL WHERE id = ?",
+	[S_BATCH_REQUEUE] = "UPDATE batches SET n_running = n_running - 1, "
+		"n_queued = n_queued + 1 WHERE id = ?",
+	[S_JOB_CANCEL_Q] = "UPDATE jobs SET state = 'canceled', "
+		"finished_at = ?, error = 'canceled before it started' "
+		"WHERE id = ? AND state = 'queued'",
+	[S_BATCH_CANCEL_Q] = "UPDATE batches SET n_queued = n_queued - ?1, "
+		"n_canceled = n_canceled + ?1 WHERE id = ?2",
+	[S_BATCH_CANCEL_REQ] = "UPDATE batches SET cancel_req = 1 "
+		"WHERE id = ?",
+	[S_BATCH_CANCEL_JOBS] = "UPDATE jobs SET state = 'canceled', "
+		"finished_at = ?, error = 'canceled before it started' "
+		"WHERE batch_id = ? AND state = 'queued'",
+	[S_BATCH_DEL_JOBS] = "DELETE FROM jobs WHERE batch_id = ?",
+	[S_BATCH_DEL] = "DELETE FROM batches WHERE id = ?",
+	[S_LIST_B] = "SELECT " BATCH_COLS " FROM batches WHERE id < ? "
+		"ORDER BY id DESC LIMIT ?",
+	[S_LIST_B_STATE] = "SELECT " BATCH_COLS " FROM batches "
+		"WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?",
+	[S_LIST_J] = "SELECT " JOB_COLS " FROM jobs WHERE batch_id = ? "
+		"AND idx > ? ORDER BY idx LIMIT ?",
+	[S_LIST_J_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE batch_id = ? "
+		"AND state = ? AND idx > ? ORDER BY idx LIMIT ?",
+	[S_ACTIVE] = "SELECT id, priority, coalesce(concurrency, 0), "
+		"n_queued, n_running, cancel_req FROM batches "
+		"WHERE state IN ('queued', 'running') ORDER BY id",
+	[S_INFO] = "SELECT id, priority, coalesce(concurrency, 0), "
+		"n_queued, n_running, cancel_req FROM batches WHERE id = ?",
+};
+
+static sqlite3_stmt *st[S__COUNT];
+
+static const char *const state_names[JS__COUNT] = {
+	"queued", "running", "succeeded", "failed", "timed_out", "canceled"
+};
+
+const char *job_state_name(enum job_state s)
+{
+	return state_names[s];
+}
+
+int job_state_parse(const char *s)
+{
+	int i;
+
+	for (i = 0; i < JS__COUNT; i++)
+		if (strcmp(state_names[i], s) == 0)
+			return i;
+	return -1;
+}
+
+int batch_state_valid(const char *s)
+{
+	return strcmp(s, "queued") == 0 || strcmp(s, "running") == 0 ||
+	       strcmp(s, "succeeded") == 0 || strcmp(s, "failed") == 0 ||
+	       strcmp(s, "canceled") == 0;
+}
+
+static int exec(const char *q)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, q, NULL, NULL, &msg) != SQLITE_OK) {
+		log_warn("%s: %s: %s", __func__, q, msg ? msg : "?");
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* get resets and returns the prepared statement id, ready for binding. */
+static sqlite3_stmt *get(enum stmt_id id)
+{
+	sqlite3_reset(st[id]);
+	sqlite3_clear_bindings(st[id]);
+	return st[id];
+}
+
+/* step runs a statement that returns no rows; logs and returns -1 on error. */
+static int step(sqlite3_stmt *s)
+{
+	int rc = sqlite3_step(s);
+
+	sqlite3_reset(s);
+	if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+		return 0;
+	log_warn("store: %s: %s", sqlite3_errmsg(db), sqlite3_sql(s));
+	return -1;
+}
+
+static void bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+	if (v)
+		sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_null(s, i);
+}
+
+static void bind_opt(sqlite3_stmt *s, int i, int64_t v, int present)
+{
+	if (present)
+		sqlite3_bind_int64(s, i, v);
+	else
+		sqlite3_bind_null(s, i);
+}
+
+/* begin opens the turn's write transaction if none is open yet. */
+static int begin(void)
+{
+	if (in_txn)
+		return 0;
+	if (exec("BEGIN IMMEDIATE") < 0)
+		return -1;
+	in_txn = 1;
+	return 0;
+}
+
+int store_dirty(void)
+{
+	return in_txn;
+}
+
+int store_flush(void)
+{
+	if (!in_txn)
+		return 0;
+	in_txn = 0;
+	if (exec("COMMIT") == 0)
+		return 0;
+	/* SQLITE_FULL and I/O errors roll the transaction back already;
+	 * make sure none stays open either way. */
+	if (!sqlite3_get_autocommit(db))
+		exec("ROLLBACK");
+	return -1;
+}
+
+static int migrate(void)
+{
+	sqlite3_stmt *s;
+	int version = 0;
+	size_t i;
+	char q[64];
+
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL))
+		return -1;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		version = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	if ((size_t)version > schema_migrations_count) {
+		log_warn("store: database schema %d is newer than this "
+			 "server (%zu)", version, schema_migrations_count);
+		return -1;
+	}
+	for (i = (size_t)version; i < schema_migrations_count; i++) {
+		snprintf(q, sizeof(q), "PRAGMA user_version = %zu", i + 1);
+		if (exec("BEGIN IMMEDIATE") < 0)
+			return -1;
+		if (exec(schema_migrations[i]) < 0 || exec(q) < 0) {
+			exec("ROLLBACK");
+			return -1;
+		}
+		if (exec("COMMIT") < 0)
+			return -1;
+		log_info("store: applied migration %zu", i + 1);
+	}
+	return 0;
+}
+
+int store_open(const char *path)
+{
+	int i;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE |
+			    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK) {
+		log_warn("store: cannot open %s: %s", path,
+			 db ? sqlite3_errmsg(db) : "out of memory");
+		return -1;
+	}
+	sqlite3_busy_timeout(db, 5000);
+	/* FULL: a commit is on disk (WAL fsync'ed) when COMMIT returns, which
+	 * is what a 201 promises.  Group commit keeps this cheap. */
+	if (exec("PRAGMA journal_mode = WAL") < 0 ||
+	    exec("PRAGMA synchronous = FULL") < 0 ||
+	    exec("PRAGMA foreign_keys = ON") < 0 || migrate() < 0)
+		return -1;
+	for (i = 0; i < S__COUNT; i++) {
+		if (sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+				       &st[i], NULL) != SQLITE_OK) {
+			log_warn("store: prepare: %s: %s", sqlite3_errmsg(db),
+				 sql[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+void store_close(void)
+{
+	int i;
+
+	store_flush();
+	for (i = 0; i < S__COUNT; i++) {
+		sqlite3_finalize(st[i]);
+		st[i] = NULL;
+	}
+	sqlite3_close(db);
+	db = NULL;
+}
+
+int store_ping(void)
+{
+	return exec("SELECT 1 FROM batches LIMIT 1");
+}
+
+/* ---- submission ---- */
+
+static int insert_job(int64_t batch_id, size_t idx, const json_t *job,
+		      int64_t now)
+{
+	sqlite3_stmt *s = get(S_JOB_INSERT);
+	const json_t *args = json_object_get(job, "args");
+	const json_t *retry_on = json_object_get(job, "retry_on");
+	const json_t *v;
+	char *args_text, *retry_text;
+	int rc;
+
+	args_text = args ? json_dumps(args, JSON_COMPACT) : strdup("{}");
+	retry_text = retry_on ? json_dumps(retry_on, JSON_COMPACT) :
+		     strdup("[]");
+	sqlite3_bind_int64(s, 1, batch_id);
+	sqlite3_bind_int64(s, 2, (int64_t)idx);
+	v = json_object_get(job, "name");
+	bind_text(s, 3, json_string_value(v));
+	bind_text(s, 4, json_string_value(json_object_get(job, "kind")));
+	bind_text(s, 5, args_text);
+	v = json_object_get(job, "max_attempts");
+	sqlite3_bind_int(s, 6, v ? (int)json_number_value(v) : 1);
+	bind_text(s, 7, retry_text);
+	v = json_object_get(job, "retry_backoff_s");
+	sqlite3_bind_double(s, 8, v ? json_number_value(v) : 1.0);
+	v = json_object_get(job, "timeout_s");
+	if (v)
+		sqlite3_bind_double(s, 9, json_number_value(v));
+	else
+		sqlite3_bind_null(s, 9);
+	sqlite3_bind_int64(s, 10, now);
+	sqlite3_bind_int64(s, 11, now);
+	rc = (args_text && retry_text) ? step(s) : -1;
+	free(args_text);
+	free(retry_text);
+	return rc;
+}
+
+int store_batch_insert(const json_t *req, int64_t now, int64_t *id,
+		       json_t **job_ids)
+{
+	const json_t *jobs = json_object_get(req, "jobs");
+	const json_t *job, *v;
+	sqlite3_stmt *s;
+	size_t i, n = json_array_size(jobs);
+	char buf[32];
+	json_t *ids;
+
+	if (begin() < 0)
+		return -1;
+	/* A savepoint per batch: a failure half-way removes this batch's
+	 * rows only, never the other work of the turn. */
+	if (exec("SAVEPOINT batch") < 0)
+		return -1;
+	s = get(S_BATCH_INSERT);
+	bind_text(s, 1, json_string_value(json_object_get(req, "name")));
+	v = json_object_get(req, "concurrency");
+	bind_opt(s, 2, v ? (int64_t)json_number_value(v) : 0, v != NULL);
+	v = json_object_get(req, "priority");
+	sqlite3_bind_int(s, 3, v ? (int)json_number_value(v) : 0);
+	sqlite3_bind_int64(s, 4, now);
+	sqlite3_bind_int64(s, 5, (int64_t)n);
+	sqlite3_bind_int64(s, 6, (int64_t)n);
+	if (step(s) < 0)
+		goto fail;
+	*id = sqlite3_last_insert_rowid(db);
+	ids = json_array();
+	json_array_foreach(jobs, i, job) {
+		if (insert_job(*id, i, job, now) < 0) {
+			json_decref(ids);
+			goto fail;
+		}
+		fmt_id(buf, sizeof(buf), 'j', sqlite3_last_insert_rowid(db));
+		json_array_append_new(ids, json_string(buf));
+	}
+	exec("RELEASE batch");
+	*job_ids = ids;
+	return 0;
+fail:
+	exec("ROLLBACK TO batch");
+	exec("RELEASE batch");
+	return -1;
+}
+
+/* ---- rendering ---- */
+
+static int64_t col_i64(sqlite3_stmt *s, int i)
+{
+	return sqlite3_column_int64(s, i);
+}
+
+static json_t *col_opt_int(sqlite3_stmt *s, int i)
+{
+	if (sqlite3_column_type(s, i) == SQLITE_NULL)
+		return json_null();
+	return json_integer(sqlite3_column_int64(s, i));
+}
+
+static json_t *col_opt_ms(sqlite3_stmt *s, int i)
+{
+	if (sqlite3_column_type(s, i) == SQLITE_NULL)
+		return json_null();
+	return json_ms(sqlite3_column_int64(s, i));
+}
+
+static json_t *col_opt_str(sqlite3_stmt *s, int i)
+{
+	const unsigned char *t = sqlite3_column_text(s, i);
+
+	return t ? json_string((const char *)t) : json_null();
+}
+
+static json_t *col_json(sqlite3_stmt *s, int i)
+{
+	const char *t = (const char *)sqlite3_column_text(s, i);
+	json_t *j;
+
+	if (!t)
+		return json_null();
+	j = json_loads(t, JSON_DECODE_ANY, NULL);
+	return j ? j : json_null();
+}
+
+static json_t *batch_row(sqlite3_stmt *s)
+{
+	char id[32];
+	int64_t started = col_i64(s, 6), finished = col_i64(s, 7);
+	int64_t total = col_i64(s, 8), run_us = col_i64(s, 15);
+	int64_t terminal = col_i64(s, 11) + col_i64(s, 12) + col_i64(s, 13) +
+			   col_i64(s, 14);
+	int64_t makespan = 0;
+	json_t *counts, *timings;
+
+	fmt_id(id, sizeof(id), 'b', col_i64(s, 0));
+	if (started > 0)
+		makespan = (finished > 0 ? finished : now_us()) - started;
+	counts = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+		"total", total, "queued", col_i64(s, 9),
+		"running", col_i64(s, 10), "succeeded", col_i64(s, 11),
+		"failed", col_i64(s, 12), "timed_out", col_i64(s, 13),
+		"canceled", col_i64(s, 14));
+	timings = json_pack("{s:o, s:o, s:o, s:o}",
+		"makespan_ms", started > 0 ? json_ms(makespan) : json_null(),
+		"total_run_ms", json_ms(run_us),
+		"total_cpu_ms", json_ms(col_i64(s, 16)),
+		"parallelism", makespan > 0 ?
+			json_real((double)(int64_t)((double)run_us / makespan *
+						    1000) / 1000) :
+			json_null());
+	return json_pack("{s:s, s:o, s:s, s:o, s:I, s:o, s:o, s:o, s:o, "
+			 "s:f, s:o}",
+		"id", id, "name", col_opt_str(s, 1),
+		"state", (const char *)sqlite3_column_text(s, 2),
+		"concurrency", col_opt_int(s, 3),
+		"priority", col_i64(s, 4),
+		"created_at", json_time(col_i64(s, 5)),
+		"started_at", json_time(started),
+		"finished_at", json_time(finished),
+		"counts", counts,
+		"progress", total ? (double)terminal / (double)total : 1.0,
+		"timings", timings);
+}
+
+static json_t *job_row(sqlite3_stmt *s)
+{
+	char id[32], bid[32];
+	int64_t queued_at = col_i64(s, 13), started = col_i64(s, 14);
+	json_t *timings, *worker;
+
+	fmt_id(id, sizeof(id), 'j', col_i64(s, 0));
+	fmt_id(bid, sizeof(bid), 'b', col_i64(s, 1));
+	timings = json_pack("{s:o, s:o, s:o, s:o, s:o}",
+		"queue_ms", started > 0 ? json_ms(started - queued_at) :
+					  json_null(),
+		"run_ms", col_opt_ms(s, 16),
+		"user_cpu_ms", col_opt_ms(s, 17),
+		"sys_cpu_ms", col_opt_ms(s, 18),
+		"max_rss_kb", col_opt_int(s, 19));
+	worker = sqlite3_column_type(s, 20) == SQLITE_NULL ? json_null() :
+		 json_pack("{s:I, s:I}", "slot", col_i64(s, 20),
+			   "pid", col_i64(s, 21));
+	return json_pack("{s:s, s:s, s:I, s:o, s:s, s:o, s:s, s:I, s:I, s:o, "
+			 "s:f, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
+			 "s:o, s:n, s:o}",
+		"id", id, "batch_id", bid, "index", col_i64(s, 2),
+		"name", col_opt_str(s, 3),
+		"kind", (const char *)sqlite3_column_text(s, 4),
+		"args", col_json(s, 5),
+		"state", (const char *)sqlite3_column_text(s, 6),
+		"attempts", col_i64(s, 7), "max_attempts", col_i64(s, 8),
+		"retry_on", col_json(s, 9),
+		"retry_backoff_s", sqlite3_column_double(s, 10),
+		"timeout_s", sqlite3_column_type(s, 11) == SQLITE_NULL ?
+			json_null() : json_real(sqlite3_column_double(s, 11)),
+		"created_at", json_time(col_i64(s, 12)),
+		"started_at", json_time(started),
+		"finished_at", json_time(col_i64(s, 15)),
+		"timings", timings, "worker", worker,
+		"exit_code", col_opt_int(s, 22),
+		"signal", col_opt_str(s, 23),
+		"error", col_opt_str(s, 24),
+		"result", col_json(s, 25),
+		"output",
+		"history", col_json(s, 26));
+}
+
+static json_t *get_one(enum stmt_id id, int64_t key,
+		       json_t *(*row)(sqlite3_stmt *))
+{
+	sqlite3_stmt *s = get(id);
+	json_t *j = NULL;
+
+	sqlite3_bind_int64(s, 1, key);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		j = row(s);
+	sqlite3_reset(s);
+	return j;
+}
+
+json_t *store_batch_json(int64_t id)
+{
+	return get_one(S_BATCH_GET, id, batch_row);
+}
+
+json_t *store_job_json(int64_t id)
+{
+	return get_one(S_JOB_GET, id, job_row);
+}
+
+int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *state)
+{
+	sqlite3_stmt *s = get(S_JOB_BATCH);
+	int rc = -1;
+
+	sqlite3_bind_int64(s, 1, job_id);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		*batch_id = col_i64(s, 0);
+		*state = job_state_parse((const char *)
+					 sqlite3_column_text(s, 1));
+		rc = 0;
+	}
+	sqlite3_reset(s);
+	return rc;
+}
+
+/* list runs a page query whose last two parameters are the cursor and the
+ * limit; it fetches one row more than asked to know whether a next page
+ * exists, so a page costs O(limit) whatever the table size. */
+static json_t *list(sqlite3_stmt *s, int limit, int key_col,
+		    json_t *(*row)(sqlite3_stmt *), char cursor_prefix)
+{
+	json_t *items = json_array();
+	int64_t last = 0;
+	int n = 0, more = 0;
+	char buf[32];
+
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		if (n == limit) {
+			more = 1;
+			break;
+		}
+		json_array_append_new(items, row(s));
+		last = col_i64(s, key_col);
+		n++;
+	}
+	sqlite3_reset(s);
+	if (!more)
+		return json_pack("{s:o, s:n}", "items", items, "next_cursor");
+	snprintf(buf, sizeof(buf), "%c%lld", cursor_prefix, (long long)last);
+	return json_pack("{s:o, s:s}", "items", items, "next_cursor", buf);
+}
+
+json_t *store_batch_list(const char *state, int64_t after, int limit)
+{
+	sqlite3_stmt *s = get(state ? S_LIST_B_STATE : S_LIST_B);
+	int i = 1;
+
+	if (state)
+		bind_text(s, i++, state);
+	sqlite3_bind_int64(s, i++, after > 0 ? after : INT64_MAX);
+	sqlite3_bind_int(s, i, limit + 1);
+	return list(s, limit, 0, batch_row, 'b');
+}
+
+json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
+		       int limit)
+{
+	sqlite3_stmt *s = get(state ? S_LIST_J_STATE : S_LIST_J);
+	int i = 1;
+
+	sqlite3_bind_int64(s, i++, batch_id);
+	if (state)
+		bind_text(s, i++, state);
+	sqlite3_bind_int64(s, i++, after);
+	sqlite3_bind_int(s, i, limit + 1);
+	return list(s, limit, 2, job_row, 'j');
+}
+
+/* ---- scheduler support ---- */
+
+static void info_row(sqlite3_stmt *s, struct batch_info *b)
+{
+	b->id = col_i64(s, 0);
+	b->priority = sqlite3_column_int(s, 1);
+	b->concurrency = sqlite3_column_int(s, 2);
+	b->queued = sqlite3_column_int(s, 3);
+	b->running = sqlite3_column_int(s, 4);
+	b->cancel_req = sqlite3_column_int(s, 5);
+}
+
+int store_batch_info(int64_t id, struct batch_info *b)
+{
+	sqlite3_stmt *s = get(S_INFO);
+	int rc = -1;
+
+	sqlite3_bind_int64(s, 1, id);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		info_row(s, b);
+		rc = 0;
+	}
+	sqlite3_reset(s);
+	return rc;
+}
+
+int store_load_active(void (*fn)(const struct batch_info *b, void *ctx),
+		      void *ctx)
+{
+	sqlite3_stmt *s = get(S_ACTIVE);
+	struct batch_info b;
+	int n = 0;
+
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		info_row(s, &b);
+		fn(&b, ctx);
+		n++;
+	}
+	sqlite3_reset(s);
+	return n;
+}
+
+/* settle derives the batch's state from its counters after a transition.
+ * Sets *done when the batch has just become (or already was) terminal. */
+static int settle(int64_t batch_id, int64_t now, int *done)
+{
+	sqlite3_stmt *s = get(S_BATCH_SETTLE);
+	int rc;
+
+	sqlite3_bind_int64(s, 1, now);
+	sqlite3_bind_int64(s, 2, batch_id);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW && done)
+		*done = sqlite3_column_int64(s, 0) == 0;
+	sqlite3_reset(s);
+	return rc == SQLITE_ROW ? 0 : -1;
+}
+
+int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		    struct claim *c)
+{
+	sqlite3_stmt *s = get(S_NEXT_QUEUED);
+	int rc;
+
+	if (begin() < 0)
+		return -1;
+	sqlite3_bind_int64(s, 1, batch_id);
+	rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(s);
+		return rc == SQLITE_DONE ? 1 : -1;
+	}
+	c->job_id = col_i64(s, 0);
+	c->batch_id = batch_id;
+	c->created_at = col_i64(s, 1);
+	c->attempts = sqlite3_column_int(s, 2) + 1;
+	c->timeout_s = sqlite3_column_double(s, 3);
+	snprintf(c->kind, sizeof(c->kind), "%s", sqlite3_column_text(s, 4));
+	c->args = strdup((const char *)sqlite3_column_text(s, 5));
+	sqlite3_reset(s);
+	if (!c->args)
+		return -1;
+
+	s = get(S_JOB_START);
+	sqlite3_bind_int64(s, 1, now);
+	sqlite3_bind_int(s, 2, slot);
+	sqlite3_bind_int(s, 3, pid);
+	sqlite3_bind_int64(s, 4, c->job_id);
+	if (step(s) < 0)
+		goto fail;
+	s = get(S_BATCH_START);
+	sqlite3_bind_int64(s, 1, now);
+	sqlite3_bind_int64(s, 2, batch_id);
+	if (step(s) < 0)
+		goto fail;
+	return 0;
+fail:
+	free(c->args);
+	c->args = NULL;
+	return -1;
+}
+
+static json_t *history_entry(const struct outcome *o, int64_t started_at,
+			     int attempt, int slot, pid_t pid)
+{
+	const char *sig = o->signal ? signal_name(o->signal) : NULL;
+
+	return json_pack("{s:i, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+		"attempt", attempt, "state", job_state_name(o->state),
+		"started_at", json_time(started_at),
+		"finished_at", json_time(o->finished_at),
+		"run_ms", started_at > 0 ? json_ms(o->run_us) : json_null(),
+		"exit_code", o->exit_code >= 0 ? json_integer(o->exit_code) :
+						  json_null(),
+		"signal", sig ? json_string(sig) : json_null(),
+		"error", o->error ? json_string(o->error) : json_null(),
+		"worker", pid > 0 ? json_pack("{s:i, s:i}", "slot", slot,
+					      "pid", (int)pid) : json_null());
+}
+
+int store_job_finish(int64_t job_id, int64_t batch_id,
+		     const struct outcome *o, const struct slot *w,
+		     int *batch_done)
+{
+	sqlite3_stmt *s;
+	json_t *h;
+	char *htext, *rtext = NULL;
+	const char *sig = o->signal ? signal_name(o->signal) : NULL;
+	int rc;
+
+	if (begin() < 0)
+		return -1;
+	h = history_entry(o, w->started_at, w->job_attempts, w->index,
+			  w->pid);
+	htext = json_dumps(h, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	json_decref(h);
+	if (o->result)
+		rtext = json_dumps(o->result, JSON_COMPACT |
+				   JSON_REAL_PRECISION(17));
+	s = get(S_JOB_FINISH);
+	bind_text(s, 1, job_state_name(o->state));
+	sqlite3_bind_int64(s, 2, o->finished_at);
+	sqlite3_bind_int64(s, 3, o->run_us);
+	bind_opt(s, 4, o->user_us, o->user_us >= 0);
+	bind_opt(s, 5, o->sys_us, o->sys_us >= 0);
+	bind_opt(s, 6, o->max_rss_kb, o->max_rss_kb >= 0);
+	bind_opt(s, 7, o->exit_code, o->exit_code >= 0);
+	bind_text(s, 8, sig);
+	bind_text(s, 9, o->error);
+	bind_text(s, 10, rtext);
+	bind_text(s, 11, htext);
+	sqlite3_bind_int64(s, 12, job_id);
+	rc = step(s);
+	free(htext);
+	free(rtext);
+	if (rc < 0)
+		return -1;
+	s = get(S_BATCH_FINISH);
+	sqlite3_bind_int(s, 1, o->state == JS_SUCCEEDED);
+	sqlite3_bind_int(s, 2, o->state == JS_FAILED);
+	sqlite3_bind_int(s, 3, o->state == JS_TIMED_OUT);
+	sqlite3_bind_int(s, 4, o->state == JS_CANCELED);
+	sqlite3_bind_int64(s, 5, o->run_us);
+	sqlite3_bind_int64(s, 6, (o->user_us > 0 ? o->user_us : 0) +
+				 (o->sys_us > 0 ? o->sys_us : 0));
+	sqlite3_bind_int64(s, 7, batch_id);
+	if (step(s) < 0)
+		return -1;
+	return settle(batch_id, o->finished_at, batch_done);
+}
+
+int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt)
+{
+	sqlite3_stmt *s;
+
+	if (begin() < 0)
+		return -1;
+	s = get(S_JOB_REQUEUE);
+	sqlite3_bind_int(s, 1, undo_attempt ? 1 : 0);
+	sqlite3_bind_int64(s, 2, now_us());
+	sqlite3_bind_int64(s, 3, job_id);
+	if (step(s) < 0)
+		return -1;
+	s = get(S_BATCH_REQUEUE);
+	sqlite3_bind_int64(s, 1, batch_id);
+	return step(s);
+}
+
+static int cancel_counted(int64_t batch_id, int n, int64_t now,
+			  int *batch_done)
+{
+	sqlite3_stmt *s = get(S_BATCH_CANCEL_Q);
+
+	sqlite3_bind_int(s, 1, n);
+	sqlite3_bind_int64(s, 2, batch_id);
+	if (step(s) < 0)
+		return -1;
+	return settle(batch_id, now, batch_done);
+}
+
+int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
+			    int *batch_done)
+{
+	sqlite3_stmt *s;
+
+	if (begin() < 0)
+		return -1;
+	s = get(S_JOB_CANCEL_Q);
+	sqlite3_bind_int64(s, 1, now);
+	sqlite3_bind_int64(s, 2, job_id);
+	if (step(s) < 0)
+		return -1;
+	if (sqlite3_changes(db) != 1)
+		return 1;
+	return cancel_counted(batch_id, 1, now, batch_done);
+}
+
+int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
+		       int *batch_done)
+{
+	sqlite3_stmt *s;
+
+	if (begin() < 0)
+		return -1;
+	s = get(S_BATCH_CANCEL_REQ);
+	sqlite3_bind_int64(s, 1, batch_id);
+	if (step(s) < 0)
+		return -1;
+	s = get(S_BATCH_CANCEL_JOBS);
+	sqlite3_bind_int64(s, 1, now);
+	sqlite3_bind_int64(s, 2, batch_id);
+	if (step(s) < 0)
+		return -1;
+	*canceled = sqlite3_changes(db);
+	return cancel_counted(batch_id, *canceled, now, batch_done);
+}
+
+int store_batch_delete(int64_t batch_id)
+{
+	sqlite3_stmt *s;
+
+	if (begin() < 0)
+		return -1;
+	s = get(S_BATCH_DEL_JOBS);
+	sqlite3_bind_int64(s, 1, batch_id);
+	if (step(s) < 0)
+		return -1;
+	s = get(S_BATCH_DEL);
+	sqlite3_bind_int64(s, 1, batch_id);
+	return step(s);
+}
+
+#define COUNT_OF(st) "(SELECT count(*) FROM jobs j WHERE " \
+	"j.batch_id = batches.id AND j.state = '" st "')"
+#define RECOUNT "UPDATE batches SET n_queued = " COUNT_OF("queued") ", " \
+	"n_running = 0, n_succeeded = " COUNT_OF("succeeded") ", " \
+	"n_failed = " COUNT_OF("failed") ", " \
+	"n_timed_out = " COUNT_OF("timed_out") ", " \
+	"n_canceled = " COUNT_OF("canceled") " " \
+	"WHERE state IN ('queued', 'running')"
+
+/* store_recover runs once at start, before any worker exists: a job still
+ * 'running' lost its worker with the previous server.  It goes back to the
+ * queue if it has attempts left, else fails as "interrupted"; then every
+ * unfinished batch's counters are recounted from its jobs so nothing
+ * depends on what the dead server managed to write. */
+int store_recover(int64_t now, int *requeued, int *interrupted)
+{
+	char q[512];
+
+	if (exec("BEGIN IMMEDIATE") < 0)
+		return -1;
+	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'queued', "
+		 "queued_at = %lld, worker_slot = NULL, worker_pid = NULL, "
+		 "started_at = NULL WHERE state = 'running' "
+		 "AND attempts < max_attempts", (long long)now);
+	if (exec(q) < 0)
+		goto fail;
+	*requeued = sqlite3_changes(db);
+	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'failed', "
+		 "finished_at = %lld, error = 'interrupted', "
+		 "history = json_insert(history, '$[#]', json_object("
+		 "'attempt', attempts, 'state', 'failed', 'started_at', NULL, "
+		 "'finished_at', NULL, 'run_ms', NULL, 'exit_code', NULL, "
+		 "'signal', NULL, 'error', 'interrupted', 'worker', NULL)) "
+		 "WHERE state = 'running'", (long long)now);
+	if (exec(q) < 0)
+		goto fail;
+	*interrupted = sqlite3_changes(db);
+	if (exec(RECOUNT) < 0)
+		goto fail;
+	snprintf(q, sizeof(q), "UPDATE batches SET state = " SETTLE_STATE ", "
+		 "finished_at = CASE WHEN n_queued = 0 AND n_running = 0 "
+		 "THEN coalesce(finished_at, %lld) END "
+		 "WHERE state IN ('queued', 'running')", (long long)now);
+	if (exec(q) < 0)
+		goto fail;
+	return exec("COMMIT");
+fail:
+	exec("ROLLBACK");
+	return -1;
+}
