@@ -58,7 +58,8 @@ static const char usage[] =
 "JOBPOOL_LISTEN, JOBPOOL_DB, JOBPOOL_WORKERS; a flag wins over the\n"
 "environment.\n";
 
-static void die_usage(const char *what, const char *value)
+static void __attribute__((noreturn))
+die_usage(const char *what, const char *value)
 {
 	fprintf(stderr, "jobpoold: invalid %s: %s\n\n%s", what, value, usage);
 	exit(2);
