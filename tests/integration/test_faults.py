@@ -199,8 +199,9 @@ def test_restart_recovery():
     problems = []
     with Server(workers=2) as first:
         b = first.submit([dict(SLEEP30, max_attempts=1),
-                          dict(SLEEP30, max_attempts=2)])
-        j1, j2 = b["job_ids"]
+                          dict(SLEEP30, max_attempts=2),
+                          {"kind": "echo", "args": {"value": "queued"}}])
+        j1, j2, j3 = b["job_ids"]
         first.wait_job_state(j1, "running", 5)
         first.wait_job_state(j2, "running", 5)
         workers = {}
@@ -222,6 +223,10 @@ def test_restart_recovery():
             assert r2["state"] in ("queued", "running"), \
                 "max_attempts=2 job after restart: %r" % r2
             assert r2["attempts"] >= 1, r2
+            # the job that was still queued is not lost and runs
+            r3 = second.wait_job(j3, 10)
+            assert r3["state"] == "succeeded" and \
+                r3["result"] == {"value": "queued"}, r3
             r2 = second.wait_job_state(j2, "running", 5)
             assert r2["attempts"] == 2, "second run of j2: %r" % r2
             p = second.pool()
@@ -237,7 +242,8 @@ def test_restart_recovery():
                         "job %s claims the dead worker %d" % (j["id"], pid)
             bs = second.batch(b["id"])
             assert bs["counts"]["failed"] == 1 and \
-                bs["counts"]["running"] == 1, bs["counts"]
+                bs["counts"]["running"] == 1 and \
+                bs["counts"]["succeeded"] == 1, bs["counts"]
             second.ok("POST", "/v1/batches/%s/cancel" % b["id"])
             assert second.wait_batch(b["id"], 10)["state"] == "canceled"
     assert not problems, "; ".join(problems)
@@ -265,3 +271,88 @@ def test_sigterm_busy_pool():
                 "jobs killed by shutdown were not re-queued: %r" % states
             again.ok("POST", "/v1/batches/%s/cancel" % b["id"])
             assert again.wait_batch(b["id"], 10)["state"] == "canceled"
+
+
+def test_retry_on_exit_code():
+    with Server(workers=1) as srv:
+        b = srv.submit([
+            {"kind": "fail", "args": {"mode": "exit", "code": 3},
+             "max_attempts": 3, "retry_on": [3], "retry_backoff_s": 0},
+            {"kind": "fail", "args": {"mode": "exit", "code": 4},
+             "max_attempts": 3, "retry_on": [3], "retry_backoff_s": 0},
+            {"kind": "fail", "args": {"mode": "crash"},
+             "max_attempts": 2, "retry_on": ["SIGSEGV"],
+             "retry_backoff_s": 0.2},
+        ])
+        j_retry, j_noretry, j_sig = b["job_ids"]
+        fin = srv.wait_batch(b["id"], 10)
+        assert fin["state"] == "failed", fin
+        r = srv.job(j_retry)
+        assert r["state"] == "failed" and r["attempts"] == 3 and \
+            r["exit_code"] == 3, \
+            "exit 3 with retry_on [3], max_attempts 3: attempts %r, " \
+            "history %d entries" % (r["attempts"], len(r["history"]))
+        assert [h["attempt"] for h in r["history"]] == [1, 2, 3] and \
+            all(h["exit_code"] == 3 and h["state"] == "failed"
+                for h in r["history"]), r["history"]
+        r = srv.job(j_noretry)
+        assert r["state"] == "failed" and r["attempts"] == 1 and \
+            len(r["history"]) == 1, "exit 4 is not in retry_on: %r" % r
+        r = srv.job(j_sig)
+        assert r["state"] == "failed" and r["attempts"] == 2 and \
+            r["signal"] == "SIGSEGV" and len(r["history"]) == 2, \
+            "SIGSEGV with retry_on [SIGSEGV], max_attempts 2: attempts %r" \
+            % r["attempts"]
+        gap = parse_ts(r["history"][1]["started_at"]) - \
+            parse_ts(r["history"][0]["finished_at"])
+        assert gap >= 0.19, "retry_backoff_s 0.2 but retried after %.3f s" \
+            % gap
+        assert_pool_intact(srv, 1)
+        assert_normal_batch(srv)
+
+
+def test_queued_cancel_and_sleep_timeout():
+    with Server(workers=1) as srv:
+        b = srv.submit([
+            {"kind": "sleep", "args": {"seconds": 0.3}, "timeout_s": 0.1},
+            SLEEP30,
+            {"kind": "noop"},
+        ])
+        j_to, j_long, j_q = b["job_ids"]
+        srv.wait_job_state(j_long, "running", 10)
+        # the job behind the long one is still queued: cancel is immediate
+        c = srv.ok("POST", "/v1/jobs/%s/cancel" % j_q)
+        assert c["state"] == "canceled" and c["started_at"] is None, c
+        srv.ok("POST", "/v1/jobs/%s/cancel" % j_long)
+        fin = srv.wait_batch(b["id"], 10)
+        assert fin["state"] == "failed", fin
+        r = srv.job(j_to)
+        assert r["state"] == "timed_out" and r["error"], r
+        held = parse_ts(r["finished_at"]) - parse_ts(r["started_at"])
+        assert held < 0.3, "a 0.3 s sleep with timeout_s 0.1 held its " \
+            "worker %.3f s" % held
+        assert srv.job(j_q)["attempts"] == 0
+        assert srv.job(j_long)["state"] == "canceled"
+        assert_pool_intact(srv, 1)
+        assert_normal_batch(srv)
+
+
+def test_ack_is_durable():
+    with Server(workers=1) as first:
+        b = first.submit([{"kind": "echo", "args": {"value": i}}
+                          for i in range(50)], name="durable")
+        first.kill9()
+        with Server(workers=1, tmpdir=first.tmpdir) as second:
+            got = second.batch(b["id"])
+            assert got["name"] == "durable" and \
+                got["counts"]["total"] == 50, got
+            fin = second.wait_batch(b["id"], 10)
+            assert fin["state"] in ("succeeded", "failed"), fin
+            js = second.jobs(b["id"])
+            assert [j["id"] for j in js] == b["job_ids"]
+            for i, j in enumerate(js):
+                assert j["state"] == "succeeded" or \
+                    (j["state"] == "failed" and j["error"] == "interrupted"), \
+                    "job %d after restart: %r" % (i, j)
+                if j["state"] == "succeeded":
+                    assert j["result"] == {"value": i}, j
