@@ -854,6 +854,10 @@ int store_batch_delete(int64_t batch_id)
 	return step(s);
 }
 
+/* SQL_TIME renders a microsecond value like fmt_time() does.  (In an
+ * UPDATE, columns on the right side are the row's old values.) */
+#define SQL_TIME(col) "strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', " col \
+	" / 1000000.0, 'unixepoch')"
 #define COUNT_OF(st) "(SELECT count(*) FROM jobs j WHERE " \
 	"j.batch_id = batches.id AND j.state = '" st "')"
 #define RECOUNT "UPDATE batches SET n_queued = " COUNT_OF("queued") ", " \
@@ -870,7 +874,7 @@ int store_batch_delete(int64_t batch_id)
  * depends on what the dead server managed to write. */
 int store_recover(int64_t now, int *requeued, int *interrupted)
 {
-	char q[512];
+	char q[1024];
 
 	if (exec("BEGIN IMMEDIATE") < 0)
 		return -1;
@@ -884,10 +888,14 @@ int store_recover(int64_t now, int *requeued, int *interrupted)
 	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'failed', "
 		 "finished_at = %lld, error = 'interrupted', "
 		 "history = json_insert(history, '$[#]', json_object("
-		 "'attempt', attempts, 'state', 'failed', 'started_at', NULL, "
-		 "'finished_at', NULL, 'run_ms', NULL, 'exit_code', NULL, "
-		 "'signal', NULL, 'error', 'interrupted', 'worker', NULL)) "
-		 "WHERE state = 'running'", (long long)now);
+		 "'attempt', attempts, 'state', 'failed', "
+		 "'started_at', " SQL_TIME("started_at") ", "
+		 "'finished_at', " SQL_TIME("%lld") ", "
+		 "'run_ms', NULL, 'exit_code', NULL, 'signal', NULL, "
+		 "'error', 'interrupted', 'worker', CASE WHEN worker_slot "
+		 "IS NULL THEN NULL ELSE json_object('slot', worker_slot, "
+		 "'pid', worker_pid) END)) "
+		 "WHERE state = 'running'", (long long)now, (long long)now);
 	if (exec(q) < 0)
 		goto fail;
 	*interrupted = sqlite3_changes(db);

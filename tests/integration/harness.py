@@ -29,6 +29,10 @@ BATCH_ID_RE = re.compile(r"^b_[0-9]{12}$")
 JOB_ID_RE = re.compile(r"^j_[0-9]{12}$")
 TS_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{3})Z$")
 LISTEN_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+# sanitizer reports in the server's stderr fail the test even when the
+# process exits 0 (UBSan only prints by default)
+SANITIZER_RE = re.compile(r"(ERROR: AddressSanitizer|ERROR: LeakSanitizer|"
+                          r"runtime error:|WARNING: ThreadSanitizer)")
 
 PROBLEM_CODES = {
     404: "not-found",
@@ -329,7 +333,23 @@ class Server:
             raise ServerError("processes started by jobpoold still ran 2 s "
                               "after it exited: %s" % sorted(left))
         self._cleanup()
+        self.check_stderr()
         return took
+
+    def check_stderr(self):
+        """Fail on sanitizer reports in the server's stderr."""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return
+        m = SANITIZER_RE.search(text)
+        if m:
+            self.failed = True
+            self._auto_tail()
+            line = text[text.rfind("\n", 0, m.start()) + 1:].split("\n")[0]
+            raise ServerError("sanitizer report in jobpoold stderr: %s"
+                              % line.strip())
 
     def kill9(self):
         """SIGKILL the server only (not its workers); returns the pids of
@@ -417,6 +437,9 @@ class Server:
             self.abort()
         elif self.running():
             self.stop()
+        else:
+            self._cleanup()
+            self.check_stderr()
         self._cleanup()
         self._remove_tmpdir()
         return False
