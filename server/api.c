@@ -141,6 +141,8 @@ static int terminal(const json_t *obj)
 
 /* ---- endpoints ---- */
 
+static json_t *parse_body(struct request *r, enum MHD_Result *rc);
+
 static enum MHD_Result api_healthz(struct request *r)
 {
 	return http_json(r, 200, json_pack("{s:s}", "status", "ok"));
@@ -172,26 +174,15 @@ static int is_json_type(const char *ct)
 
 static enum MHD_Result api_batch_create(struct request *r)
 {
-	const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-						     "Content-Type");
-	json_error_t jerr;
 	json_t *body, *errors, *job_ids = NULL;
+	enum MHD_Result rc;
 	int64_t id;
-	char detail[300];
+	char detail[64];
 	int n;
 
-	if (!is_json_type(ct))
-		return http_problem(r, P_MEDIA_TYPE,
-				    "send the batch as application/json", NULL);
-	body = json_loadb(r->body ? r->body : "", r->len,
-			  JSON_REJECT_DUPLICATES, &jerr);
-	if (!body) {
-		snprintf(detail, sizeof(detail), "%s (line %d, column %d)",
-			 jerr.text, jerr.line, jerr.column);
-		return http_problem(r, P_INVALID_JSON, detail,
-				    json_pack("[{s:s, s:s}]", "path", "/",
-					      "message", jerr.text));
-	}
+	body = parse_body(r, &rc);
+	if (!body)
+		return rc;
 	errors = json_array();
 	n = validate_batch(body, errors);
 	if (n > 0) {
@@ -343,6 +334,58 @@ static enum MHD_Result api_pool_get(struct request *r)
 	return http_json(r, 200, pool_json());
 }
 
+/* parse_body decodes a JSON request body; answers 415/400 itself and
+ * returns NULL when it cannot. */
+static json_t *parse_body(struct request *r, enum MHD_Result *rc)
+{
+	const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						     "Content-Type");
+	json_error_t jerr;
+	char detail[300];
+	json_t *body;
+
+	if (!is_json_type(ct)) {
+		*rc = http_problem(r, P_MEDIA_TYPE, "send the body as "
+				   "application/json", NULL);
+		return NULL;
+	}
+	body = json_loadb(r->body ? r->body : "", r->len,
+			  JSON_REJECT_DUPLICATES, &jerr);
+	if (!body) {
+		snprintf(detail, sizeof(detail), "%s (line %d, column %d)",
+			 jerr.text, jerr.line, jerr.column);
+		*rc = http_problem(r, P_INVALID_JSON, detail,
+				   json_pack("[{s:s, s:s}]", "path", "/",
+					     "message", jerr.text));
+	}
+	return body;
+}
+
+/* PUT /v1/pool {size}: shrinking lets busy workers finish their job. */
+static enum MHD_Result api_pool_put(struct request *r)
+{
+	enum MHD_Result rc;
+	json_t *body = parse_body(r, &rc), *size;
+	double d;
+
+	if (!body)
+		return rc;
+	size = json_object_get(body, "size");
+	d = json_is_integer(size) ? (double)json_integer_value(size) : -1;
+	if (!json_is_object(body) || json_object_size(body) != 1 || !size) {
+		json_decref(body);
+		return http_invalid(r, "/", "must be exactly {\"size\": N}");
+	}
+	json_decref(body);
+	if (d < 1 || d > POOL_MAX)
+		return http_invalid(r, "/size", "must be an integer from 1 to 1024");
+	if (shutting_down)
+		return http_problem(r, P_UNAVAILABLE, "the server is shutting down", NULL);
+	pool_resize((int)d);
+	log_info("pool: resized to %d", (int)d);
+	return http_json(r, 200, pool_json());
+}
+
 /* ---- routing ---- */
 
 static const struct route routes[] = {
@@ -358,6 +401,7 @@ static const struct route routes[] = {
 	{"/v1/jobs/{j}", "GET", api_job_get},
 	{"/v1/jobs/{j}/cancel", "POST", api_job_cancel},
 	{"/v1/pool", "GET", api_pool_get},
+	{"/v1/pool", "PUT", api_pool_put},
 };
 
 /* match compares url with pattern segment by segment; "{b}" and "{j}"

@@ -53,24 +53,152 @@ void engine_dispatch(void)
 	}
 }
 
+/* Jobs waiting out their retry backoff: few, so a list is enough. */
+struct backoff {
+	int64_t job_id, batch_id, due_mono;
+	struct backoff *next;
+};
+static struct backoff *backoffs;
+
+/* retry_allowed tells whether the attempt that ended as o may be retried:
+ * attempts left, a failure (never a cancel), and listed in retry_on (an
+ * empty list allows every failure; a timeout only with an empty list). */
+static int retry_allowed(const struct slot *s, const struct outcome *o)
+{
+	const struct retry_policy *p = &s->retry;
+
+	if (s->job_attempts >= s->max_attempts)
+		return 0;
+	if (o->state != JS_FAILED && o->state != JS_TIMED_OUT)
+		return 0;
+	if (p->any)
+		return 1;
+	if (o->state == JS_TIMED_OUT)
+		return 0;
+	if (o->signal > 0 && o->signal < 64)
+		return (p->signals >> o->signal) & 1;
+	if (o->exit_code >= 0 && o->exit_code <= 255)
+		return (p->codes[o->exit_code / 8] >> (o->exit_code % 8)) & 1;
+	return 0;
+}
+
+/* backoff_us is retry_backoff_s * 2^(attempt-1), plus up to 50% random
+ * jitter so retries of many jobs that failed together spread out; never
+ * less than the nominal delay, never more than a day. */
+static int64_t backoff_us(const struct slot *s)
+{
+	double d = s->backoff_s * pow(2, s->job_attempts - 1);
+
+	d *= 1.0 + 0.5 * (double)random() / (double)RAND_MAX;
+	if (d > 86400)
+		d = 86400;
+	return (int64_t)(d * 1e6);
+}
+
+static void retry(struct slot *s, struct outcome *o, struct sbatch *b)
+{
+	int64_t delay = backoff_us(s);
+	struct backoff *w;
+
+	if (store_job_retry(s->job_id, s->batch_id, o, s, now_us() + delay) < 0)
+		log_warn("engine: job %lld: retry not stored",
+			 (long long)s->job_id);
+	if (!b)
+		return;
+	if (delay <= 0) {
+		sched_requeued(b);
+		return;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		sched_requeued(b);      /* no timer: retry at once */
+		return;
+	}
+	sched_delayed(b);
+	w->job_id = s->job_id;
+	w->batch_id = s->batch_id;
+	w->due_mono = mono_us() + delay;
+	w->next = backoffs;
+	backoffs = w;
+}
+
+/* forget_backoffs drops the timers of one job (job_id) or of every job of
+ * a batch (job_id 0); each dropped one becomes plain queued in the
+ * scheduler so a cancel can count it.  Returns how many were dropped. */
+static int forget_backoffs(int64_t batch_id, int64_t job_id)
+{
+	struct backoff **pp = &backoffs, *w;
+	struct sbatch *b = sched_find(batch_id);
+	int n = 0;
+
+	while ((w = *pp)) {
+		if (w->batch_id == batch_id && (!job_id || w->job_id == job_id)) {
+			*pp = w->next;
+			free(w);
+			if (b)
+				sched_ready(b);
+			n++;
+		} else {
+			pp = &w->next;
+		}
+	}
+	return n;
+}
+
+/* engine_tick releases jobs whose backoff is over.  Returns the next due
+ * time, or 0. */
+int64_t engine_tick(int64_t now)
+{
+	struct backoff **pp = &backoffs, *w;
+	int64_t next = 0;
+	struct sbatch *b;
+
+	while ((w = *pp)) {
+		if (now >= w->due_mono) {
+			*pp = w->next;
+			b = sched_find(w->batch_id);
+			if (b)
+				sched_ready(b);
+			free(w);
+			continue;
+		}
+		if (!next || w->due_mono < next)
+			next = w->due_mono;
+		pp = &w->next;
+	}
+	return next;
+}
+
 static void finish(struct slot *s, struct outcome *o)
 {
 	struct sbatch *b = sched_find(s->batch_id);
 	int64_t job_id = s->job_id, batch_id = s->batch_id;
 	int done = 0;
 
-	if (store_job_finish(job_id, batch_id, o, s, &done) < 0)
-		log_warn("engine: job %lld: outcome not stored",
-			 (long long)job_id);
 	if (b)
 		sched_finished(b);
 	s->jobs_done++;
-	s->job_id = 0;
-	s->deadline_mono = 0;
-	if (s->state == SLOT_BUSY)
-		s->state = SLOT_IDLE;
+	if (retry_allowed(s, o)) {
+		retry(s, o, b);
+		pool_job_ended(s);
+		http_wake(0, job_id);   /* wakes, looks, waits again */
+		return;
+	}
+	if (store_job_finish(job_id, batch_id, o, s, &done) < 0)
+		log_warn("engine: job %lld: outcome not stored",
+			 (long long)job_id);
+	pool_job_ended(s);
 	http_wake(0, job_id);
 	settle_batch(b, batch_id, done);
+}
+
+/* captured_output is the {stdout, stderr, truncated} of a command job. */
+static json_t *captured_output(const struct slot *s, int truncated)
+{
+	return json_pack("{s:s, s:s, s:b}",
+			 "stdout", s->out[0] ? s->out[0] : "",
+			 "stderr", s->out[1] ? s->out[1] : "",
+			 "truncated", truncated);
 }
 
 static int64_t msg_int(const json_t *m, const char *key)
@@ -85,8 +213,19 @@ void engine_job_done(struct slot *s, const json_t *msg)
 {
 	struct outcome o = { .exit_code = -1 };
 	int ok = json_is_true(json_object_get(msg, "ok"));
+	int killed = json_is_true(json_object_get(msg, "killed"));
+	json_t *output = NULL;
 
 	o.state = ok ? JS_SUCCEEDED : JS_FAILED;
+	/* A command stopped by our cancel or timeout ends as that, not as a
+	 * failure; one that finished before the stop keeps its real end. */
+	if (killed && s->kill == KILL_CANCEL)
+		o.state = JS_CANCELED;
+	else if (killed && s->kill == KILL_TIMEOUT)
+		o.state = JS_TIMED_OUT;
+	o.exit_code = (int)msg_int(msg, "exit_code");
+	o.signal = (int)(msg_int(msg, "signal") > 0 ? msg_int(msg, "signal") :
+			 0);
 	o.finished_at = now_us();
 	o.run_us = mono_us() - s->started_mono;
 	o.user_us = msg_int(msg, "user_us");
@@ -96,7 +235,15 @@ void engine_job_done(struct slot *s, const json_t *msg)
 	o.error = ok ? NULL : json_string_value(json_object_get(msg, "error"));
 	if (!ok && !o.error)
 		o.error = "the job failed";
+	if (o.state == JS_CANCELED)
+		o.error = "canceled while running";
+	else if (o.state == JS_TIMED_OUT)
+		o.error = "exceeded its timeout_s and was killed";
+	if (s->is_command)
+		o.output = output = captured_output(s, json_is_true(
+			json_object_get(msg, "truncated")));
 	finish(s, &o);
+	json_decref(output);
 }
 
 /* engine_worker_died settles the job of a worker that exited: killed on
@@ -113,11 +260,11 @@ void engine_worker_died(struct slot *s, int status)
 	if (s->kill == KILL_SHUTDOWN) {
 		/* Not the job's fault: back to the queue, attempt not
 		 * counted, so the next start runs it again. */
-		store_job_requeue(s->job_id, s->batch_id, 1);
+		store_job_requeue(s->job_id, s->batch_id, 1, 0);
 		b = sched_find(s->batch_id);
 		if (b)
 			sched_requeued(b);
-		s->job_id = 0;
+		pool_job_ended(s);
 		return;
 	}
 	if (WIFSIGNALED(status))
@@ -154,7 +301,7 @@ void engine_timeout(struct slot *s)
 {
 	log_info("engine: job %lld timed out on slot %d", (long long)s->job_id,
 		 s->index);
-	pool_kill(s, KILL_TIMEOUT, cfg.kill_grace_ms);
+	pool_stop_job(s, KILL_TIMEOUT);
 }
 
 static struct slot *slot_of_job(int64_t job_id)
@@ -183,11 +330,12 @@ int engine_cancel_job(int64_t job_id)
 	if (state == JS_RUNNING) {
 		s = slot_of_job(job_id);
 		if (s)
-			pool_kill(s, KILL_CANCEL, cfg.kill_grace_ms);
+			pool_stop_job(s, KILL_CANCEL);
 		return 0;
 	}
 	if (state != JS_QUEUED)
 		return -409;
+	forget_backoffs(batch_id, job_id);
 	rc = store_job_cancel_queued(job_id, batch_id, now_us(), &done);
 	if (rc < 0)
 		return -500;
@@ -212,6 +360,7 @@ int engine_cancel_batch(int64_t batch_id)
 		return -404;
 	if (info.queued + info.running == 0)
 		return -409;
+	forget_backoffs(batch_id, 0);
 	if (store_batch_cancel(batch_id, now_us(), &canceled, &done) < 0)
 		return -500;
 	b = sched_find(batch_id);
@@ -219,7 +368,7 @@ int engine_cancel_batch(int64_t batch_id)
 		sched_drop_queued(b, canceled);
 	for (i = 0; (s = pool_slot(i)); i++)
 		if (s->job_id && s->batch_id == batch_id && s->pid > 0)
-			pool_kill(s, KILL_CANCEL, cfg.kill_grace_ms);
+			pool_stop_job(s, KILL_CANCEL);
 	/* Long-polls on the canceled queued jobs: they are terminal now. */
 	if (canceled)
 		http_wake_batch_jobs(batch_id);

@@ -24,6 +24,8 @@ struct config {
 	int kill_grace_ms;
 	double drain_timeout_s;
 	size_t max_body_bytes;
+	size_t max_output_bytes;
+	int allow_command;
 	int max_jobs_per_batch;
 	int commit_interval_us;
 };
@@ -57,6 +59,14 @@ const char *job_state_name(enum job_state s);
 int job_state_parse(const char *s);             /* -1 when unknown */
 int batch_state_valid(const char *s);
 
+/* Which failures of a job may be retried (its retry_on list). */
+struct retry_policy {
+	int any;                /* empty list: every failure */
+	uint64_t signals;       /* bit n: signal n */
+	uint8_t codes[32];      /* bit n: exit code n */
+};
+void retry_parse(const char *text, struct retry_policy *p);
+
 /* A job being started: what the worker needs and what the engine tracks. */
 struct claim {
 	int64_t job_id;
@@ -66,6 +76,9 @@ struct claim {
 	double timeout_s;       /* 0: none */
 	char kind[32];
 	char *args;             /* new JSON text; the caller frees */
+	int max_attempts;
+	double backoff_s;
+	struct retry_policy retry;
 };
 
 /* An attempt's outcome, written by store_job_finish. */
@@ -77,6 +90,7 @@ struct outcome {
 	int signal;             /* 0: none */
 	const char *error;      /* borrowed, may be NULL */
 	json_t *result;         /* borrowed, may be NULL */
+	json_t *output;         /* borrowed, may be NULL */
 };
 
 /* Scheduler view of one unfinished batch, filled by store_load_active. */
@@ -110,7 +124,11 @@ struct slot;
 int store_job_finish(int64_t job_id, int64_t batch_id,
 		     const struct outcome *o, const struct slot *w,
 		     int *batch_done);
-int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt);
+int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
+		      int64_t not_before);
+int store_job_retry(int64_t job_id, int64_t batch_id,
+		    const struct outcome *o, const struct slot *w,
+		    int64_t not_before);
 int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 			    int *batch_done);
 int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
@@ -127,6 +145,8 @@ int64_t sched_id(const struct sbatch *b);
 void sched_started(struct sbatch *b);
 void sched_finished(struct sbatch *b);
 void sched_requeued(struct sbatch *b);
+void sched_delayed(struct sbatch *b);
+void sched_ready(struct sbatch *b);
 void sched_drop_queued(struct sbatch *b, int n);
 void sched_remove(struct sbatch *b);
 int sched_queued_total(void);
@@ -154,7 +174,17 @@ struct slot {
 	int done;                       /* "done" received for the job */
 	int64_t rss_kb;
 	int retire;                     /* pool shrinking: do not replace */
+	/* the job's kind and retry policy */
+	int is_command;
+	int max_attempts;
+	double backoff_s;
+	struct retry_policy retry;
+	/* captured output of a command job ("out" messages), NUL-terminated */
+	char *out[2];
+	size_t out_len[2];
 };
+
+#define POOL_MAX 1024
 
 int pool_start(int size);
 int pool_size(void);
@@ -164,6 +194,9 @@ int pool_send_run(struct slot *s, const struct claim *c);
 void pool_on_readable(int index);
 void pool_reap(void);
 void pool_kill(struct slot *s, enum kill_reason why, int grace_ms);
+void pool_stop_job(struct slot *s, enum kill_reason why);
+void pool_job_ended(struct slot *s);
+int pool_resize(int size);
 int64_t pool_tick(int64_t now_mono);    /* returns next deadline or 0 */
 int pool_live(void);
 int pool_busy(void);
@@ -179,6 +212,7 @@ void engine_batch_added(int64_t batch_id);
 int engine_cancel_job(int64_t job_id);
 int engine_cancel_batch(int64_t batch_id);
 void engine_timeout(struct slot *s);
+int64_t engine_tick(int64_t now_mono);
 int engine_load(void);
 void engine_requeue_running(void);
 

@@ -24,6 +24,7 @@ struct config cfg = {
 	.kill_grace_ms = 2000,
 	.drain_timeout_s = 30,
 	.max_body_bytes = 16 << 20,
+	.max_output_bytes = 1 << 20,
 	.max_jobs_per_batch = 100000,
 	.commit_interval_us = 2000,
 };
@@ -50,6 +51,9 @@ static const char usage[] =
 "                         before they are killed and re-queued [30]\n"
 "  --max-body-bytes N     largest request body          [16777216]\n"
 "  --max-jobs-per-batch N largest batch                 [100000]\n"
+"  --max-output-bytes N   output kept per stream of a command job [1048576]\n"
+"  --allow-command        enable the command kind (runs programs as this\n"
+"                         server's user; off by default)\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
 "                         committed (submissions never wait) [2000]\n"
 "  -h, --help             this text\n"
@@ -91,7 +95,7 @@ static void set_listen(const char *s)
 }
 
 enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
-	   O_BODY, O_JOBS, O_COMMIT };
+	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -103,6 +107,8 @@ static const struct option options[] = {
 	{"max-body-bytes", required_argument, NULL, O_BODY},
 	{"max-jobs-per-batch", required_argument, NULL, O_JOBS},
 	{"commit-interval-us", required_argument, NULL, O_COMMIT},
+	{"max-output-bytes", required_argument, NULL, O_OUTPUT},
+	{"allow-command", no_argument, NULL, O_ALLOW_COMMAND},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -127,6 +133,15 @@ static void set_option(int o, const char *v)
 	case O_JOBS:
 		cfg.max_jobs_per_batch = (int)number("--max-jobs-per-batch", v,
 						     1, 1000000);
+		break;
+	case O_OUTPUT:
+		cfg.max_output_bytes = (size_t)number("--max-output-bytes", v,
+						      0, 64L << 20);
+		break;
+	case O_ALLOW_COMMAND:
+		/* from the environment: JOBPOOL_ALLOW_COMMAND=1 (or true) */
+		cfg.allow_command = !v || strcmp(v, "1") == 0 ||
+				    strcmp(v, "true") == 0 || strcmp(v, "yes") == 0;
 		break;
 	case O_COMMIT:
 		cfg.commit_interval_us = (int)number("--commit-interval-us", v,
@@ -256,6 +271,7 @@ static int turn(int64_t *dirty_since)
 	int64_t mhd_ms = http_timeout_ms();
 
 	next = min_deadline(pool_tick(now), http_tick(now));
+	next = min_deadline(next, engine_tick(now));
 	if (*dirty_since)
 		next = min_deadline(next, *dirty_since + cfg.commit_interval_us);
 	if (shutting_down)
@@ -272,6 +288,7 @@ static int turn(int64_t *dirty_since)
 	now = mono_us();
 	pool_tick(now);
 	http_tick(now);
+	engine_tick(now);
 	engine_dispatch();
 	http_run();
 	if (store_dirty() && !*dirty_since)
@@ -326,6 +343,7 @@ int main(int argc, char **argv)
 	int requeued = 0, interrupted = 0, n;
 
 	parse_config(argc, argv);
+	srandom((unsigned)(now_us() ^ getpid()));
 	if (find_worker() < 0) {
 		fprintf(stderr, "jobpoold: cannot find jobpool-worker; "
 			"use --worker-bin\n");

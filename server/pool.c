@@ -29,8 +29,10 @@
 
 extern char **environ;
 
+/* Slots are allocated once for the largest pool: the loop's fd table keeps
+ * pointers to them, so they must never move. */
 static struct slot *slots;
-static int nslots;              /* allocated */
+static int nslots;              /* ever used: max of all sizes */
 static int target;              /* configured size */
 
 static void on_channel(int fd, uint32_t events, void *ctx);
@@ -99,16 +101,17 @@ int pool_start(int size)
 {
 	int i;
 
-	slots = calloc((size_t)size, sizeof(*slots));
+	slots = calloc(POOL_MAX, sizeof(*slots));
 	if (!slots)
 		return -1;
-	nslots = target = size;
-	for (i = 0; i < size; i++) {
+	for (i = 0; i < POOL_MAX; i++) {
 		slots[i].index = i;
 		slots[i].fd = -1;
+	}
+	nslots = target = size;
+	for (i = 0; i < size; i++)
 		if (spawn_worker(&slots[i]) < 0)
 			return -1;
-	}
 	return 0;
 }
 
@@ -169,8 +172,10 @@ int pool_send_run(struct slot *s, const struct claim *c)
 
 	fmt_id(id, sizeof(id), 'j', c->job_id);
 	args = json_loads(c->args, 0, NULL);
-	m = json_pack("{s:s, s:s, s:s, s:o}", "t", "run", "job", id,
-		      "kind", c->kind, "args", args ? args : json_object());
+	m = json_pack("{s:s, s:s, s:s, s:o, s:i, s:I}", "t", "run", "job", id,
+		      "kind", c->kind, "args", args ? args : json_object(),
+		      "grace_ms", cfg.kill_grace_ms,
+		      "output_cap", (json_int_t)cfg.max_output_bytes);
 	msg = json_dumps(m, JSON_COMPACT);
 	json_decref(m);
 	s->state = SLOT_BUSY;
@@ -178,6 +183,10 @@ int pool_send_run(struct slot *s, const struct claim *c)
 	s->batch_id = c->batch_id;
 	s->job_created_at = c->created_at;
 	s->job_attempts = c->attempts;
+	s->max_attempts = c->max_attempts;
+	s->backoff_s = c->backoff_s;
+	s->retry = c->retry;
+	s->is_command = strcmp(c->kind, "command") == 0;
 	s->done = 0;
 	s->kill = KILL_NONE;
 	s->kill_at_mono = 0;
@@ -195,6 +204,27 @@ int pool_send_run(struct slot *s, const struct claim *c)
 	return 0;
 }
 
+/* append_output keeps a chunk of a command's captured output.  The worker
+ * already capped it (output_cap bytes of raw output per stream); the bound
+ * here only protects the server from a worker that does not. */
+static void append_output(struct slot *s, json_int_t fd, const json_t *data)
+{
+	size_t n = json_string_length(data), cap = cfg.max_output_bytes * 3 + 16;
+	char *p;
+	int i = (int)fd - 1;
+
+	if ((i != 0 && i != 1) || !json_is_string(data) ||
+	    s->out_len[i] + n > cap)
+		return;
+	p = realloc(s->out[i], s->out_len[i] + n + 1);
+	if (!p)
+		return;
+	memcpy(p + s->out_len[i], json_string_value(data), n);
+	s->out_len[i] += n;
+	p[s->out_len[i]] = 0;
+	s->out[i] = p;
+}
+
 static void handle_message(struct slot *s, const char *buf, size_t len)
 {
 	json_t *m = json_loadb(buf, len, 0, NULL);
@@ -202,6 +232,9 @@ static void handle_message(struct slot *s, const char *buf, size_t len)
 
 	if (t && strcmp(t, "ready") == 0 && s->state == SLOT_STARTING) {
 		s->state = SLOT_IDLE;
+	} else if (t && strcmp(t, "out") == 0 && s->job_id) {
+		append_output(s, json_integer_value(json_object_get(m, "fd")),
+			      json_object_get(m, "data"));
 	} else if (t && strcmp(t, "done") == 0 && s->job_id) {
 		/* Also when a kill is on its way: the job did finish, and
 		 * the truth beats the intent. */
@@ -260,6 +293,84 @@ void pool_kill(struct slot *s, enum kill_reason why, int grace_ms)
 	}
 	if (s->state != SLOT_EMPTY)
 		s->state = SLOT_STOPPING;
+}
+
+/* pool_stop_job stops the job running in s (cancel, timeout).  A command
+ * job is stopped by its worker, which signals the job's whole process tree
+ * (TERM, then KILL after the grace) and stays in the pool; the server only
+ * kills that worker if it has not answered a second after the grace.  A
+ * function kind runs inside the worker, so the worker itself is stopped. */
+void pool_stop_job(struct slot *s, enum kill_reason why)
+{
+	static const char cancel[] = "{\"t\":\"cancel\"}";
+
+	if (!s->is_command || s->fd < 0) {
+		pool_kill(s, why, cfg.kill_grace_ms);
+		return;
+	}
+	if (s->kill == KILL_NONE)
+		s->kill = why;
+	if (s->kill_at_mono)
+		return;
+	s->kill_at_mono = mono_us() + (int64_t)(cfg.kill_grace_ms + 1000) * 1000;
+	if (send(s->fd, cancel, sizeof(cancel) - 1,
+		 MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		pool_kill(s, why, 0);
+}
+
+/* pool_job_ended puts slot s back to work after its job was settled. */
+void pool_job_ended(struct slot *s)
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		free(s->out[i]);
+		s->out[i] = NULL;
+		s->out_len[i] = 0;
+	}
+	s->job_id = 0;
+	s->deadline_mono = 0;
+	if (s->state != SLOT_BUSY)
+		return;         /* being killed: the reap replaces it */
+	s->kill = KILL_NONE;
+	s->kill_at_mono = 0;
+	if (s->retire) {
+		close_channel(s);       /* it exits on EOF */
+		s->state = SLOT_STOPPING;
+	} else {
+		s->state = SLOT_IDLE;
+	}
+}
+
+/* pool_resize grows or shrinks the pool.  Growing starts workers at once;
+ * shrinking retires the highest slots: idle ones exit now, busy ones after
+ * their job, so no job is lost or run twice.  Returns 0 or -1. */
+int pool_resize(int size)
+{
+	int i;
+
+	if (size < 1 || size > POOL_MAX)
+		return -1;
+	for (i = 0; i < size; i++) {
+		struct slot *s = &slots[i];
+
+		s->retire = 0;
+		if (s->state == SLOT_EMPTY && !shutting_down)
+			spawn_worker(s);
+	}
+	for (i = size; i < nslots; i++) {
+		struct slot *s = &slots[i];
+
+		s->retire = 1;
+		if (s->state == SLOT_IDLE || s->state == SLOT_STARTING) {
+			close_channel(s);
+			s->state = SLOT_STOPPING;
+		}
+	}
+	if (size > nslots)
+		nslots = size;
+	target = size;
+	return 0;
 }
 
 static struct slot *slot_by_pid(pid_t pid)

@@ -14,6 +14,7 @@
 
 struct sbatch {
 	struct batch_info b;
+	int delayed;            /* queued but waiting out a retry backoff */
 	struct sbatch *prev, *next;
 };
 
@@ -95,6 +96,19 @@ void sched_finished(struct sbatch *b)
 void sched_requeued(struct sbatch *b)
 {
 	b->b.running--;
+	b->b.queued++;
+	queued_total++;
+}
+
+void sched_delayed(struct sbatch *b)
+{
+	b->b.running--;
+	b->delayed++;
+}
+
+void sched_ready(struct sbatch *b)
+{
+	b->delayed--;
 	b->b.queued++;
 	queued_total++;
 }

@@ -41,7 +41,7 @@ enum stmt_id {
 	"max_attempts, retry_on, retry_backoff_s, timeout_s, created_at, " \
 	"queued_at, started_at, finished_at, run_us, user_us, sys_us, " \
 	"max_rss_kb, worker_slot, worker_pid, exit_code, signal, error, " \
-	"result, history"
+	"result, history, output"
 /* The batch state after a transition, derived from its counters. */
 #define SETTLE_STATE \
 	"CASE WHEN n_queued = 0 AND n_running = 0 THEN " \
@@ -61,14 +61,15 @@ static const char *const sql[S__COUNT] = {
 	[S_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?",
 	[S_JOB_BATCH] = "SELECT batch_id, state FROM jobs WHERE id = ?",
 	[S_NEXT_QUEUED] = "SELECT id, created_at, attempts, timeout_s, kind, "
-		"args FROM jobs WHERE batch_id = ? AND state = 'queued' "
+		"args, max_attempts, retry_on, retry_backoff_s FROM jobs "
+		"WHERE batch_id = ? AND state = 'queued' AND not_before <= ? "
 		"ORDER BY idx LIMIT 1",
 	[S_JOB_START] = "UPDATE jobs SET state = 'running', "
 		"attempts = attempts + 1, started_at = ?, finished_at = NULL, "
 		"worker_slot = ?, worker_pid = ?, run_us = NULL, "
 		"user_us = NULL, sys_us = NULL, max_rss_kb = NULL, "
-		"exit_code = NULL, signal = NULL, error = NULL, result = NULL "
-		"WHERE id = ?",
+		"exit_code = NULL, signal = NULL, error = NULL, result = NULL, "
+		"output = NULL WHERE id = ?",
 	[S_BATCH_START] = "UPDATE batches SET n_queued = n_queued - 1, "
 		"n_running = n_running + 1, "
 		"started_at = coalesce(started_at, ?1), "
@@ -76,10 +77,12 @@ static const char *const sql[S__COUNT] = {
 	[S_JOB_FINISH] = "UPDATE jobs SET state = ?, finished_at = ?, "
 		"run_us = ?, user_us = ?, sys_us = ?, max_rss_kb = ?, "
 		"exit_code = ?, signal = ?, error = ?, result = ?, "
-		"history = json_insert(history, '$[#]', json(?)) WHERE id = ?",
+		"history = json_insert(history, '$[#]', json(?)), output = ? "
+		"WHERE id = ?",
 	[S_BATCH_FINISH] = "UPDATE batches SET n_running = n_running - 1, "
 		"n_succeeded = n_succeeded + ?, n_failed = n_failed + ?, "
 		"n_timed_out = n_timed_out + ?, n_canceled = n_canceled + ?, "
+		"n_queued = n_queued + ?, "
 		"total_run_us = total_run_us + ?, "
 		"total_cpu_us = total_cpu_us + ? WHERE id = ?",
 	[S_BATCH_SETTLE] = "UPDATE batches SET state = " SETTLE_STATE ", "
@@ -88,7 +91,9 @@ static const char *const sql[S__COUNT] = {
 		"RETURNING n_queued + n_running",
 	[S_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', "
 		"attempts = attempts - ?, started_at = NULL, queued_at = ?, "
-		"worker_slot = NULL, worker_pid = NULL WHERE id = ?",
+		"finished_at = NULL, worker_slot = NULL, worker_pid = NULL, "
+		"not_before = ? "
+		"WHERE id = ?",
 	[S_BATCH_REQUEUE] = "UPDATE batches SET n_running = n_running - 1, "
 		"n_queued = n_queued + 1 WHERE id = ?",
 	[S_JOB_CANCEL_Q] = "UPDATE jobs SET state = 'canceled', "
@@ -487,7 +492,7 @@ static json_t *job_row(sqlite3_stmt *s)
 			   "pid", col_i64(s, 21));
 	return json_pack("{s:s, s:s, s:I, s:o, s:s, s:o, s:s, s:I, s:I, s:o, "
 			 "s:f, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
-			 "s:o, s:n, s:o}",
+			 "s:o, s:o, s:o}",
 		"id", id, "batch_id", bid, "index", col_i64(s, 2),
 		"name", col_opt_str(s, 3),
 		"kind", (const char *)sqlite3_column_text(s, 4),
@@ -506,7 +511,7 @@ static json_t *job_row(sqlite3_stmt *s)
 		"signal", col_opt_str(s, 23),
 		"error", col_opt_str(s, 24),
 		"result", col_json(s, 25),
-		"output",
+		"output", col_json(s, 27),
 		"history", col_json(s, 26));
 }
 
@@ -669,6 +674,9 @@ int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	if (begin() < 0)
 		return -1;
 	sqlite3_bind_int64(s, 1, batch_id);
+	/* A little slack: the scheduler's backoff timer is monotonic and this
+	 * is wall time; a job due "now" must not be missed by microseconds. */
+	sqlite3_bind_int64(s, 2, now + 5000);
 	rc = sqlite3_step(s);
 	if (rc != SQLITE_ROW) {
 		sqlite3_reset(s);
@@ -681,6 +689,9 @@ int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	c->timeout_s = sqlite3_column_double(s, 3);
 	snprintf(c->kind, sizeof(c->kind), "%s", sqlite3_column_text(s, 4));
 	c->args = strdup((const char *)sqlite3_column_text(s, 5));
+	c->max_attempts = sqlite3_column_int(s, 6);
+	retry_parse((const char *)sqlite3_column_text(s, 7), &c->retry);
+	c->backoff_s = sqlite3_column_double(s, 8);
 	sqlite3_reset(s);
 	if (!c->args)
 		return -1;
@@ -704,6 +715,30 @@ fail:
 	return -1;
 }
 
+/* retry_parse reads a job's retry_on list into a policy: empty means any
+ * failure may be retried. */
+void retry_parse(const char *text, struct retry_policy *p)
+{
+	json_t *list = json_loads(text ? text : "[]", 0, NULL), *e;
+	size_t i;
+	int sig;
+
+	memset(p, 0, sizeof(*p));
+	p->any = json_array_size(list) == 0;
+	json_array_foreach(list, i, e) {
+		if (json_is_string(e) &&
+		    (sig = signal_number(json_string_value(e))) > 0 && sig < 64)
+			p->signals |= 1ULL << sig;
+		else if (json_is_number(e) && json_number_value(e) >= 0 &&
+			 json_number_value(e) <= 255) {
+			int code = (int)json_number_value(e);
+
+			p->codes[code / 8] |= (uint8_t)(1u << (code % 8));
+		}
+	}
+	json_decref(list);
+}
+
 static json_t *history_entry(const struct outcome *o, int64_t started_at,
 			     int attempt, int slot, pid_t pid)
 {
@@ -722,18 +757,22 @@ static json_t *history_entry(const struct outcome *o, int64_t started_at,
 					      "pid", (int)pid) : json_null());
 }
 
-int store_job_finish(int64_t job_id, int64_t batch_id,
-		     const struct outcome *o, const struct slot *w,
-		     int *batch_done)
+/* record_attempt writes the outcome of slot w's attempt: the job's row (in
+ * row_state), one history entry, and the batch's counters and totals. */
+static int record_attempt(int64_t job_id, int64_t batch_id,
+			  const struct outcome *o, const struct slot *w,
+			  enum job_state row_state)
 {
 	sqlite3_stmt *s;
 	json_t *h;
-	char *htext, *rtext = NULL;
+	char *htext, *rtext = NULL, *otext = NULL;
 	const char *sig = o->signal ? signal_name(o->signal) : NULL;
 	int rc;
 
 	if (begin() < 0)
 		return -1;
+	if (o->output)
+		otext = json_dumps(o->output, JSON_COMPACT);
 	h = history_entry(o, w->started_at, w->job_attempts, w->index,
 			  w->pid);
 	htext = json_dumps(h, JSON_COMPACT | JSON_REAL_PRECISION(15));
@@ -742,7 +781,7 @@ int store_job_finish(int64_t job_id, int64_t batch_id,
 		rtext = json_dumps(o->result, JSON_COMPACT |
 				   JSON_REAL_PRECISION(17));
 	s = get(S_JOB_FINISH);
-	bind_text(s, 1, job_state_name(o->state));
+	bind_text(s, 1, job_state_name(row_state));
 	sqlite3_bind_int64(s, 2, o->finished_at);
 	sqlite3_bind_int64(s, 3, o->run_us);
 	bind_opt(s, 4, o->user_us, o->user_us >= 0);
@@ -753,27 +792,56 @@ int store_job_finish(int64_t job_id, int64_t batch_id,
 	bind_text(s, 9, o->error);
 	bind_text(s, 10, rtext);
 	bind_text(s, 11, htext);
-	sqlite3_bind_int64(s, 12, job_id);
+	bind_text(s, 12, otext);
+	sqlite3_bind_int64(s, 13, job_id);
 	rc = step(s);
 	free(htext);
 	free(rtext);
+	free(otext);
 	if (rc < 0)
 		return -1;
 	s = get(S_BATCH_FINISH);
-	sqlite3_bind_int(s, 1, o->state == JS_SUCCEEDED);
-	sqlite3_bind_int(s, 2, o->state == JS_FAILED);
-	sqlite3_bind_int(s, 3, o->state == JS_TIMED_OUT);
-	sqlite3_bind_int(s, 4, o->state == JS_CANCELED);
-	sqlite3_bind_int64(s, 5, o->run_us);
-	sqlite3_bind_int64(s, 6, (o->user_us > 0 ? o->user_us : 0) +
+	sqlite3_bind_int(s, 1, row_state == JS_SUCCEEDED);
+	sqlite3_bind_int(s, 2, row_state == JS_FAILED);
+	sqlite3_bind_int(s, 3, row_state == JS_TIMED_OUT);
+	sqlite3_bind_int(s, 4, row_state == JS_CANCELED);
+	sqlite3_bind_int(s, 5, row_state == JS_QUEUED);
+	sqlite3_bind_int64(s, 6, o->run_us);
+	sqlite3_bind_int64(s, 7, (o->user_us > 0 ? o->user_us : 0) +
 				 (o->sys_us > 0 ? o->sys_us : 0));
-	sqlite3_bind_int64(s, 7, batch_id);
-	if (step(s) < 0)
+	sqlite3_bind_int64(s, 8, batch_id);
+	return step(s);
+}
+
+int store_job_finish(int64_t job_id, int64_t batch_id,
+		     const struct outcome *o, const struct slot *w,
+		     int *batch_done)
+{
+	if (record_attempt(job_id, batch_id, o, w, o->state) < 0)
 		return -1;
 	return settle(batch_id, o->finished_at, batch_done);
 }
 
-int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt)
+/* store_job_retry records a failed attempt and puts the job back in the
+ * queue, not to start before not_before. */
+int store_job_retry(int64_t job_id, int64_t batch_id,
+		    const struct outcome *o, const struct slot *w,
+		    int64_t not_before)
+{
+	sqlite3_stmt *s;
+
+	if (record_attempt(job_id, batch_id, o, w, JS_QUEUED) < 0)
+		return -1;
+	s = get(S_JOB_REQUEUE);
+	sqlite3_bind_int(s, 1, 0);
+	sqlite3_bind_int64(s, 2, o->finished_at);
+	sqlite3_bind_int64(s, 3, not_before);
+	sqlite3_bind_int64(s, 4, job_id);
+	return step(s);
+}
+
+int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
+		      int64_t not_before)
 {
 	sqlite3_stmt *s;
 
@@ -782,7 +850,8 @@ int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt)
 	s = get(S_JOB_REQUEUE);
 	sqlite3_bind_int(s, 1, undo_attempt ? 1 : 0);
 	sqlite3_bind_int64(s, 2, now_us());
-	sqlite3_bind_int64(s, 3, job_id);
+	sqlite3_bind_int64(s, 3, not_before);
+	sqlite3_bind_int64(s, 4, job_id);
 	if (step(s) < 0)
 		return -1;
 	s = get(S_BATCH_REQUEUE);
@@ -885,6 +954,10 @@ int store_recover(int64_t now, int *requeued, int *interrupted)
 	if (exec(q) < 0)
 		goto fail;
 	*requeued = sqlite3_changes(db);
+	/* Backoff timers lived in the old server's memory: due at once. */
+	if (exec("UPDATE jobs SET not_before = 0 WHERE state = 'queued' "
+		 "AND not_before > 0") < 0)
+		goto fail;
 	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'failed', "
 		 "finished_at = %lld, error = 'interrupted', "
 		 "history = json_insert(history, '$[#]', json_object("

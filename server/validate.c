@@ -179,7 +179,7 @@ static void check_job(struct verr *v, const json_t *job)
 	kind = json_object_get(job, "kind");
 	if (!kind) {
 		add(v, "kind", "is required");
-	} else if (json_is_string(kind) &&
+	} else if (json_is_string(kind) && !cfg.allow_command &&
 		   strcmp(json_string_value(kind), "command") == 0) {
 		add(v, "kind", "\"command\" is off; start the server with --allow-command to enable it");
 	} else if (!json_is_string(kind) ||

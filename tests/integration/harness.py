@@ -179,9 +179,11 @@ def assert_problem(status, headers, body, expected_status, path_substring=None,
     ct = headers.get("content-type", "")
     assert ct.split(";")[0].strip().lower() == "application/problem+json", \
         "content-type %r is not application/problem+json (%s)" % (ct, ctx)
-    assert isinstance(body, dict), "problem body is not an object: %r" % (body,)
+    assert isinstance(body, dict), \
+        "problem body is not an object: %r" % (body,)
     for f in ("type", "title", "detail"):
-        assert isinstance(body.get(f), str), "problem.%s missing (%s)" % (f, ctx)
+        assert isinstance(body.get(f), str), \
+            "problem.%s missing (%s)" % (f, ctx)
     assert body.get("status") == expected_status, \
         "problem.status %r != %d" % (body.get("status"), expected_status)
     assert body["type"].startswith("urn:jobpool:problem:"), \
@@ -423,8 +425,8 @@ class Server:
         if self.tail_printed:
             return
         self.tail_printed = True
-        sys.stdout.write("---- jobpoold pid %s stderr (last %d lines, %s) ----\n"
-                         % (self.pid, n, self.stderr_path))
+        sys.stdout.write("---- jobpoold pid %s stderr (last %d lines, %s) "
+                         "----\n" % (self.pid, n, self.stderr_path))
         sys.stdout.write(self.stderr_tail(n) + "\n---- end ----\n")
         sys.stdout.flush()
 
@@ -516,7 +518,8 @@ class Server:
         body = dict(fields)
         body["jobs"] = jobs
         st, h, b = self.post("/v1/batches", body)
-        assert st == 201, "POST /v1/batches: expected 201, got %d: %r" % (st, b)
+        assert st == 201, \
+            "POST /v1/batches: expected 201, got %d: %r" % (st, b)
         assert isinstance(b, dict) and BATCH_ID_RE.match(b.get("id", "")), \
             "bad batch id in %r" % (b,)
         assert h.get("location") == "/v1/batches/" + b["id"], \

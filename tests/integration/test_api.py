@@ -26,10 +26,6 @@ def no_batches(srv):
     assert items == [], "a rejected request left batches behind: %r" % items
 
 
-def errors_by_path(p):
-    return {e["path"]: e["message"] for e in p["errors"]}
-
-
 def has_error(p, path, word=None):
     """errors[] names path exactly, or (for an unknown member `word`) its
     parent path with the member named in the message."""

@@ -76,15 +76,40 @@ static const char *first_path(const json_t *errors)
 	return p ? p : "(none)";
 }
 
+/* The verdict of one validate_batch call, copied out of the errors array
+ * so the array is freed before any assertion can end the test. */
+struct verdict {
+	int count;
+	size_t listed;
+	char first[192];        /* the first problem's path */
+	int found;              /* a problem on the path asked for */
+	char msg[256];          /* its message */
+};
+
+static struct verdict verdict_of(const char *body, const char *path)
+{
+	struct verdict o = { 0 };
+	json_t *errors;
+	const char *msg;
+
+	o.count = check_text(body, &errors);
+	o.listed = json_array_size(errors);
+	snprintf(o.first, sizeof(o.first), "%s", first_path(errors));
+	msg = path ? message_at(errors, path) : NULL;
+	if (msg) {
+		o.found = 1;
+		snprintf(o.msg, sizeof(o.msg), "%s", msg);
+	}
+	json_decref(errors);
+	return o;
+}
+
 static void assert_valid_text(const char *body)
 {
-	json_t *errors;
-	int n = check_text(body, &errors);
+	struct verdict o = verdict_of(body, NULL);
 
-	cr_assert_eq(n, 0, "%s: unexpected problem at %s", body,
-		     first_path(errors));
-	cr_assert_eq(json_array_size(errors), 0);
-	json_decref(errors);
+	cr_assert_eq(o.count, 0, "%s: unexpected problem at %s", body, o.first);
+	cr_assert_eq(o.listed, 0);
 }
 
 /* assert_only_problem checks body has exactly one problem, on path, with a
@@ -92,21 +117,17 @@ static void assert_valid_text(const char *body)
 static void assert_only_problem(const char *body, const char *path,
 				const char *needle)
 {
-	json_t *errors;
-	int n = check_text(body, &errors);
-	const char *msg;
+	struct verdict o = verdict_of(body, path);
 
-	cr_assert_eq(n, 1, "%s: want 1 problem on %s, got %d (first at %s)",
-		     body, path, n, first_path(errors));
-	cr_assert_eq(json_array_size(errors), 1);
-	msg = message_at(errors, path);
-	cr_assert_not_null(msg, "%s: want problem on %s, got it on %s", body,
-			   path, first_path(errors));
+	cr_assert_eq(o.count, 1, "%s: want 1 problem on %s, got %d (first at %s)",
+		     body, path, o.count, o.first);
+	cr_assert_eq(o.listed, 1);
+	cr_assert(o.found, "%s: want problem on %s, got it on %s", body, path,
+		  o.first);
 	if (needle)
-		cr_assert_not_null(strstr(msg, needle),
+		cr_assert_not_null(strstr(o.msg, needle),
 				   "%s: message at %s is \"%s\", want \"%s\" in it",
-				   body, path, msg, needle);
-	json_decref(errors);
+				   body, path, o.msg, needle);
 }
 
 /* seed_batch returns a new valid batch of n sleep jobs, concurrency 5. */
