@@ -172,14 +172,93 @@ static int is_json_type(const char *ct)
 	       (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
 }
 
+static int valid_key(const char *k)
+{
+	size_t n = strlen(k), i;
+
+	if (n < 1 || n > 255)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (k[i] < 0x20 || k[i] > 0x7e)
+			return 0;
+	return 1;
+}
+
+static void retry_after(struct request *r, int seconds)
+{
+	char v[16];
+
+	snprintf(v, sizeof(v), "%d", seconds);
+	http_header(r, "Retry-After", v);
+}
+
+/* replay answers a submission whose Idempotency-Key is known: the same
+ * body gets the first batch (after the commit that holds it, like any
+ * ack), another body a 409.  Returns 0 when the key is new. */
+static int replay(struct request *r, const char *key, const char *hash,
+		  enum MHD_Result *rc)
+{
+	char stored[33];
+	int64_t id;
+	int found = store_idem_get(key, now_us() - cfg.idempotency_ttl_us,
+				   stored, &id);
+
+	if (found < 0) {
+		*rc = http_problem(r, P_UNAVAILABLE, "the key could not be looked up", NULL);
+		return -1;
+	}
+	if (found > 0)
+		return 0;
+	if (strcmp(stored, hash) != 0) {
+		*rc = http_problem(r, P_CONFLICT, "this Idempotency-Key was "
+				   "used with a different body", NULL);
+		return -1;
+	}
+	r->replay = 1;
+	http_suspend_ack(r, id, store_job_ids(id));
+	*rc = MHD_YES;
+	return 1;
+}
+
+/* refuse_load applies back-pressure before anything is written: a queue
+ * past --max-queued-jobs is a 429, a database near --max-db-bytes a 503;
+ * both say when to come back.  Reads are never refused. */
+static int refuse_load(struct request *r, int njobs, enum MHD_Result *rc)
+{
+	char detail[128];
+
+	if (sched_queued_total() + njobs > cfg.max_queued_jobs) {
+		snprintf(detail, sizeof(detail), "%d jobs are queued; the limit "
+			 "is %lld (--max-queued-jobs)", sched_queued_total(),
+			 (long long)cfg.max_queued_jobs);
+		retry_after(r, 1);
+		*rc = http_problem(r, P_QUEUE_FULL, detail, NULL);
+		return 1;
+	}
+	if (cfg.max_db_bytes &&
+	    store_size_bytes() >= cfg.max_db_bytes) {
+		retry_after(r, 30);
+		*rc = http_problem(r, P_UNAVAILABLE, "the database is near its "
+				   "size limit (--max-db-bytes); finished batches "
+				   "must be deleted or expire first", NULL);
+		return 1;
+	}
+	return 0;
+}
+
 static enum MHD_Result api_batch_create(struct request *r)
 {
+	const char *key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						      "Idempotency-Key");
 	json_t *body, *errors, *job_ids = NULL;
 	enum MHD_Result rc;
+	char detail[64], hash[33] = "";
 	int64_t id;
-	char detail[64];
 	int n;
 
+	if (key && !valid_key(key))
+		return http_invalid(r, "Idempotency-Key", "must be 1 to 255 "
+				    "printable ASCII characters");
 	body = parse_body(r, &rc);
 	if (!body)
 		return rc;
@@ -192,9 +271,28 @@ static enum MHD_Result api_batch_create(struct request *r)
 		return http_problem(r, P_INVALID, detail, errors);
 	}
 	json_decref(errors);
-	if (store_batch_insert(body, now_us(), &id, &job_ids) < 0) {
+	if (key) {
+		char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
+
+		hash_hex(canon ? canon : "", canon ? strlen(canon) : 0, hash);
+		free(canon);
+		n = replay(r, key, hash, &rc);
+		if (n != 0) {
+			json_decref(body);
+			return rc;
+		}
+	}
+	n = (int)json_array_size(json_object_get(body, "jobs"));
+	if (refuse_load(r, n, &rc)) {
 		json_decref(body);
-		return http_problem(r, P_UNAVAILABLE,
+		return rc;
+	}
+	if (store_batch_insert(body, now_us(), key, key ? hash : NULL, &id,
+			       &job_ids) < 0) {
+		json_decref(body);
+		retry_after(r, 5);
+		return http_problem(r, P_UNAVAILABLE, store_full() ?
+				    "the database is full; the batch was not stored" :
 				    "the batch could not be stored", NULL);
 	}
 	json_decref(body);
@@ -218,7 +316,7 @@ static enum MHD_Result reply_created(struct request *r)
 	snprintf(loc, sizeof(loc), "/v1/batches/%s",
 		 json_string_value(json_object_get(batch, "id")));
 	http_header(r, "Location", loc);
-	return http_json(r, 201, batch);
+	return http_json(r, r->replay ? 200 : 201, batch);
 }
 
 static enum MHD_Result api_batch_list(struct request *r)

@@ -39,6 +39,7 @@ static const struct {
 			  "Content-Type must be application/json"},
 	[P_INTERNAL] = {"internal", 500, "Internal server error"},
 	[P_UNAVAILABLE] = {"unavailable", 503, "Service unavailable"},
+	[P_QUEUE_FULL] = {"queue-full", 429, "Too many queued jobs"},
 };
 
 static void list_remove(struct request **head, struct request *r)
@@ -189,7 +190,7 @@ void http_acks(int ok)
 		list_remove(&acks, r);
 		r->ack_ok = ok;
 		r->phase = PH_RESUMED;
-		if (ok)
+		if (ok && !r->replay)
 			engine_batch_added(r->ack_batch);
 		MHD_resume_connection(r->conn);
 		resumed = 1;

@@ -8,7 +8,7 @@
 
 enum problem {
 	P_INVALID_JSON, P_INVALID, P_NOT_FOUND, P_METHOD, P_CONFLICT,
-	P_TOO_LARGE, P_MEDIA_TYPE, P_INTERNAL, P_UNAVAILABLE
+	P_TOO_LARGE, P_MEDIA_TYPE, P_INTERNAL, P_UNAVAILABLE, P_QUEUE_FULL
 };
 
 enum phase { PH_NEW, PH_ACK, PH_WAIT, PH_RESUMED };
@@ -28,6 +28,7 @@ struct request {
 	int64_t ack_batch;
 	json_t *job_ids;
 	int ack_ok;
+	int replay;                     /* Idempotency-Key seen before */
 	/* long-poll */
 	int wait_batch;
 	int64_t wait_id, wait_parent;  /* a job's batch, for batch cancel */

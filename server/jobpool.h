@@ -25,6 +25,10 @@ struct config {
 	double drain_timeout_s;
 	size_t max_body_bytes;
 	size_t max_output_bytes;
+	int64_t max_db_bytes;           /* 0: no cap */
+	int64_t max_queued_jobs;
+	int64_t retention_us;           /* 0: keep finished batches */
+	int64_t idempotency_ttl_us;
 	int allow_command;
 	int max_jobs_per_batch;
 	int commit_interval_us;
@@ -40,6 +44,11 @@ void fmt_time(char *buf, size_t size, int64_t us);
 json_t *json_time(int64_t us);          /* new; null when us <= 0 */
 json_t *json_ms(int64_t us);            /* new; ms with 3 decimals */
 void fmt_id(char *buf, size_t size, char prefix, int64_t id);
+/* hash_hex writes a 128-bit hash of s[0..n) as 32 hex digits + NUL. */
+void hash_hex(const char *s, size_t n, char *out);
+/* parse_duration reads "90s", "15m", "12h", "7d" or plain seconds into
+ * microseconds; returns -1 when it is not one. */
+int64_t parse_duration(const char *s);
 /* parse_id returns the number in "<prefix>_<12 digits>", or -1. */
 int64_t parse_id(const char *s, char prefix);
 const char *signal_name(int sig);       /* "SIGSEGV", or NULL */
@@ -109,8 +118,14 @@ int store_dirty(void);
 int store_recover(int64_t now, int *requeued, int *interrupted);
 int store_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 		      void *ctx);
-int store_batch_insert(const json_t *req, int64_t now, int64_t *id,
-		       json_t **job_ids);
+int store_batch_insert(const json_t *req, int64_t now, const char *key,
+		       const char *hash, int64_t *id, json_t **job_ids);
+int store_idem_get(const char *key, int64_t since, char *hash,
+		   int64_t *batch_id);
+json_t *store_job_ids(int64_t batch_id);
+int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max);
+int64_t store_size_bytes(void);
+int store_full(void);
 int store_batch_info(int64_t id, struct batch_info *b);
 json_t *store_batch_json(int64_t id);
 json_t *store_job_json(int64_t id);

@@ -25,12 +25,15 @@ struct config cfg = {
 	.drain_timeout_s = 30,
 	.max_body_bytes = 16 << 20,
 	.max_output_bytes = 1 << 20,
+	.max_queued_jobs = 2000000,
+	.idempotency_ttl_us = 86400LL * 1000000,
 	.max_jobs_per_batch = 100000,
 	.commit_interval_us = 2000,
 };
 volatile int shutting_down;
 
 static int64_t drain_deadline;
+static int purge_more;          /* retention has work left: do not sleep */
 static int stop_loop;
 static char worker_path[PATH_MAX];
 
@@ -52,6 +55,15 @@ static const char usage[] =
 "  --max-body-bytes N     largest request body          [16777216]\n"
 "  --max-jobs-per-batch N largest batch                 [100000]\n"
 "  --max-output-bytes N   output kept per stream of a command job [1048576]\n"
+"  --max-queued-jobs N    queued jobs past which submissions get 429\n"
+"                                                       [2000000]\n"
+"  --max-db-bytes N       data size past which submissions get 503; the\n"
+"                         file may grow 25%% more while accepted jobs end\n"
+"                                                       [no cap]\n"
+"  --retention DURATION   delete finished batches this long after they\n"
+"                         end, e.g. 7d, 12h, 30m, 90s    [keep]\n"
+"  --idempotency-ttl DURATION  how long an Idempotency-Key is remembered\n"
+"                                                       [24h]\n"
 "  --allow-command        enable the command kind (runs programs as this\n"
 "                         server's user; off by default)\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
@@ -95,7 +107,8 @@ static void set_listen(const char *s)
 }
 
 enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
-	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND };
+	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
+	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -109,6 +122,10 @@ static const struct option options[] = {
 	{"commit-interval-us", required_argument, NULL, O_COMMIT},
 	{"max-output-bytes", required_argument, NULL, O_OUTPUT},
 	{"allow-command", no_argument, NULL, O_ALLOW_COMMAND},
+	{"max-queued-jobs", required_argument, NULL, O_QUEUED},
+	{"max-db-bytes", required_argument, NULL, O_DB_BYTES},
+	{"retention", required_argument, NULL, O_RETENTION},
+	{"idempotency-ttl", required_argument, NULL, O_IDEM_TTL},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -142,6 +159,22 @@ static void set_option(int o, const char *v)
 		/* from the environment: JOBPOOL_ALLOW_COMMAND=1 (or true) */
 		cfg.allow_command = !v || strcmp(v, "1") == 0 ||
 				    strcmp(v, "true") == 0 || strcmp(v, "yes") == 0;
+		break;
+	case O_QUEUED:
+		cfg.max_queued_jobs = number("--max-queued-jobs", v, 1,
+					     1000000000L);
+		break;
+	case O_DB_BYTES:
+		cfg.max_db_bytes = number("--max-db-bytes", v, 65536,
+					  1L << 50);
+		break;
+	case O_RETENTION:
+		if ((cfg.retention_us = parse_duration(v)) <= 0)
+			die_usage("--retention (want e.g. 7d, 12h, 30m, 90s)", v);
+		break;
+	case O_IDEM_TTL:
+		if ((cfg.idempotency_ttl_us = parse_duration(v)) <= 0)
+			die_usage("--idempotency-ttl (want e.g. 24h)", v);
 		break;
 	case O_COMMIT:
 		cfg.commit_interval_us = (int)number("--commit-interval-us", v,
@@ -263,6 +296,23 @@ static int64_t min_deadline(int64_t a, int64_t b)
 	return a < b ? a : b;
 }
 
+/* purge runs retention in bounded steps: at most PURGE_ROWS deleted rows
+ * per loop turn, again at once while there is more, else once a second. */
+#define PURGE_ROWS 500
+static void purge(int64_t now)
+{
+	static int64_t next;
+	int64_t wall = now_us();
+	int n;
+
+	if (now < next)
+		return;
+	n = store_purge_step(cfg.retention_us ? wall - cfg.retention_us : 0,
+			     wall - cfg.idempotency_ttl_us, PURGE_ROWS);
+	purge_more = n >= PURGE_ROWS;
+	next = purge_more ? now : now + 1000000;
+}
+
 /* turn runs one loop iteration: wait for events, then timers, dispatch,
  * group commit and answers. */
 static int turn(int64_t *dirty_since)
@@ -280,7 +330,7 @@ static int turn(int64_t *dirty_since)
 		wait_ms = next > now ? (next - now + 999) / 1000 : 0;
 	if (mhd_ms >= 0 && mhd_ms < wait_ms)
 		wait_ms = mhd_ms;
-	if (http_acks_pending())
+	if (http_acks_pending() || purge_more)
 		wait_ms = 0;    /* a submission arrived after the last commit */
 	if (loop_wait((int)wait_ms) < 0)
 		return -1;
@@ -291,12 +341,13 @@ static int turn(int64_t *dirty_since)
 	engine_tick(now);
 	engine_dispatch();
 	http_run();
+	purge(now);
 	if (store_dirty() && !*dirty_since)
 		*dirty_since = now;
 	/* Submissions are answered in this turn; other changes may wait a
 	 * little to share an fsync with the next ones. */
-	if (store_dirty() && (http_acks_pending() ||
-			      now - *dirty_since >= cfg.commit_interval_us)) {
+	if (http_acks_pending() || (store_dirty() &&
+	    now - *dirty_since >= cfg.commit_interval_us)) {
 		int ok = store_flush() == 0;
 
 		if (!ok)

@@ -22,14 +22,17 @@ extern const size_t schema_migrations_count;
 
 static sqlite3 *db;
 static int in_txn;
+static int last_error;          /* primary code of the last failed step */
 
 enum stmt_id {
 	S_BATCH_INSERT, S_JOB_INSERT, S_BATCH_GET, S_JOB_GET, S_JOB_BATCH,
 	S_NEXT_QUEUED, S_JOB_START, S_BATCH_START, S_JOB_FINISH,
 	S_BATCH_FINISH, S_BATCH_SETTLE, S_JOB_REQUEUE, S_BATCH_REQUEUE,
 	S_JOB_CANCEL_Q, S_BATCH_CANCEL_Q, S_BATCH_CANCEL_REQ,
-	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_LIST_B,
+	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_BATCH_DEL_KEYS, S_LIST_B,
 	S_LIST_B_STATE, S_LIST_J, S_LIST_J_STATE, S_ACTIVE, S_INFO,
+	S_IDEM_GET, S_IDEM_PUT, S_JOB_IDS, S_PURGE_PICK, S_PURGE_JOBS,
+	S_PURGE_KEYS, S_SIZE,
 	S__COUNT
 };
 
@@ -108,6 +111,7 @@ static const char *const sql[S__COUNT] = {
 		"WHERE batch_id = ? AND state = 'queued'",
 	[S_BATCH_DEL_JOBS] = "DELETE FROM jobs WHERE batch_id = ?",
 	[S_BATCH_DEL] = "DELETE FROM batches WHERE id = ?",
+	[S_BATCH_DEL_KEYS] = "DELETE FROM idempotency WHERE batch_id = ?",
 	[S_LIST_B] = "SELECT " BATCH_COLS " FROM batches WHERE id < ? "
 		"ORDER BY id DESC LIMIT ?",
 	[S_LIST_B_STATE] = "SELECT " BATCH_COLS " FROM batches "
@@ -121,6 +125,20 @@ static const char *const sql[S__COUNT] = {
 		"WHERE state IN ('queued', 'running') ORDER BY id",
 	[S_INFO] = "SELECT id, priority, coalesce(concurrency, 0), "
 		"n_queued, n_running, cancel_req FROM batches WHERE id = ?",
+	[S_IDEM_GET] = "SELECT body_hash, batch_id FROM idempotency "
+		"WHERE key = ? AND created_at >= ?",
+	[S_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency (key, body_hash, "
+		"batch_id, created_at) VALUES (?, ?, ?, ?)",
+	[S_JOB_IDS] = "SELECT id FROM jobs WHERE batch_id = ? ORDER BY idx",
+	[S_PURGE_PICK] = "SELECT id FROM batches WHERE finished_at IS NOT NULL "
+		"AND finished_at < ? ORDER BY finished_at LIMIT 1",
+	[S_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs "
+		"WHERE batch_id = ? LIMIT ?)",
+	[S_PURGE_KEYS] = "DELETE FROM idempotency WHERE key IN (SELECT key "
+		"FROM idempotency WHERE created_at < ? LIMIT ?)",
+	[S_SIZE] = "SELECT (SELECT page_count FROM pragma_page_count()) - "
+		"(SELECT freelist_count FROM pragma_freelist_count()), "
+		"(SELECT page_size FROM pragma_page_size())",
 };
 
 static sqlite3_stmt *st[S__COUNT];
@@ -176,11 +194,19 @@ static int step(sqlite3_stmt *s)
 {
 	int rc = sqlite3_step(s);
 
-	sqlite3_reset(s);
-	if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+	if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
+		sqlite3_reset(s);
 		return 0;
+	}
+	last_error = sqlite3_extended_errcode(db) & 0xff;
+	sqlite3_reset(s);
 	log_warn("store: %s: %s", sqlite3_errmsg(db), sqlite3_sql(s));
 	return -1;
+}
+
+static int64_t col_i64(sqlite3_stmt *s, int i)
+{
+	return sqlite3_column_int64(s, i);
 }
 
 static void bind_text(sqlite3_stmt *s, int i, const char *v)
@@ -261,6 +287,26 @@ static int migrate(void)
 	return 0;
 }
 
+/* cap_size makes writes past the hard cap fail with SQLITE_FULL, which the
+ * API answers with 503.  Submissions are refused at max itself (api.c), so
+ * job state changes keep room above it. */
+static int cap_size(int64_t max)
+{
+	sqlite3_stmt *s = get(S_SIZE);
+	int64_t page = 4096;
+	char q[96];
+
+	if (sqlite3_step(s) == SQLITE_ROW)
+		page = col_i64(s, 1);
+	sqlite3_reset(s);
+	/* 25% (at least 1 MiB) above the soft cap that refuses submissions:
+	 * room for the results of jobs already accepted. */
+	max += max / 4 > (1 << 20) ? max / 4 : (1 << 20);
+	snprintf(q, sizeof(q), "PRAGMA max_page_count = %lld",
+		 (long long)(max / page + 1));
+	return exec(q);
+}
+
 int store_open(const char *path)
 {
 	int i;
@@ -287,7 +333,7 @@ int store_open(const char *path)
 			return -1;
 		}
 	}
-	return 0;
+	return cfg.max_db_bytes ? cap_size(cfg.max_db_bytes) : 0;
 }
 
 void store_close(void)
@@ -347,8 +393,8 @@ static int insert_job(int64_t batch_id, size_t idx, const json_t *job,
 	return rc;
 }
 
-int store_batch_insert(const json_t *req, int64_t now, int64_t *id,
-		       json_t **job_ids)
+int store_batch_insert(const json_t *req, int64_t now, const char *key,
+		       const char *hash, int64_t *id, json_t **job_ids)
 {
 	const json_t *jobs = json_object_get(req, "jobs");
 	const json_t *job, *v;
@@ -384,6 +430,17 @@ int store_batch_insert(const json_t *req, int64_t now, int64_t *id,
 		fmt_id(buf, sizeof(buf), 'j', sqlite3_last_insert_rowid(db));
 		json_array_append_new(ids, json_string(buf));
 	}
+	if (key) {
+		s = get(S_IDEM_PUT);
+		bind_text(s, 1, key);
+		bind_text(s, 2, hash);
+		sqlite3_bind_int64(s, 3, *id);
+		sqlite3_bind_int64(s, 4, now);
+		if (step(s) < 0) {
+			json_decref(ids);
+			goto fail;
+		}
+	}
 	exec("RELEASE batch");
 	*job_ids = ids;
 	return 0;
@@ -393,12 +450,110 @@ fail:
 	return -1;
 }
 
-/* ---- rendering ---- */
-
-static int64_t col_i64(sqlite3_stmt *s, int i)
+/* store_idem_get looks up an Idempotency-Key not older than since.
+ * Returns 0 with hash (33 bytes) and *batch_id set, 1 when unknown, -1. */
+int store_idem_get(const char *key, int64_t since, char *hash,
+		   int64_t *batch_id)
 {
-	return sqlite3_column_int64(s, i);
+	sqlite3_stmt *s = get(S_IDEM_GET);
+	int rc;
+
+	bind_text(s, 1, key);
+	sqlite3_bind_int64(s, 2, since);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		snprintf(hash, 33, "%s", sqlite3_column_text(s, 0));
+		*batch_id = col_i64(s, 1);
+	}
+	sqlite3_reset(s);
+	return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? 1 : -1;
 }
+
+/* store_job_ids returns a new array of a batch's job ids in order. */
+json_t *store_job_ids(int64_t batch_id)
+{
+	sqlite3_stmt *s = get(S_JOB_IDS);
+	json_t *ids = json_array();
+	char buf[32];
+
+	sqlite3_bind_int64(s, 1, batch_id);
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		fmt_id(buf, sizeof(buf), 'j', col_i64(s, 0));
+		json_array_append_new(ids, json_string(buf));
+	}
+	sqlite3_reset(s);
+	return ids;
+}
+
+/* store_purge_step deletes at most max rows of terminal batches that
+ * finished before cutoff (jobs first, the batch row once it has none), and
+ * idempotency keys older than key_cutoff.  Bounded so that retention never
+ * stalls the loop.  Returns the number of rows deleted, or -1. */
+int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max)
+{
+	sqlite3_stmt *s;
+	int64_t batch_id = 0;
+	int n = 0, rc;
+
+	if (begin() < 0)
+		return -1;
+	s = get(S_PURGE_KEYS);
+	sqlite3_bind_int64(s, 1, key_cutoff);
+	sqlite3_bind_int(s, 2, max);
+	if (step(s) < 0)
+		return -1;
+	n += sqlite3_changes(db);
+	if (cutoff <= 0)
+		return n;
+	s = get(S_PURGE_PICK);
+	sqlite3_bind_int64(s, 1, cutoff);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW)
+		batch_id = col_i64(s, 0);
+	sqlite3_reset(s);
+	if (!batch_id)
+		return n;
+	s = get(S_PURGE_JOBS);
+	sqlite3_bind_int64(s, 1, batch_id);
+	sqlite3_bind_int(s, 2, max);
+	if (step(s) < 0)
+		return -1;
+	rc = sqlite3_changes(db);
+	n += rc;
+	if (rc < max) {
+		s = get(S_BATCH_DEL_KEYS);
+		sqlite3_bind_int64(s, 1, batch_id);
+		if (step(s) < 0)
+			return -1;
+		s = get(S_BATCH_DEL);
+		sqlite3_bind_int64(s, 1, batch_id);
+		if (step(s) < 0)
+			return -1;
+		n++;
+	}
+	return n;
+}
+
+/* store_size_bytes is the space the data uses (free pages excluded). */
+int64_t store_size_bytes(void)
+{
+	sqlite3_stmt *s = get(S_SIZE);
+	int64_t n = -1;
+
+	if (sqlite3_step(s) == SQLITE_ROW)
+		n = col_i64(s, 0) * col_i64(s, 1);
+	sqlite3_reset(s);
+	return n;
+}
+
+/* store_full tells whether the last failure was the database running out
+ * of room (disk full or --max-db-bytes), as opposed to a fault. */
+int store_full(void)
+{
+	return last_error == SQLITE_FULL || last_error == SQLITE_IOERR;
+}
+
+/* ---- rendering ---- */
 
 static json_t *col_opt_int(sqlite3_stmt *s, int i)
 {
@@ -795,6 +950,15 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	bind_text(s, 12, otext);
 	sqlite3_bind_int64(s, 13, job_id);
 	rc = step(s);
+	if (rc < 0 && store_full() && (rtext || otext)) {
+		/* Out of room: keep the outcome, drop what takes the room,
+		 * so the job does not stay "running" forever. */
+		sqlite3_bind_null(s, 10);
+		sqlite3_bind_null(s, 12);
+		bind_text(s, 9, "finished, but its result did not fit in the "
+			  "database (--max-db-bytes or disk full)");
+		rc = step(s);
+	}
 	free(htext);
 	free(rtext);
 	free(otext);
@@ -915,6 +1079,10 @@ int store_batch_delete(int64_t batch_id)
 	if (begin() < 0)
 		return -1;
 	s = get(S_BATCH_DEL_JOBS);
+	sqlite3_bind_int64(s, 1, batch_id);
+	if (step(s) < 0)
+		return -1;
+	s = get(S_BATCH_DEL_KEYS);
 	sqlite3_bind_int64(s, 1, batch_id);
 	if (step(s) < 0)
 		return -1;

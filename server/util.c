@@ -73,6 +73,44 @@ int64_t parse_id(const char *s, char prefix)
 	return v > 0 ? v : -1;
 }
 
+/* hash_hex: two FNV-1a 64 passes with different offsets.  Not a
+ * cryptographic hash: it only tells an Idempotency-Key's retry (same body)
+ * from its misuse (another body). */
+void hash_hex(const char *s, size_t n, char *out)
+{
+	uint64_t a = 0xcbf29ce484222325ULL, b = 0x84222325cbf29ce4ULL;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		a = (a ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+		b = (b ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+		b ^= b >> 29;
+	}
+	snprintf(out, 33, "%016llx%016llx", (unsigned long long)a,
+		 (unsigned long long)b);
+}
+
+int64_t parse_duration(const char *s)
+{
+	char *end;
+	double v = strtod(s, &end);
+	double unit = 1;
+
+	if (end == s || !isfinite(v) || v < 0)
+		return -1;
+	if (*end == 's')
+		end++;
+	else if (*end == 'm' && (unit = 60))
+		end++;
+	else if (*end == 'h' && (unit = 3600))
+		end++;
+	else if (*end == 'd' && (unit = 86400))
+		end++;
+	if (*end || v * unit > 1e11)
+		return -1;
+	return (int64_t)(v * unit * 1e6);
+}
+
 static const struct {
 	int sig;
 	const char *name;
