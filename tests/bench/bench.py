@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """bench.py - the benchmark suite: speed and timing accuracy, not behaviour.
 
-    python3 tests/bench/bench.py [seed] [noop] [accept]
+    python3 tests/bench/bench.py [seed] [noop] [accept] [submit] [scale]
+
+submit and scale drive the server with wrk (apt-get install wrk).
 
 Each benchmark starts its own jobpoold (JOBPOOLD, default build/server/
 jobpoold) on a free loopback port with a temp database, prints what it
@@ -10,8 +12,11 @@ is 1 when a target was missed.  Timing targets live here, not in the test
 suite, because the machines the tests run on are shared and noisy.
 """
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -95,7 +100,107 @@ def bench_accept(n=10000, rounds=7):
         return ok
 
 
-BENCHES = {"seed": bench_seed, "noop": bench_noop, "accept": bench_accept}
+POST_LUA = """
+wrk.method = "POST"
+wrk.body = '{"jobs":[{"kind":"noop"}]}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+GET_LUA = """
+local lo = tonumber(os.getenv("LO"))
+local hi = tonumber(os.getenv("HI"))
+request = function()
+  return wrk.format("GET", string.format("/v1/jobs/j_%012d", math.random(lo, hi)))
+end
+"""
+
+
+def wrk(url, lua, seconds, conns, env=None):
+    """Runs wrk; returns (requests/s, mean latency ms, non-2xx count)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+    e = dict(os.environ, **(env or {}))
+    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds,
+                          "--latency", "-s", f.name, url], env=e,
+                         capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    os.unlink(f.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = re.search(r"Latency\s+([\d.]+)(us|ms|s)", out)
+    ms = float(lat.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[lat.group(2)]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: .*", out)
+    return rps, ms, (int(bad.group(1)) if bad else 0) + (1 if errs else 0)
+
+
+def bench_submit(seconds=10):
+    """Durable 1-job batches from 50 concurrent keep-alive clients."""
+    with Server(workers=None) as srv:
+        rps, ms, bad = wrk(srv.url + "/v1/batches", POST_LUA, seconds, 50)
+        ok = rps >= 5000 and bad == 0
+        print("submit: 1-job batches, 50 keep-alive clients, %d s: %.0f "
+              "durable batches/s, mean latency %.2f ms, %d failed "
+              "(target 5000/s): %s" % (seconds, rps, ms, bad,
+                                       "ok" if ok else "MISSED"))
+        return ok
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def bench_scale(batches=100, per=10000, seconds=5):
+    """GET /v1/jobs/{id} latency and dispatch rate with 1,000 jobs stored
+    versus 1,000,000; the server's memory before and after."""
+    def measure(srv, lo, hi):
+        return wrk(srv.url, GET_LUA, seconds, 10,
+                   env={"LO": str(lo), "HI": str(hi)})
+
+    def run_rate(srv):
+        b = srv.submit([{"kind": "noop"}] * 10000)
+        fin = wait_done(srv, b["id"])
+        return 10000 / fin["timings"]["makespan_ms"] * 1000
+
+    with Server(workers=2) as srv:
+        small = srv.submit([{"kind": "noop"}] * 1000)
+        wait_done(srv, small["id"])
+        rate_small = run_rate(srv)
+        rps1, ms1, _ = measure(srv, 1, 1000)
+        rss1 = rss_kb(srv.pid)
+        # keep the pool busy so the million jobs stay stored and queued
+        srv.request("PUT", "/v1/pool", body={"size": 1})
+        block = srv.submit([{"kind": "sleep", "args": {"seconds": 3600}}],
+                           priority=1000)
+        t0 = time.monotonic()
+        for i in range(batches):
+            srv.submit([{"kind": "noop"}] * per)
+        fill = time.monotonic() - t0
+        total = 1000 + 10000 + 1 + batches * per
+        rps2, ms2, _ = measure(srv, 1, total)
+        rss2 = rss_kb(srv.pid)
+        srv.post("/v1/batches/%s/cancel" % block["id"])
+        st, _, page = srv.get("/v1/batches?limit=1000&state=queued")
+        for b in page["items"]:
+            srv.post("/v1/batches/%s/cancel" % b["id"])
+        srv.request("PUT", "/v1/pool", body={"size": 2})
+        rate_big = run_rate(srv)
+        ok = ms2 <= ms1 * 1.2 and rate_big >= rate_small * 0.8
+        print("scale: %d jobs stored in %.1f s; GET /v1/jobs/{id}: %.3f ms "
+              "mean (%.0f req/s) with 1,000 jobs, %.3f ms (%.0f req/s) with "
+              "%d (%+.0f%%); 10,000-job run rate %.0f -> %.0f jobs/s; server "
+              "RSS %d -> %d kB (target within 20%%): %s"
+              % (total, fill, ms1, rps1, ms2, rps2, total,
+                 (ms2 / ms1 - 1) * 100, rate_small, rate_big, rss1, rss2,
+                 "ok" if ok else "MISSED"))
+        return ok
+
+
+BENCHES = {"seed": bench_seed, "noop": bench_noop, "accept": bench_accept,
+           "submit": bench_submit, "scale": bench_scale}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHES)
