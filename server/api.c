@@ -159,6 +159,18 @@ static enum MHD_Result api_readyz(struct request *r)
 	return http_json(r, 200, json_pack("{s:s}", "status", "ready"));
 }
 
+static enum MHD_Result api_metrics(struct request *r)
+{
+	char *text = metrics_render();
+	enum MHD_Result rc;
+
+	if (!text)
+		return http_problem(r, P_INTERNAL, "out of memory", NULL);
+	rc = http_text(r, "text/plain; version=0.0.4; charset=utf-8", text);
+	free(text);
+	return rc;
+}
+
 static enum MHD_Result api_openapi(struct request *r)
 {
 	return http_text(r, "application/yaml", openapi_yaml[0]);
@@ -490,6 +502,7 @@ static const struct route routes[] = {
 	{"/healthz", "GET", api_healthz},
 	{"/readyz", "GET", api_readyz},
 	{"/openapi.yaml", "GET", api_openapi},
+	{"/metrics", "GET", api_metrics},
 	{"/v1/batches", "GET", api_batch_list},
 	{"/v1/batches", "POST", api_batch_create},
 	{"/v1/batches/{b}", "GET", api_batch_get},
@@ -537,25 +550,99 @@ static int same_method(const char *route, const char *method)
 	       (strcmp(route, "GET") == 0 && strcmp(method, "HEAD") == 0);
 }
 
-enum MHD_Result http_route(struct request *r)
+/* allowed_methods writes the methods the path takes ("GET, HEAD, POST")
+ * into allow and returns the route for method, or NULL. */
+static const struct route *allowed_methods(struct request *r, char *allow,
+					   size_t size)
 {
-	char allow[64] = "";
+	const struct route *found = NULL;
 	size_t i;
 
+	allow[0] = 0;
 	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		if (!match(routes[i].pattern, r->url, r->ids))
 			continue;
-		if (same_method(routes[i].method, r->method)) {
-			r->route = &routes[i];
-			return routes[i].fn(r);
-		}
+		if (same_method(routes[i].method, r->method) && !found)
+			found = &routes[i];
 		if (allow[0])
-			strncat(allow, ", ", sizeof(allow) - strlen(allow) - 1);
-		strncat(allow, routes[i].method,
-			sizeof(allow) - strlen(allow) - 1);
+			strncat(allow, ", ", size - strlen(allow) - 1);
+		strncat(allow, routes[i].method, size - strlen(allow) - 1);
 		if (strcmp(routes[i].method, "GET") == 0)
-			strncat(allow, ", HEAD",
-				sizeof(allow) - strlen(allow) - 1);
+			strncat(allow, ", HEAD", size - strlen(allow) - 1);
+	}
+	if (found)
+		match(found->pattern, r->url, r->ids);
+	return found;
+}
+
+/* options answers OPTIONS: the methods of a path, and for a CORS
+ * preflight what a browser needs to send the real request. */
+static void options(struct request *r)
+{
+	char allow[80];
+
+	allowed_methods(r, allow, sizeof(allow) - 10);
+	if (!allow[0]) {
+		http_problem(r, P_NOT_FOUND, "no such resource", NULL);
+		return;
+	}
+	strcat(allow, ", OPTIONS");
+	http_header(r, "Allow", allow);
+	if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+					"Access-Control-Request-Method")) {
+		http_header(r, "Access-Control-Allow-Methods",
+			    "GET, POST, PUT, DELETE");
+		http_header(r, "Access-Control-Allow-Headers",
+			    "Authorization, Content-Type, Idempotency-Key, "
+			    "Last-Event-ID");
+		http_header(r, "Access-Control-Max-Age", "600");
+	}
+	http_empty(r, 204);
+}
+
+/* token_ok compares in time independent of where the strings differ, so
+ * response timing does not reveal the token byte by byte. */
+static int token_ok(const char *given)
+{
+	size_t n = strlen(cfg.token), m = strlen(given), i;
+	unsigned char d = n != m;
+
+	for (i = 0; i < n; i++)
+		d |= (unsigned char)cfg.token[i] ^
+		     (unsigned char)(i < m ? given[i] : 0);
+	return d == 0;
+}
+
+int http_gate(struct request *r)
+{
+	const char *auth;
+
+	if (strcmp(r->method, "OPTIONS") == 0) {
+		options(r);
+		return 0;
+	}
+	if (!cfg.token || strcmp(r->url, "/healthz") == 0)
+		return 1;
+	auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+					   "Authorization");
+	if (auth && strncasecmp(auth, "Bearer ", 7) == 0 &&
+	    token_ok(auth + 7))
+		return 1;
+	http_header(r, "WWW-Authenticate", "Bearer realm=\"jobpool\"");
+	http_problem(r, P_UNAUTHORIZED, auth ? "the bearer token is wrong" :
+		     "send Authorization: Bearer <token>", NULL);
+	return 0;
+}
+
+enum MHD_Result http_route(struct request *r)
+{
+	const struct route *route;
+	char allow[80];
+
+	route = allowed_methods(r, allow, sizeof(allow));
+	if (route) {
+		r->route = route;
+		return route->fn(r);
 	}
 	if (allow[0]) {
 		char detail[128];

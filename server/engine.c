@@ -47,6 +47,7 @@ void engine_dispatch(void)
 		if (rc < 0)
 			return;
 		sched_started(b);
+		metrics_queue_wait(now - c.queued_at);
 		pool_send_run(s, &c);
 		s->started_at = now;
 		free(c.args);
@@ -178,6 +179,7 @@ static void finish(struct slot *s, struct outcome *o)
 	if (b)
 		sched_finished(b);
 	s->jobs_done++;
+	metrics_job_run(o->run_us);
 	if (retry_allowed(s, o)) {
 		retry(s, o, b);
 		pool_job_ended(s);

@@ -40,6 +40,8 @@ static const struct {
 	[P_INTERNAL] = {"internal", 500, "Internal server error"},
 	[P_UNAVAILABLE] = {"unavailable", 503, "Service unavailable"},
 	[P_QUEUE_FULL] = {"queue-full", 429, "Too many queued jobs"},
+	[P_UNAUTHORIZED] = {"unauthorized", 401,
+			    "Missing or wrong bearer token"},
 };
 
 static void list_remove(struct request **head, struct request *r)
@@ -68,12 +70,59 @@ static void list_push(struct request **head, struct request *r)
 
 /* ---- replies ---- */
 
+/* cors_origin returns what Access-Control-Allow-Origin should say for this
+ * request's Origin, or NULL when the origin is not allowed. */
+static const char *cors_origin(struct request *r)
+{
+	const char *origin = MHD_lookup_connection_value(r->conn,
+							 MHD_HEADER_KIND,
+							 "Origin");
+	const char *p;
+	size_t n;
+
+	if (!origin || !cfg.cors_origins)
+		return NULL;
+	if (strcmp(cfg.cors_origins, "*") == 0)
+		return "*";
+	n = strlen(origin);
+	for (p = cfg.cors_origins; *p; p += strcspn(p, ",")) {
+		p += strspn(p, ", ");
+		if (strncmp(p, origin, n) == 0 && (p[n] == ',' || !p[n]))
+			return origin;
+	}
+	return NULL;
+}
+
+/* http_send queues resp (borrowed) with the request's extra headers and
+ * the CORS headers of an allowed origin. */
+enum MHD_Result http_send(struct request *r, unsigned status,
+			  struct MHD_Response *resp)
+{
+	const char *origin = cors_origin(r);
+	enum MHD_Result rc;
+	size_t i;
+
+	for (i = 0; i < r->nheaders; i++)
+		MHD_add_response_header(resp, r->headers[i].name,
+					r->headers[i].value);
+	if (origin) {
+		MHD_add_response_header(resp, "Access-Control-Allow-Origin",
+					origin);
+		MHD_add_response_header(resp, "Vary", "Origin");
+		MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+					"Location, Retry-After");
+	}
+	rc = MHD_queue_response(r->conn, status, resp);
+	r->answered = 1;
+	r->status = status;
+	return rc;
+}
+
 static enum MHD_Result queue(struct request *r, unsigned status,
 			     const char *type, char *body, size_t len)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result rc;
-	size_t i;
 
 	resp = MHD_create_response_from_buffer(len, body,
 					       MHD_RESPMEM_MUST_FREE);
@@ -83,12 +132,8 @@ static enum MHD_Result queue(struct request *r, unsigned status,
 	}
 	if (type)
 		MHD_add_response_header(resp, "Content-Type", type);
-	for (i = 0; i < r->nheaders; i++)
-		MHD_add_response_header(resp, r->headers[i].name,
-					r->headers[i].value);
-	rc = MHD_queue_response(r->conn, status, resp);
+	rc = http_send(r, status, resp);
 	MHD_destroy_response(resp);
-	r->answered = 1;
 	return rc;
 }
 
@@ -190,8 +235,10 @@ void http_acks(int ok)
 		list_remove(&acks, r);
 		r->ack_ok = ok;
 		r->phase = PH_RESUMED;
-		if (ok && !r->replay)
+		if (ok && !r->replay) {
 			engine_batch_added(r->ack_batch);
+			metrics_batch_submitted();
+		}
 		MHD_resume_connection(r->conn);
 		resumed = 1;
 	}
@@ -329,6 +376,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		return api_resume(r);
 	if (r->phase != PH_NEW)
 		return MHD_YES;
+	if (http_gate(r) == 0)
+		return MHD_YES;         /* answered: preflight or 401 */
 	if (r->too_large) {
 		char detail[96];
 
@@ -347,6 +396,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 
 	if (!r)
 		return;
+	metrics_http(r->route ? r->route->pattern : NULL, r->method,
+		     r->status);
 	list_remove(&waiters, r);
 	list_remove(&acks, r);
 	json_decref(r->job_ids);

@@ -8,7 +8,8 @@
 
 enum problem {
 	P_INVALID_JSON, P_INVALID, P_NOT_FOUND, P_METHOD, P_CONFLICT,
-	P_TOO_LARGE, P_MEDIA_TYPE, P_INTERNAL, P_UNAVAILABLE, P_QUEUE_FULL
+	P_TOO_LARGE, P_MEDIA_TYPE, P_INTERNAL, P_UNAVAILABLE, P_QUEUE_FULL,
+	P_UNAUTHORIZED
 };
 
 enum phase { PH_NEW, PH_ACK, PH_WAIT, PH_RESUMED };
@@ -21,6 +22,7 @@ struct request {
 	char *body;                     /* NUL-terminated, capped */
 	size_t len, cap;
 	int too_large, answered, listed;
+	unsigned status;                /* of the answer, for /metrics */
 	enum phase phase;
 	const struct route *route;
 	int64_t ids[2];                 /* ids parsed from the path */
@@ -38,7 +40,7 @@ struct request {
 	struct {
 		char name[32];
 		char value[224];
-	} headers[4];
+	} headers[6];
 	size_t nheaders;
 };
 
@@ -52,6 +54,8 @@ struct route {
 
 /* http.c */
 void http_header(struct request *r, const char *name, const char *value);
+enum MHD_Result http_send(struct request *r, unsigned status,
+			  struct MHD_Response *resp);
 enum MHD_Result http_json(struct request *r, unsigned status, json_t *body);
 enum MHD_Result http_empty(struct request *r, unsigned status);
 enum MHD_Result http_text(struct request *r, const char *type,
@@ -66,6 +70,7 @@ void http_suspend_wait(struct request *r, int is_batch, int64_t id,
 
 /* api.c */
 enum MHD_Result http_route(struct request *r);
+int http_gate(struct request *r);
 enum MHD_Result api_resume(struct request *r);
 
 #endif

@@ -30,6 +30,9 @@ struct config {
 	int64_t retention_us;           /* 0: keep finished batches */
 	int64_t idempotency_ttl_us;
 	int allow_command;
+	const char *token;              /* bearer token, NULL: none */
+	const char *cors_origins;       /* comma-separated, "*", or NULL */
+	int events_buffer;
 	int max_jobs_per_batch;
 	int commit_interval_us;
 };
@@ -81,6 +84,7 @@ struct claim {
 	int64_t job_id;
 	int64_t batch_id;
 	int64_t created_at;
+	int64_t queued_at;      /* when it (last) entered the queue */
 	int attempts;           /* including this one */
 	double timeout_s;       /* 0: none */
 	char kind[32];
@@ -125,6 +129,7 @@ int store_idem_get(const char *key, int64_t since, char *hash,
 json_t *store_job_ids(int64_t batch_id);
 int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max);
 int64_t store_size_bytes(void);
+int store_job_counts(int64_t *counts);
 int store_full(void);
 int store_batch_info(int64_t id, struct batch_info *b);
 json_t *store_batch_json(int64_t id);
@@ -230,6 +235,14 @@ void engine_timeout(struct slot *s);
 int64_t engine_tick(int64_t now_mono);
 int engine_load(void);
 void engine_requeue_running(void);
+
+/* ---- metrics.c ---- */
+void metrics_http(const char *route, const char *method, unsigned status);
+void metrics_job_run(int64_t run_us);
+void metrics_queue_wait(int64_t wait_us);
+void metrics_batch_submitted(void);
+char *metrics_render(void);     /* new text; the caller frees */
+void metrics_free(void);
 
 /* ---- loop.c ---- */
 typedef void (*loop_fn)(int fd, uint32_t events, void *ctx);

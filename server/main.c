@@ -27,6 +27,7 @@ struct config cfg = {
 	.max_output_bytes = 1 << 20,
 	.max_queued_jobs = 2000000,
 	.idempotency_ttl_us = 86400LL * 1000000,
+	.events_buffer = 100000,
 	.max_jobs_per_batch = 100000,
 	.commit_interval_us = 2000,
 };
@@ -64,6 +65,13 @@ static const char usage[] =
 "                         end, e.g. 7d, 12h, 30m, 90s    [keep]\n"
 "  --idempotency-ttl DURATION  how long an Idempotency-Key is remembered\n"
 "                                                       [24h]\n"
+"  --token TOKEN          require Authorization: Bearer TOKEN on every\n"
+"                         request but GET /healthz; required when\n"
+"                         listening beyond loopback (use JOBPOOL_TOKEN to\n"
+"                         keep it out of ps)\n"
+"  --cors-origin LIST     origins allowed to call from a browser,\n"
+"                         comma-separated, or *          [none]\n"
+"  --events-buffer N      state changes kept for SSE reconnects [100000]\n"
 "  --allow-command        enable the command kind (runs programs as this\n"
 "                         server's user; off by default)\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
@@ -108,7 +116,7 @@ static void set_listen(const char *s)
 
 enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
-	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL };
+	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -126,6 +134,9 @@ static const struct option options[] = {
 	{"max-db-bytes", required_argument, NULL, O_DB_BYTES},
 	{"retention", required_argument, NULL, O_RETENTION},
 	{"idempotency-ttl", required_argument, NULL, O_IDEM_TTL},
+	{"token", required_argument, NULL, O_TOKEN},
+	{"cors-origin", required_argument, NULL, O_CORS},
+	{"events-buffer", required_argument, NULL, O_EVENTS},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -176,6 +187,18 @@ static void set_option(int o, const char *v)
 		if ((cfg.idempotency_ttl_us = parse_duration(v)) <= 0)
 			die_usage("--idempotency-ttl (want e.g. 24h)", v);
 		break;
+	case O_TOKEN:
+		if (!*v)
+			die_usage("--token (empty)", v);
+		cfg.token = v;
+		break;
+	case O_CORS:
+		cfg.cors_origins = v;
+		break;
+	case O_EVENTS:
+		cfg.events_buffer = (int)number("--events-buffer", v, 16,
+						10000000);
+		break;
 	case O_COMMIT:
 		cfg.commit_interval_us = (int)number("--commit-interval-us", v,
 						     0, 1000000);
@@ -213,6 +236,15 @@ static void parse_config(int argc, char **argv)
 	}
 	if (optind < argc)
 		die_usage("argument", argv[optind]);
+	if (strcmp(cfg.listen_host, "localhost") == 0)
+		strcpy(cfg.listen_host, "127.0.0.1");
+	/* Anyone who can reach the port can run jobs (and with
+	 * --allow-command, programs): beyond loopback a token is a must. */
+	if (strncmp(cfg.listen_host, "127.", 4) != 0 && !cfg.token) {
+		fprintf(stderr, "jobpoold: refusing to listen on %s without a "
+			"token; set --token or JOBPOOL_TOKEN\n", cfg.listen_host);
+		exit(2);
+	}
 	if (!cfg.workers)
 		cfg.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (cfg.workers < 1)

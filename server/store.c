@@ -32,7 +32,7 @@ enum stmt_id {
 	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_BATCH_DEL_KEYS, S_LIST_B,
 	S_LIST_B_STATE, S_LIST_J, S_LIST_J_STATE, S_ACTIVE, S_INFO,
 	S_IDEM_GET, S_IDEM_PUT, S_JOB_IDS, S_PURGE_PICK, S_PURGE_JOBS,
-	S_PURGE_KEYS, S_SIZE,
+	S_PURGE_KEYS, S_SIZE, S_COUNTS,
 	S__COUNT
 };
 
@@ -64,7 +64,8 @@ static const char *const sql[S__COUNT] = {
 	[S_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?",
 	[S_JOB_BATCH] = "SELECT batch_id, state FROM jobs WHERE id = ?",
 	[S_NEXT_QUEUED] = "SELECT id, created_at, attempts, timeout_s, kind, "
-		"args, max_attempts, retry_on, retry_backoff_s FROM jobs "
+		"args, max_attempts, retry_on, retry_backoff_s, queued_at "
+		"FROM jobs "
 		"WHERE batch_id = ? AND state = 'queued' AND not_before <= ? "
 		"ORDER BY idx LIMIT 1",
 	[S_JOB_START] = "UPDATE jobs SET state = 'running', "
@@ -136,6 +137,9 @@ static const char *const sql[S__COUNT] = {
 		"WHERE batch_id = ? LIMIT ?)",
 	[S_PURGE_KEYS] = "DELETE FROM idempotency WHERE key IN (SELECT key "
 		"FROM idempotency WHERE created_at < ? LIMIT ?)",
+	[S_COUNTS] = "SELECT total(n_queued), total(n_running), "
+		"total(n_succeeded), total(n_failed), total(n_timed_out), "
+		"total(n_canceled) FROM batches",
 	[S_SIZE] = "SELECT (SELECT page_count FROM pragma_page_count()) - "
 		"(SELECT freelist_count FROM pragma_freelist_count()), "
 		"(SELECT page_size FROM pragma_page_size())",
@@ -534,6 +538,22 @@ int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max)
 	return n;
 }
 
+/* store_job_counts fills counts[6] with the stored jobs by state, from the
+ * batches' counters (O(batches), never a scan of the jobs). */
+int store_job_counts(int64_t *counts)
+{
+	sqlite3_stmt *s = get(S_COUNTS);
+	int i, rc = -1;
+
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		for (i = 0; i < 6; i++)
+			counts[i] = (int64_t)sqlite3_column_double(s, i);
+		rc = 0;
+	}
+	sqlite3_reset(s);
+	return rc;
+}
+
 /* store_size_bytes is the space the data uses (free pages excluded). */
 int64_t store_size_bytes(void)
 {
@@ -847,6 +867,7 @@ int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	c->max_attempts = sqlite3_column_int(s, 6);
 	retry_parse((const char *)sqlite3_column_text(s, 7), &c->retry);
 	c->backoff_s = sqlite3_column_double(s, 8);
+	c->queued_at = col_i64(s, 9);
 	sqlite3_reset(s);
 	if (!c->args)
 		return -1;

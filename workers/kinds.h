@@ -8,10 +8,36 @@
 #ifndef JOBPOOL_KINDS_H
 #define JOBPOOL_KINDS_H
 
+#include <stddef.h>
+#include <sys/resource.h>
+
 #include <jansson.h>
 
-/* kind_err_fn reports one invalid field of args.  field is relative to args
- * ("seconds", "value"), or "" for args itself; msg is a short sentence. */
+/* struct kind_job is what the worker and a kind's run tell each other about
+ * one job.  Function kinds only set error; the command kind uses it all. */
+struct kind_job {
+	/* set by the worker before run */
+	int grace_ms;          /* cancel: SIGTERM the group, SIGKILL after this */
+	size_t output_cap;     /* bytes kept per stream (stdout, stderr) */
+	int channel_fd;        /* becomes readable when the server sends a message */
+	/* channel_cancel reads pending messages from the channel; returns 1 once
+	 * a {"t":"cancel"} has arrived (and stays 1), 0 otherwise; -1 when the
+	 * channel is closed (treat as cancel). */
+	int (*channel_cancel)(struct kind_job *job);
+	int canceled;
+	/* set by run */
+	const char *error;     /* static sentence when the job failed */
+	int exit_code;         /* -1 when none */
+	int signal;            /* 0 when none */
+	int killed;            /* the job was stopped by a cancel */
+	json_t *output;        /* new {"stdout","stderr","truncated"}, or NULL */
+	int have_rusage;       /* ru is the job's own process (wait4), exact */
+	struct rusage ru;
+};
+
+/* kind_err_fn reports one invalid field of args.  field is a JSON Pointer
+ * relative to args ("seconds", "argv/2", "env/A~1B"), or "" for args
+ * itself; msg is a short sentence. */
 typedef void (*kind_err_fn)(void *ctx, const char *field, const char *msg);
 
 struct kind {
@@ -21,9 +47,13 @@ struct kind {
 	 * keep args.  Unknown members of args are a problem too. */
 	void (*validate)(const json_t *args, kind_err_fn err, void *ctx);
 	/* run does the job inside the worker process.  args is borrowed and was
-	 * validated by the server.  Returns a new JSON result, or NULL with
-	 * *error set to a static sentence. */
-	json_t *(*run)(const json_t *args, const char **error);
+	 * validated by the server; job is borrowed, its "set by the worker"
+	 * part filled in and the rest zeroed, with exit_code -1.  Returns a
+	 * new JSON result, or NULL; job->error is set (to a sentence that
+	 * outlives the call) whenever the job failed, which may come with a
+	 * result too (a command that exited 3 still has {"exit_code": 3}).
+	 * job->output, when set, is the caller's to release. */
+	json_t *(*run)(const json_t *args, struct kind_job *job);
 };
 
 /* kind_find returns the registered kind called name, or NULL. */
@@ -33,6 +63,11 @@ const struct kind *kind_find(const char *name);
 void kind_names(char *buf, size_t size);
 
 /* Helpers for kinds' validate functions. */
+
+/* kind_pointer_escape writes a member name as one JSON Pointer segment;
+ * fields passed to kind_err_fn are pointer segments, so names with "/" or
+ * "~" must go through it. */
+void kind_pointer_escape(const char *name, char *out, size_t size);
 
 /* kind_check_only lets args hold only the listed member names (NULL-ended);
  * every other member is reported as unknown.  Returns the count reported. */
@@ -45,5 +80,12 @@ int kind_check_only(const json_t *args, const char *const *allowed,
 int kind_number(const json_t *args, const char *field, int required,
 		double lo, double hi, int integer, double *out,
 		kind_err_fn err, void *ctx);
+
+/* kind_utf8_string returns a new JSON string of the len bytes at in,
+ * every byte that is not part of valid UTF-8 (and every NUL, which clients
+ * choke on) replaced by U+FFFD, cut at a character boundary to at most cap
+ * bytes; *truncated is set when it was cut.  NULL when out of memory. */
+json_t *kind_utf8_string(const char *in, size_t len, size_t cap,
+			 int *truncated);
 
 #endif

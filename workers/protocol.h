@@ -6,16 +6,60 @@
  * message is one JSON object (UTF-8 text, no NUL) whose "t" member names it:
  *
  *   worker -> server  {"t":"ready","pid":N}
- *   server -> worker  {"t":"run","job":"j_…","kind":"sleep","args":{…}}
+ *   server -> worker  {"t":"run","job":"j_…","kind":"sleep","args":{…},
+ *                      "grace_ms":N,"output_cap":N}
+ *   server -> worker  {"t":"cancel"}
+ *   worker -> server  {"t":"out","job":"j_…","fd":1|2,"data":"…"}
  *   worker -> server  {"t":"done","job":"j_…","ok":true|false,
  *                      "result":{…}|null,"error":"…"|null,
- *                      "run_us":N,"user_us":N,"sys_us":N,"maxrss_kb":N}
+ *                      "run_us":N,"user_us":N,"sys_us":N,"maxrss_kb":N,
+ *                      "exit_code":N|null,"signal":N|null,
+ *                      "killed":true|false,"truncated":true|false}
  *
- * A worker runs one job at a time and answers every "run" with exactly one
- * "done".  user_us/sys_us are the CPU the worker spent on that job (a
- * getrusage delta); maxrss_kb is the worker's peak resident set so far.
+ * A worker runs one job at a time and answers every "run" with the job's
+ * "out" messages, if any, then exactly one "done".
+ *
+ * run: grace_ms (default 2000, >= 0) and output_cap (default 1048576,
+ * >= 0) may be left out; only the command kind uses them.  grace_ms is
+ * the wait between SIGTERM and SIGKILL on a cancel (0: SIGKILL at once);
+ * output_cap is the bytes kept of each of stdout and stderr, after the
+ * conversion to UTF-8 too.
+ *
+ * cancel: meaningful only while a command job runs: the worker SIGTERMs
+ * the job's process group, SIGKILLs it grace_ms later, and the job ends
+ * with "killed":true.  A cancel that arrives while no job runs, or during
+ * a function kind (which does not read the channel; the server kills the
+ * worker itself for those), is read later between jobs and ignored.  Any
+ * other message while a job runs is a protocol error (the worker exits
+ * with status 2).  Closing the channel during a command job cancels it.
+ *
+ * out: a command job's captured output, sent after the job ended and
+ * before its "done": all of fd 1 (stdout) in order, then all of fd 2
+ * (stderr); a stream with no output sends none.  data is valid UTF-8
+ * (invalid bytes and NUL were replaced by U+FFFD) cut at character
+ * boundaries; concatenated in order, the chunks of one fd are the stream.
+ * Each chunk's data is at most 64 KiB once JSON-escaped, so every message
+ * stays far below PROTO_MAX_MSG.
+ *
+ * done: ok is false when the job failed; error then says why.  A command
+ * job that ran has a result {"exit_code":N|null} even when it failed (a
+ * non-zero exit, a signal, a cancel); result is null when it could not
+ * start ("cannot run argv0: …").  exit_code is the command's exit status,
+ * signal the number of the signal that killed it, each null otherwise and
+ * always null for function kinds; killed is true when a cancel (or a
+ * closed channel) stopped it; truncated when output passed output_cap.
+ * user_us/sys_us/maxrss_kb are, for a command job, the command's own
+ * process as wait4() reported it (its waited-for descendants included;
+ * ru_maxrss counts from the fork, so it is at least the worker's RSS);
+ * for function kinds, the CPU the worker spent on the job (a getrusage
+ * delta) and the worker's peak resident set so far.  run_us is wall time.
+ *
  * A worker that dies (crash, kill, exit) simply closes its end; the server
- * learns the outcome from wait4().
+ * learns the outcome from wait4().  The worker is a child subreaper: a
+ * command's processes that escaped its group are reparented to it and
+ * killed when the job ends, so no process of a command job outlives its
+ * "done".  If the worker itself dies mid-job, only the command's direct
+ * child is sure to die with it (PR_SET_PDEATHSIG).
  */
 #ifndef JOBPOOL_PROTOCOL_H
 #define JOBPOOL_PROTOCOL_H

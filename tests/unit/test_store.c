@@ -81,7 +81,7 @@ static int64_t insert_at(const char *body_text, int64_t now, json_t **job_ids)
 	json_t *body = parse(body_text), *ids = NULL;
 	int64_t id = 0;
 
-	cr_assert_eq(store_batch_insert(body, now, &id, &ids), 0);
+	cr_assert_eq(store_batch_insert(body, now, NULL, NULL, &id, &ids), 0);
 	json_decref(body);
 	cr_assert_eq(store_flush(), 0);
 	cr_assert_gt(id, 0);
@@ -355,7 +355,7 @@ Test(store, insert_then_batch_json)
 	int64_t id = 0;
 
 	free(body);
-	cr_assert_eq(store_batch_insert(req, T0, &id, &ids), 0);
+	cr_assert_eq(store_batch_insert(req, T0, NULL, NULL, &id, &ids), 0);
 	json_decref(req);
 	cr_assert_eq(store_dirty(), 1, "the insert waits for the turn's flush");
 	cr_assert_eq(store_flush(), 0);

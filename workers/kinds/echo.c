@@ -15,19 +15,19 @@ static void echo_validate(const json_t *args, kind_err_fn err, void *ctx)
 
 /* echo_run returns a new {"value": copy}.  It copies rather than sharing
  * references so the result never aliases the caller's args.  Returns NULL
- * with *error set when value is missing or memory runs out. */
-static json_t *echo_run(const json_t *args, const char **error)
+ * with job->error set when value is missing or memory runs out. */
+static json_t *echo_run(const json_t *args, struct kind_job *job)
 {
 	json_t *value = json_object_get(args, "value");
 	json_t *result;
 
 	if (!value) {
-		*error = "value is required";
+		job->error = "value is required";
 		return NULL;
 	}
 	result = json_pack("{s:o}", "value", json_deep_copy(value));
 	if (!result)
-		*error = "out of memory";
+		job->error = "out of memory";
 	return result;
 }
 

@@ -51,14 +51,14 @@ static void fail_crash(void)
 /* fail_run never returns for a valid mode: exit leaves with "code" (default
  * 1), crash dies of SIGSEGV, hang waits for a signal forever.  _exit skips
  * atexit handlers, as a dying job would; stdio is flushed first so any
- * output is not lost.  Returns NULL with *error set for an unknown mode. */
-static json_t *fail_run(const json_t *args, const char **error)
+ * output is not lost.  Returns NULL with job->error set for an unknown mode. */
+static json_t *fail_run(const json_t *args, struct kind_job *job)
 {
 	const char *mode = fail_mode(args);
 	json_t *code = json_object_get(args, "code");
 
 	if (!mode) {
-		*error = "mode must be one of exit, crash, hang";
+		job->error = "mode must be one of exit, crash, hang";
 		return NULL;
 	}
 	if (strcmp(mode, "exit") == 0) {

@@ -76,9 +76,10 @@ static double checksum(const double *m, size_t count)
 	return round(sum * 1e6) / 1e6;
 }
 
-/* matmul_run returns a new {"checksum": sum of A * B}, or NULL with *error
- * set when n is out of range or memory runs out (n = 2048 needs 96 MiB). */
-static json_t *matmul_run(const json_t *args, const char **error)
+/* matmul_run returns a new {"checksum": sum of A * B}, or NULL with
+ * job->error set when n is out of range or memory runs out (n = 2048 needs
+ * 96 MiB). */
+static json_t *matmul_run(const json_t *args, struct kind_job *job)
 {
 	double n_arg = json_number_value(json_object_get(args, "n"));
 	json_t *seed_arg = json_object_get(args, "seed");
@@ -91,7 +92,7 @@ static json_t *matmul_run(const json_t *args, const char **error)
 	/* Checked again because converting an out-of-range double is undefined. */
 	if (!(n_arg >= 1 && n_arg <= MATMUL_MAX_N && seed >= 0 &&
 	      seed <= 4294967295.0)) {
-		*error = "n or seed is out of range";
+		job->error = "n or seed is out of range";
 		return NULL;
 	}
 	n = (size_t)n_arg;
@@ -107,7 +108,7 @@ static json_t *matmul_run(const json_t *args, const char **error)
 	result = json_pack("{s:f}", "checksum", checksum(c, n * n));
 out:
 	if (!result)
-		*error = "out of memory";
+		job->error = "out of memory";
 	free(a);
 	free(b);
 	free(c);

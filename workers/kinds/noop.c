@@ -11,12 +11,12 @@ static void noop_validate(const json_t *args, kind_err_fn err, void *ctx)
 }
 
 /* noop_run returns a new empty object, or NULL when out of memory. */
-static json_t *noop_run(const json_t *args, const char **error)
+static json_t *noop_run(const json_t *args, struct kind_job *job)
 {
 	json_t *result = json_object();
 
 	if (!result)
-		*error = "out of memory";
+		job->error = "out of memory";
 	return result;
 }
 

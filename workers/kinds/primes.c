@@ -126,22 +126,22 @@ out:
 	return count;
 }
 
-/* primes_run returns a new {"count": primes < below}, or NULL with *error
+/* primes_run returns a new {"count": primes < below}, or NULL with job->error
  * set when memory runs out. */
-static json_t *primes_run(const json_t *args, const char **error)
+static json_t *primes_run(const json_t *args, struct kind_job *job)
 {
 	double below = json_number_value(json_object_get(args, "below"));
 	long long count;
 	json_t *result;
 
 	if (!(below >= 0 && below <= PRIMES_MAX)) {
-		*error = "below is out of range";
+		job->error = "below is out of range";
 		return NULL;
 	}
 	count = count_below((uint64_t)below);
 	result = count < 0 ? NULL : json_pack("{s:I}", "count", (json_int_t)count);
 	if (!result)
-		*error = "out of memory";
+		job->error = "out of memory";
 	return result;
 }
 

@@ -43,9 +43,9 @@ static double ts_ms(struct timespec a, struct timespec b)
 
 /* sleep_run sleeps for "seconds" and returns a new {"slept_ms": ms}.  It
  * sleeps until an absolute deadline, so a signal that interrupts the sleep
- * (EINTR) just restarts it without adding drift.  Returns NULL with *error
- * set only when the clock fails or memory runs out. */
-static json_t *sleep_run(const json_t *args, const char **error)
+ * (EINTR) just restarts it without adding drift.  Returns NULL with
+ * job->error set only when the clock fails or memory runs out. */
+static json_t *sleep_run(const json_t *args, struct kind_job *job)
 {
 	double seconds = json_number_value(json_object_get(args, "seconds"));
 	struct timespec start, deadline, end;
@@ -53,7 +53,7 @@ static json_t *sleep_run(const json_t *args, const char **error)
 	int rc;
 
 	if (clock_gettime(CLOCK_MONOTONIC, &start) == -1) {
-		*error = "the monotonic clock failed";
+		job->error = "the monotonic clock failed";
 		return NULL;
 	}
 	deadline = ts_add(start, seconds > 0 ? seconds : 0);
@@ -61,12 +61,12 @@ static json_t *sleep_run(const json_t *args, const char **error)
 		rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL);
 	while (rc == EINTR);
 	if (rc != 0 || clock_gettime(CLOCK_MONOTONIC, &end) == -1) {
-		*error = "the monotonic clock failed";
+		job->error = "the monotonic clock failed";
 		return NULL;
 	}
 	result = json_pack("{s:f}", "slept_ms", round(ts_ms(start, end) * 1e3) / 1e3);
 	if (!result)
-		*error = "out of memory";
+		job->error = "out of memory";
 	return result;
 }
 

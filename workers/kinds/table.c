@@ -14,6 +14,7 @@ extern const struct kind kind_echo;
 extern const struct kind kind_primes;
 extern const struct kind kind_matmul;
 extern const struct kind kind_fail;
+extern const struct kind kind_command;
 
 /* The order here is the order kind_names lists them in. */
 static const struct kind *const kinds[] = {
@@ -23,6 +24,7 @@ static const struct kind *const kinds[] = {
 	&kind_primes,
 	&kind_matmul,
 	&kind_fail,
+	&kind_command,
 };
 
 #define KIND_COUNT (sizeof kinds / sizeof kinds[0])

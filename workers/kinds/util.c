@@ -1,10 +1,13 @@
-/* util.c - helpers shared by the kinds' validate functions.
+/* util.c - helpers shared by the kinds.
  *
  * Every kind reports problems through the same few sentences, so a client
  * sees "must be an integer between 1 and 2048" whatever kind it submitted.
+ * Output a job produced becomes JSON text here, valid UTF-8 whatever the
+ * bytes were.
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kinds.h"
@@ -35,11 +38,31 @@ int kind_check_only(const json_t *args, const char *const *allowed,
 	/* The iteration macro wants a non-const object; it does not modify it. */
 	json_object_foreach((json_t *)args, key, value) {
 		if (!is_allowed(key, allowed)) {
-			err(ctx, key, "is not a known field");
+			char field[128];
+
+			kind_pointer_escape(key, field, sizeof(field));
+			err(ctx, field, "is not a known field");
 			count++;
 		}
 	}
 	return count;
+}
+
+/* kind_pointer_escape writes name as one JSON Pointer segment (RFC 6901:
+ * "~" as "~0", "/" as "~1"), cut short to fit size. */
+void kind_pointer_escape(const char *name, char *out, size_t size)
+{
+	size_t n = 0;
+
+	for (; *name && n + 3 < size; name++) {
+		if (*name == '~' || *name == '/') {
+			out[n++] = '~';
+			out[n++] = *name == '~' ? '0' : '1';
+		} else {
+			out[n++] = *name;
+		}
+	}
+	out[n] = 0;
 }
 
 /* report_range reports field as not a number (or integer) in [lo, hi].
@@ -92,4 +115,63 @@ int kind_number(const json_t *args, const char *field, int required,
 	}
 	*out = json_number_value(member);
 	return 0;
+}
+
+/* utf8_length returns the length of the valid UTF-8 character at s (len
+ * bytes available), or 0 for an invalid byte.  NUL counts as invalid:
+ * clients choke on it.  The rules are jansson's: no overlong forms, no
+ * surrogates, nothing past U+10FFFF. */
+static size_t utf8_length(const unsigned char *s, size_t len)
+{
+	unsigned cp, min;
+	size_t n, i;
+
+	if (s[0] < 0x80)
+		return s[0] ? 1 : 0;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		n = 2, cp = s[0] & 0x1f, min = 0x80;
+	else if ((s[0] & 0xf0) == 0xe0)
+		n = 3, cp = s[0] & 0x0f, min = 0x800;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		n = 4, cp = s[0] & 0x07, min = 0x10000;
+	else
+		return 0;
+	if (len < n)
+		return 0;
+	for (i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	return cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? 0 : n;
+}
+
+/* kind_utf8_string returns a new JSON string of the len bytes at in, each
+ * invalid byte (NUL too) replaced by U+FFFD, and cut at a character
+ * boundary to at most cap bytes, setting *truncated when it was cut.
+ * Returns NULL when out of memory; in stays the caller's. */
+json_t *kind_utf8_string(const char *in, size_t len, size_t cap,
+			 int *truncated)
+{
+	static const char replacement[] = "\xef\xbf\xbd";
+	const unsigned char *s = (const unsigned char *)in;
+	size_t i = 0, used = 0, n;
+	char *out = malloc(len * 3 + 1);
+	json_t *str;
+
+	if (!out)
+		return NULL;
+	while (i < len) {
+		n = utf8_length(s + i, len - i);
+		if (used + (n ? n : 3) > cap) {
+			*truncated = 1;
+			break;
+		}
+		memcpy(out + used, n ? in + i : replacement, n ? n : 3);
+		used += n ? n : 3;
+		i += n ? n : 1;
+	}
+	str = json_stringn(out, used);
+	free(out);
+	return str;
 }

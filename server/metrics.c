@@ -1,0 +1,179 @@
+/* metrics.c - counters and histograms for GET /metrics (Prometheus text).
+ *
+ * Everything here is updated by the one loop thread, so plain integers
+ * suffice.  Job counts by state come from the store (batch counters, so a
+ * scrape costs O(batches), never a scan of the jobs).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobpool.h"
+
+/* Seconds, up to a day: jobs range from a noop to a night-long command. */
+static const double bounds[] = {
+	0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+	60, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400
+};
+#define NBOUNDS (sizeof(bounds) / sizeof(bounds[0]))
+
+struct histogram {
+	uint64_t buckets[NBOUNDS];      /* non-cumulative; summed on render */
+	uint64_t count;
+	double sum;
+};
+
+static struct histogram run_hist, wait_hist;
+static uint64_t batches_submitted;
+
+struct http_count {
+	const char *route;              /* static pattern, or "other" */
+	char method[8];
+	unsigned status;
+	uint64_t n;
+};
+static struct http_count *http_counts;
+static size_t nhttp, caphttp;
+
+static void observe(struct histogram *h, int64_t us)
+{
+	double s = (double)us / 1e6;
+	size_t i;
+
+	for (i = 0; i < NBOUNDS && s > bounds[i]; i++)
+		;
+	if (i < NBOUNDS)
+		h->buckets[i]++;
+	h->count++;
+	h->sum += s;
+}
+
+void metrics_job_run(int64_t run_us)
+{
+	observe(&run_hist, run_us);
+}
+
+void metrics_queue_wait(int64_t wait_us)
+{
+	observe(&wait_hist, wait_us);
+}
+
+void metrics_batch_submitted(void)
+{
+	batches_submitted++;
+}
+
+/* metrics_http counts one answered request.  Routes are the patterns of the
+ * routing table, so the label set stays small whatever clients send. */
+void metrics_http(const char *route, const char *method, unsigned status)
+{
+	size_t i;
+
+	if (!status)
+		return;                 /* never answered (client went away) */
+	if (!route)
+		route = "other";
+	for (i = 0; i < nhttp; i++)
+		if (http_counts[i].route == route &&
+		    http_counts[i].status == status &&
+		    strcmp(http_counts[i].method, method) == 0) {
+			http_counts[i].n++;
+			return;
+		}
+	if (nhttp == caphttp) {
+		size_t cap = caphttp ? caphttp * 2 : 32;
+		struct http_count *p = realloc(http_counts,
+					       cap * sizeof(*p));
+
+		if (!p)
+			return;
+		http_counts = p;
+		caphttp = cap;
+	}
+	http_counts[nhttp].route = route;
+	snprintf(http_counts[nhttp].method, sizeof(http_counts[0].method),
+		 "%s", strlen(method) < 8 ? method : "OTHER");
+	http_counts[nhttp].status = status;
+	http_counts[nhttp].n = 1;
+	nhttp++;
+}
+
+static void render_histogram(FILE *f, const char *name, const char *help,
+			     const struct histogram *h)
+{
+	uint64_t cum = 0;
+	size_t i;
+
+	fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (i = 0; i < NBOUNDS; i++) {
+		cum += h->buckets[i];
+		fprintf(f, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i],
+			(unsigned long long)cum);
+	}
+	fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name,
+		(unsigned long long)h->count);
+	fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, h->sum, name,
+		(unsigned long long)h->count);
+}
+
+char *metrics_render(void)
+{
+	static const char *const states[] = {
+		"queued", "running", "succeeded", "failed", "timed_out",
+		"canceled"
+	};
+	int64_t counts[6];
+	char *text = NULL;
+	size_t len = 0, i;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f)
+		return NULL;
+	fprintf(f, "# HELP jobpool_jobs Stored jobs by state.\n"
+		"# TYPE jobpool_jobs gauge\n");
+	if (store_job_counts(counts) == 0)
+		for (i = 0; i < 6; i++)
+			fprintf(f, "jobpool_jobs{state=\"%s\"} %lld\n",
+				states[i], (long long)counts[i]);
+	fprintf(f, "# HELP jobpool_queue_depth Queued jobs ready to run.\n"
+		"# TYPE jobpool_queue_depth gauge\n"
+		"jobpool_queue_depth %d\n", sched_queued_total());
+	fprintf(f, "# HELP jobpool_jobs_running Jobs running now.\n"
+		"# TYPE jobpool_jobs_running gauge\n"
+		"jobpool_jobs_running %d\n", pool_busy());
+	fprintf(f, "# HELP jobpool_pool_size Configured worker processes.\n"
+		"# TYPE jobpool_pool_size gauge\n"
+		"jobpool_pool_size %d\n", pool_size());
+	fprintf(f, "# HELP jobpool_workers_live Worker processes alive.\n"
+		"# TYPE jobpool_workers_live gauge\n"
+		"jobpool_workers_live %d\n", pool_live());
+	render_histogram(f, "jobpool_job_run_seconds",
+			 "Run time of finished job attempts.", &run_hist);
+	render_histogram(f, "jobpool_job_queue_wait_seconds",
+			 "Time from queued to started, per attempt.",
+			 &wait_hist);
+	fprintf(f, "# HELP jobpool_batches_submitted_total Batches accepted "
+		"since start.\n# TYPE jobpool_batches_submitted_total counter\n"
+		"jobpool_batches_submitted_total %llu\n",
+		(unsigned long long)batches_submitted);
+	fprintf(f, "# HELP jobpool_http_requests_total HTTP requests answered "
+		"since start.\n# TYPE jobpool_http_requests_total counter\n");
+	for (i = 0; i < nhttp; i++)
+		fprintf(f, "jobpool_http_requests_total{route=\"%s\","
+			"method=\"%s\",status=\"%u\"} %llu\n",
+			http_counts[i].route, http_counts[i].method,
+			http_counts[i].status,
+			(unsigned long long)http_counts[i].n);
+	if (fclose(f) != 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
+void metrics_free(void)
+{
+	free(http_counts);
+	http_counts = NULL;
+	nhttp = caphttp = 0;
+}
