@@ -439,6 +439,34 @@ static enum MHD_Result api_batch_delete(struct request *r)
 	return http_empty(r, 204);
 }
 
+/* GET /v1/events[?batch_id=][&last_event_id=]: Last-Event-ID (the header
+ * browsers send on reconnect) or the parameter resumes after that event. */
+static enum MHD_Result api_events(struct request *r)
+{
+	static const char *const allowed[] = { "batch_id", "last_event_id",
+					       NULL };
+	const char *bad = unknown_param(r, allowed), *v;
+	int64_t batch_id = 0;
+	long long after = 0;
+	char *end;
+
+	if (bad)
+		return http_invalid(r, "?batch_id", "and ?last_event_id are the only parameters");
+	v = param(r, "batch_id");
+	if (v && (batch_id = parse_id(v, 'b')) < 0)
+		return http_invalid(r, "?batch_id", "is not a batch id");
+	v = param(r, "last_event_id");
+	if (!v)
+		v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						"Last-Event-ID");
+	if (v) {
+		after = strtoll(v, &end, 10);
+		if (!*v || *end || after < 0 || strspn(v, "0123456789") != strlen(v))
+			return http_invalid(r, "Last-Event-ID", "must be an event id");
+	}
+	return events_open(r, batch_id, after);
+}
+
 static enum MHD_Result api_pool_get(struct request *r)
 {
 	return http_json(r, 200, pool_json());
@@ -511,6 +539,7 @@ static const struct route routes[] = {
 	{"/v1/batches/{b}/cancel", "POST", api_batch_cancel},
 	{"/v1/jobs/{j}", "GET", api_job_get},
 	{"/v1/jobs/{j}/cancel", "POST", api_job_cancel},
+	{"/v1/events", "GET", api_events},
 	{"/v1/pool", "GET", api_pool_get},
 	{"/v1/pool", "PUT", api_pool_put},
 };

@@ -19,6 +19,7 @@ static void settle_batch(struct sbatch *b, int64_t batch_id, int done)
 		if (b)
 			sched_remove(b);
 		http_wake(1, batch_id);
+		events_batch(batch_id);
 	}
 }
 
@@ -51,6 +52,9 @@ void engine_dispatch(void)
 		pool_send_run(s, &c);
 		s->started_at = now;
 		free(c.args);
+		events_job(c.job_id, c.batch_id, "running", c.attempts);
+		if (sched_first_start(b))
+			events_batch(c.batch_id);
 	}
 }
 
@@ -182,6 +186,7 @@ static void finish(struct slot *s, struct outcome *o)
 	metrics_job_run(o->run_us);
 	if (retry_allowed(s, o)) {
 		retry(s, o, b);
+		events_job(job_id, batch_id, "queued", s->job_attempts);
 		pool_job_ended(s);
 		http_wake(0, job_id);   /* wakes, looks, waits again */
 		return;
@@ -189,6 +194,7 @@ static void finish(struct slot *s, struct outcome *o)
 	if (store_job_finish(job_id, batch_id, o, s, &done) < 0)
 		log_warn("engine: job %lld: outcome not stored",
 			 (long long)job_id);
+	events_job(job_id, batch_id, job_state_name(o->state), s->job_attempts);
 	pool_job_ended(s);
 	http_wake(0, job_id);
 	settle_batch(b, batch_id, done);
@@ -263,6 +269,8 @@ void engine_worker_died(struct slot *s, int status)
 		/* Not the job's fault: back to the queue, attempt not
 		 * counted, so the next start runs it again. */
 		store_job_requeue(s->job_id, s->batch_id, 1, 0);
+		events_job(s->job_id, s->batch_id, "queued",
+			   s->job_attempts - 1);
 		b = sched_find(s->batch_id);
 		if (b)
 			sched_requeued(b);
@@ -317,6 +325,20 @@ static struct slot *slot_of_job(int64_t job_id)
 	return NULL;
 }
 
+static int attempts_of(int64_t job_id)
+{
+	json_t *j = store_job_json(job_id);
+	int n = (int)json_integer_value(json_object_get(j, "attempts"));
+
+	json_decref(j);
+	return n;
+}
+
+static void canceled_event(int64_t job_id, int attempts, void *ctx)
+{
+	events_job(job_id, *(int64_t *)ctx, "canceled", attempts);
+}
+
 /* engine_cancel_job cancels one job.  Returns 0, -404, -409 (already
  * terminal) or -500. */
 int engine_cancel_job(int64_t job_id)
@@ -344,6 +366,8 @@ int engine_cancel_job(int64_t job_id)
 	b = sched_find(batch_id);
 	if (b && rc == 0)
 		sched_drop_queued(b, 1);
+	if (rc == 0)
+		events_job(job_id, batch_id, "canceled", attempts_of(job_id));
 	http_wake(0, job_id);
 	settle_batch(b, batch_id, done);
 	return 0;
@@ -363,7 +387,8 @@ int engine_cancel_batch(int64_t batch_id)
 	if (info.queued + info.running == 0)
 		return -409;
 	forget_backoffs(batch_id, 0);
-	if (store_batch_cancel(batch_id, now_us(), &canceled, &done) < 0)
+	if (store_batch_cancel(batch_id, now_us(), &canceled, &done,
+			       canceled_event, &batch_id) < 0)
 		return -500;
 	b = sched_find(batch_id);
 	if (b)
@@ -386,6 +411,7 @@ void engine_batch_added(int64_t batch_id)
 	if (store_batch_info(batch_id, &info) < 0)
 		return;
 	sched_add(&info);
+	events_batch(batch_id);
 }
 
 static void add_loaded(const struct batch_info *b, void *ctx)

@@ -451,6 +451,12 @@ int http_port(void)
 	return info ? info->port : -1;
 }
 
+/* http_resumed notes a resume made outside this file (event streams). */
+void http_resumed(void)
+{
+	resumed = 1;
+}
+
 /* http_run lets MHD do its work at the end of a turn.  In external epoll
  * mode MHD only moves a resumed connection back to its lists in one
  * MHD_run and calls the handler in the next, and nothing on the socket
@@ -495,7 +501,9 @@ void http_stop(void)
 	while ((r = waiters))
 		resume_wait(r);
 	http_acks(store_flush() == 0);
-	MHD_run(daemon_);
+	events_close();
+	http_run();
+	http_run();
 	MHD_stop_daemon(daemon_);
 	daemon_ = NULL;
 }

@@ -68,6 +68,12 @@ void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids);
 void http_suspend_wait(struct request *r, int is_batch, int64_t id,
 		       int64_t parent);
 
+void http_resumed(void);
+
+/* events.c */
+enum MHD_Result events_open(struct request *r, int64_t batch_id,
+			    int64_t after_id);
+
 /* api.c */
 enum MHD_Result http_route(struct request *r);
 int http_gate(struct request *r);

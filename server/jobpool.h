@@ -113,6 +113,7 @@ struct batch_info {
 	int concurrency;        /* 0: no limit of its own */
 	int queued, running;
 	int cancel_req;
+	int started;            /* a job of it has started */
 };
 
 int store_open(const char *path);
@@ -152,7 +153,9 @@ int store_job_retry(int64_t job_id, int64_t batch_id,
 int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 			    int *batch_done);
 int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
-		       int *batch_done);
+		       int *batch_done,
+		       void (*fn)(int64_t job_id, int attempts, void *ctx),
+		       void *ctx);
 int store_batch_delete(int64_t batch_id);
 int store_ping(void);
 
@@ -163,6 +166,7 @@ struct sbatch *sched_find(int64_t id);
 struct sbatch *sched_pick(void);
 int64_t sched_id(const struct sbatch *b);
 void sched_started(struct sbatch *b);
+int sched_first_start(struct sbatch *b);
 void sched_finished(struct sbatch *b);
 void sched_requeued(struct sbatch *b);
 void sched_delayed(struct sbatch *b);
@@ -243,6 +247,15 @@ void metrics_queue_wait(int64_t wait_us);
 void metrics_batch_submitted(void);
 char *metrics_render(void);     /* new text; the caller frees */
 void metrics_free(void);
+
+/* ---- events.c ---- */
+int events_init(void);
+void events_job(int64_t job_id, int64_t batch_id, const char *state,
+		int attempts);
+void events_batch(int64_t batch_id);
+int64_t events_tick(int64_t now_mono);
+void events_close(void);
+void events_free(void);
 
 /* ---- loop.c ---- */
 typedef void (*loop_fn)(int fd, uint32_t events, void *ctx);

@@ -354,6 +354,7 @@ static int turn(int64_t *dirty_since)
 
 	next = min_deadline(pool_tick(now), http_tick(now));
 	next = min_deadline(next, engine_tick(now));
+	next = min_deadline(next, events_tick(now));
 	if (*dirty_since)
 		next = min_deadline(next, *dirty_since + cfg.commit_interval_us);
 	if (shutting_down)
@@ -371,6 +372,7 @@ static int turn(int64_t *dirty_since)
 	pool_tick(now);
 	http_tick(now);
 	engine_tick(now);
+	events_tick(now);
 	engine_dispatch();
 	http_run();
 	purge(now);
@@ -439,6 +441,8 @@ int main(int argc, char **argv)
 	if (requeued || interrupted)
 		log_info("recovery: %d running job(s) re-queued, %d failed as "
 			 "interrupted", requeued, interrupted);
+	if (events_init() < 0)
+		return 1;
 	n = engine_load();
 	if (loop_init() < 0 || setup_signals() < 0) {
 		log_warn("cannot set up the event loop: %s", strerror(errno));
@@ -462,6 +466,8 @@ int main(int argc, char **argv)
 	http_stop();
 	store_close();
 	sched_clear();
+	events_free();
+	metrics_free();
 	loop_close();
 	log_info("stopped");
 	return 0;

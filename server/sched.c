@@ -88,6 +88,15 @@ void sched_started(struct sbatch *b)
 	queued_total--;
 }
 
+/* sched_first_start returns 1 once, for the first job start of b. */
+int sched_first_start(struct sbatch *b)
+{
+	if (b->b.started)
+		return 0;
+	b->b.started = 1;
+	return 1;
+}
+
 void sched_finished(struct sbatch *b)
 {
 	b->b.running--;

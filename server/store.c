@@ -32,7 +32,7 @@ enum stmt_id {
 	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_BATCH_DEL_KEYS, S_LIST_B,
 	S_LIST_B_STATE, S_LIST_J, S_LIST_J_STATE, S_ACTIVE, S_INFO,
 	S_IDEM_GET, S_IDEM_PUT, S_JOB_IDS, S_PURGE_PICK, S_PURGE_JOBS,
-	S_PURGE_KEYS, S_SIZE, S_COUNTS,
+	S_PURGE_KEYS, S_SIZE, S_COUNTS, S_QUEUED_IDS,
 	S__COUNT
 };
 
@@ -122,10 +122,14 @@ static const char *const sql[S__COUNT] = {
 	[S_LIST_J_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE batch_id = ? "
 		"AND state = ? AND idx > ? ORDER BY idx LIMIT ?",
 	[S_ACTIVE] = "SELECT id, priority, coalesce(concurrency, 0), "
-		"n_queued, n_running, cancel_req FROM batches "
+		"n_queued, n_running, cancel_req, started_at IS NOT NULL "
+		"FROM batches "
 		"WHERE state IN ('queued', 'running') ORDER BY id",
 	[S_INFO] = "SELECT id, priority, coalesce(concurrency, 0), "
-		"n_queued, n_running, cancel_req FROM batches WHERE id = ?",
+		"n_queued, n_running, cancel_req, started_at IS NOT NULL "
+		"FROM batches WHERE id = ?",
+	[S_QUEUED_IDS] = "SELECT id, attempts FROM jobs WHERE batch_id = ? "
+		"AND state = 'queued' ORDER BY idx",
 	[S_IDEM_GET] = "SELECT body_hash, batch_id FROM idempotency "
 		"WHERE key = ? AND created_at >= ?",
 	[S_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency (key, body_hash, "
@@ -792,6 +796,7 @@ static void info_row(sqlite3_stmt *s, struct batch_info *b)
 	b->queued = sqlite3_column_int(s, 3);
 	b->running = sqlite3_column_int(s, 4);
 	b->cancel_req = sqlite3_column_int(s, 5);
+	b->started = sqlite3_column_int(s, 6);
 }
 
 int store_batch_info(int64_t id, struct batch_info *b)
@@ -1074,12 +1079,20 @@ int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 }
 
 int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
-		       int *batch_done)
+		       int *batch_done,
+		       void (*fn)(int64_t job_id, int attempts, void *ctx),
+		       void *ctx)
 {
 	sqlite3_stmt *s;
 
 	if (begin() < 0)
 		return -1;
+	/* Tell the caller which jobs are about to be canceled (events). */
+	s = get(S_QUEUED_IDS);
+	sqlite3_bind_int64(s, 1, batch_id);
+	while (fn && sqlite3_step(s) == SQLITE_ROW)
+		fn(col_i64(s, 0), sqlite3_column_int(s, 1), ctx);
+	sqlite3_reset(s);
 	s = get(S_BATCH_CANCEL_REQ);
 	sqlite3_bind_int64(s, 1, batch_id);
 	if (step(s) < 0)

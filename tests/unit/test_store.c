@@ -704,7 +704,7 @@ Test(store, batch_cancel_with_nothing_running)
 	int canceled = -1, done = -1;
 	json_t *b, *j;
 
-	cr_assert_eq(store_batch_cancel(id, T0 + 2 * SEC, &canceled, &done), 0);
+	cr_assert_eq(store_batch_cancel(id, T0 + 2 * SEC, &canceled, &done, NULL, NULL), 0);
 	cr_assert_eq(canceled, 3);
 	cr_assert_eq(done, 1);
 	cr_assert_eq(store_flush(), 0);
@@ -727,7 +727,7 @@ Test(store, batch_cancel_waits_for_running_jobs)
 	int64_t j1 = claim(id);
 	int canceled = -1, done = -1;
 
-	cr_assert_eq(store_batch_cancel(id, T0 + 2 * SEC, &canceled, &done), 0);
+	cr_assert_eq(store_batch_cancel(id, T0 + 2 * SEC, &canceled, &done, NULL, NULL), 0);
 	cr_assert_eq(canceled, 2);
 	cr_assert_eq(done, 0, "a job still runs");
 	assert_batch_state(id, "running");
@@ -745,7 +745,7 @@ Test(store, batch_cancel_after_some_succeeded_is_canceled)
 	int canceled = -1, done = -1;
 
 	cr_assert_eq(finish(claim(id), id, JS_SUCCEEDED, T0 + 2 * SEC), 0);
-	cr_assert_eq(store_batch_cancel(id, T0 + 3 * SEC, &canceled, &done), 0);
+	cr_assert_eq(store_batch_cancel(id, T0 + 3 * SEC, &canceled, &done, NULL, NULL), 0);
 	cr_assert_eq(canceled, 1);
 	cr_assert_eq(done, 1);
 	assert_batch_state(id, "canceled");
@@ -856,7 +856,7 @@ Test(store, batch_list_state_filter)
 
 	for (i = 0; i < 5; i++)
 		insert_sleep(1, "", "");
-	cr_assert_eq(store_batch_cancel(3, T0, &c, &d), 0);
+	cr_assert_eq(store_batch_cancel(3, T0, &c, &d, NULL, NULL), 0);
 	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list("canceled", -1, 10), "id", canceled, 1,
 		    NULL);
@@ -923,7 +923,7 @@ Test(store, batch_info_and_load_active)
 	b = insert_sleep(1, "", "");
 	c = insert_sleep(1, "", "");
 	claim(a);
-	cr_assert_eq(store_batch_cancel(c, T0, &n, &d), 0);
+	cr_assert_eq(store_batch_cancel(c, T0, &n, &d, NULL, NULL), 0);
 	cr_assert_eq(store_batch_info(a, &info), 0);
 	cr_assert_eq(info.id, a);
 	cr_assert_eq(info.priority, 7);

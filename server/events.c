@@ -1,0 +1,296 @@
+/* events.c - GET /v1/events: every job and batch state change as
+ * Server-Sent Events.
+ *
+ * Changes go into a ring of the last --events-buffer events, each already
+ * formatted.  Every stream is an MHD callback response whose reader copies
+ * the events after the client's cursor; when there is nothing to send the
+ * reader suspends its connection (MHD's prescribed pattern) and the next
+ * event resumes it.  No thread, no per-client queue: a slow client only
+ * holds a cursor, and one that falls out of the window gets a "reset".
+ *
+ * Ids are wall-clock microseconds, bumped to stay strictly increasing, so
+ * they keep increasing across restarts and a Last-Event-ID from before a
+ * restart is simply older than the window.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+
+#define KEEPALIVE_US (15 * 1000000LL)
+
+struct event {
+	int64_t id;
+	int64_t batch_id;
+	char *text;
+	size_t len;
+};
+
+struct stream {
+	struct MHD_Connection *conn;
+	int64_t cursor;         /* id of the last event sent */
+	int64_t batch_id;       /* filter, 0: all */
+	size_t offset;          /* bytes of the next event already sent */
+	int suspended, closing, reset;
+	int64_t last_write;     /* monotonic */
+	struct stream *prev, *next;
+};
+
+static struct event *ring;
+static size_t cap, count, first;        /* first: index of the oldest */
+static int64_t last_id;
+static int64_t start_id;        /* no event of this process is older */
+static int64_t evicted;         /* id of the newest event dropped */
+static struct stream *streams;
+
+static struct event *at(size_t i)
+{
+	return &ring[(first + i) % cap];
+}
+
+/* oldest_after returns the ring position of the first event with an id
+ * greater than id (count when none): ids increase along the ring. */
+static size_t oldest_after(int64_t id)
+{
+	size_t lo = 0, hi = count;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (at(mid)->id <= id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static void wake_all(void)
+{
+	struct stream *s;
+
+	for (s = streams; s; s = s->next)
+		if (s->suspended) {
+			s->suspended = 0;
+			MHD_resume_connection(s->conn);
+			http_resumed();
+		}
+}
+
+/* emit appends one event (data is stolen) and wakes the streams. */
+static void emit(const char *type, int64_t batch_id, json_t *data)
+{
+	char *json = json_dumps(data, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	struct event *e;
+	int64_t id = now_us();
+
+	json_decref(data);
+	if (!json || !cap)
+		goto out;
+	if (id <= last_id)
+		id = last_id + 1;
+	last_id = id;
+	if (count == cap) {
+		evicted = at(0)->id;
+		free(at(0)->text);
+		first = (first + 1) % cap;
+		count--;
+	}
+	e = at(count++);
+	e->id = id;
+	e->batch_id = batch_id;
+	e->len = (size_t)asprintf(&e->text, "id: %lld\nevent: %s\ndata: %s\n\n",
+				  (long long)id, type, json);
+	if (!e->text) {
+		count--;
+		goto out;
+	}
+	if (streams)
+		wake_all();
+out:
+	free(json);
+}
+
+void events_job(int64_t job_id, int64_t batch_id, const char *state,
+		int attempts)
+{
+	char id[32], bid[32];
+
+	fmt_id(id, sizeof(id), 'j', job_id);
+	fmt_id(bid, sizeof(bid), 'b', batch_id);
+	emit("job", batch_id, json_pack("{s:s, s:s, s:s, s:i}", "id", id,
+		"batch_id", bid, "state", state, "attempts", attempts));
+}
+
+void events_batch(int64_t batch_id)
+{
+	json_t *b = store_batch_json(batch_id);
+
+	if (!b)
+		return;
+	emit("batch", batch_id, json_pack("{s:O, s:O, s:O}",
+		"id", json_object_get(b, "id"),
+		"state", json_object_get(b, "state"),
+		"counts", json_object_get(b, "counts")));
+	json_decref(b);
+}
+
+int events_init(void)
+{
+	cap = (size_t)cfg.events_buffer;
+	ring = calloc(cap, sizeof(*ring));
+	start_id = last_id = now_us();
+	return ring ? 0 : -1;
+}
+
+/* copy_events fills buf with whole events after the stream's cursor (or
+ * the rest of a long one).  Returns the bytes written. */
+static size_t copy_events(struct stream *s, char *buf, size_t max)
+{
+	size_t i = oldest_after(s->cursor), n = 0;
+
+	for (; i < count && n < max; i++) {
+		struct event *e = at(i);
+		size_t len;
+
+		if (s->batch_id && e->batch_id != s->batch_id) {
+			s->cursor = e->id;
+			continue;
+		}
+		len = e->len - s->offset;
+		if (len > max - n) {
+			if (n)
+				break;          /* send it whole next time */
+			len = max;
+		}
+		memcpy(buf + n, e->text + s->offset, len);
+		n += len;
+		s->offset += len;
+		if (s->offset < e->len)
+			break;
+		s->offset = 0;
+		s->cursor = e->id;
+	}
+	return n;
+}
+
+static ssize_t reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	static const char reset[] = "event: reset\ndata: {\"missed\":true}\n\n";
+	static const char ping[] = ": keep-alive\n\n";
+	struct stream *s = cls;
+	size_t n;
+
+	if (s->closing)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	if (s->reset && max >= sizeof(reset)) {
+		s->reset = 0;
+		memcpy(buf, reset, sizeof(reset) - 1);
+		return sizeof(reset) - 1;
+	}
+	n = copy_events(s, buf, max);
+	if (n == 0 && mono_us() - s->last_write >= KEEPALIVE_US &&
+	    max >= sizeof(ping)) {
+		memcpy(buf, ping, sizeof(ping) - 1);
+		n = sizeof(ping) - 1;
+	}
+	if (n) {
+		s->last_write = mono_us();
+		return (ssize_t)n;
+	}
+	s->suspended = 1;
+	MHD_suspend_connection(s->conn);
+	return 0;
+}
+
+static void stream_free(void *cls)
+{
+	struct stream *s = cls;
+
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		streams = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	free(s);
+}
+
+/* events_open answers GET /v1/events with a stream that starts after
+ * after_id (0: only new events), for one batch or all (batch_id 0). */
+enum MHD_Result events_open(struct request *r, int64_t batch_id,
+			    int64_t after_id)
+{
+	struct MHD_Response *resp;
+	struct stream *s = calloc(1, sizeof(*s));
+	enum MHD_Result rc;
+
+	if (!s)
+		return http_problem(r, P_INTERNAL, "out of memory", NULL);
+	s->conn = r->conn;
+	s->batch_id = batch_id;
+	s->last_write = mono_us();
+	s->cursor = after_id ? after_id : last_id;
+	/* Events after after_id were dropped from the window, or belonged to
+	 * a previous run of the server: say that some were missed. */
+	if (after_id && (after_id < evicted || after_id < start_id))
+		s->reset = 1;
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
+						 reader, s, stream_free);
+	if (!resp) {
+		free(s);
+		return http_problem(r, P_INTERNAL, "out of memory", NULL);
+	}
+	s->next = streams;
+	if (streams)
+		streams->prev = s;
+	streams = s;
+	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	rc = http_send(r, 200, resp);
+	MHD_destroy_response(resp);
+	return rc;
+}
+
+/* events_tick resumes streams that owe a keep-alive (a dead client is
+ * only noticed when we write to it).  Returns the next due time, or 0. */
+int64_t events_tick(int64_t now)
+{
+	struct stream *s;
+	int64_t next = 0, due;
+
+	for (s = streams; s; s = s->next) {
+		due = s->last_write + KEEPALIVE_US;
+		if (s->suspended && now >= due) {
+			s->suspended = 0;
+			MHD_resume_connection(s->conn);
+			http_resumed();
+		} else if (!next || due < next) {
+			next = due;
+		}
+	}
+	return next;
+}
+
+/* events_close ends every stream (shutdown): MHD cannot stop while
+ * connections are suspended. */
+void events_close(void)
+{
+	struct stream *s;
+
+	for (s = streams; s; s = s->next)
+		s->closing = 1;
+	wake_all();
+}
+
+void events_free(void)
+{
+	size_t i;
+
+	for (i = 0; i < count; i++)
+		free(at(i)->text);
+	free(ring);
+	ring = NULL;
+	count = first = cap = 0;
+}
