@@ -120,7 +120,8 @@ int store_open(const char *path);
 void store_close(void);
 int store_flush(void);
 int store_dirty(void);
-int store_recover(int64_t now, int *requeued, int *interrupted);
+int store_recover(int64_t now, int *requeued, int *interrupted,
+		  void (*fn)(int64_t job_id, void *ctx), void *ctx);
 int store_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 		      void *ctx);
 int store_batch_insert(const json_t *req, int64_t now, const char *key,
@@ -226,6 +227,9 @@ int pool_live(void);
 int pool_busy(void);
 void pool_stop_all(void);
 void pool_kill_all(void);
+void pool_kill_orphans(void);
+void pool_kill_marked(const char *instance, const int64_t *job_ids,
+		      size_t n);
 json_t *pool_json(void);
 
 /* ---- engine.c ---- */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -319,6 +320,33 @@ static int setup_signals(void)
 	return loop_add(fd, EPOLLIN, on_signal, NULL);
 }
 
+/* The instance names this database among servers on one host; workers
+ * pass it to command jobs in JOBPOOL_JOB=<instance>/<job id>. */
+static char instance[40];
+static int64_t *orphan_jobs;
+static size_t norphan_jobs;
+
+static void set_instance(void)
+{
+	char path[PATH_MAX];
+	const char *p = realpath(cfg.db_path, path) ? path : cfg.db_path;
+	char hash[33];
+
+	hash_hex(p, strlen(p), hash);
+	snprintf(instance, sizeof(instance), "%.16s", hash);
+	setenv("JOBPOOL_INSTANCE", instance, 1);
+}
+
+static void note_orphan(int64_t job_id, void *ctx)
+{
+	int64_t *p = realloc(orphan_jobs, (norphan_jobs + 1) * sizeof(*p));
+
+	if (!p)
+		return;
+	orphan_jobs = p;
+	orphan_jobs[norphan_jobs++] = job_id;
+}
+
 static int64_t min_deadline(int64_t a, int64_t b)
 {
 	if (!a)
@@ -436,14 +464,22 @@ int main(int argc, char **argv)
 	}
 	if (store_open(cfg.db_path) < 0)
 		return 3;
-	if (store_recover(now_us(), &requeued, &interrupted) < 0)
+	set_instance();
+	if (store_recover(now_us(), &requeued, &interrupted, note_orphan,
+			  NULL) < 0)
 		return 3;
+	if (norphan_jobs)
+		pool_kill_marked(instance, orphan_jobs, norphan_jobs);
+	free(orphan_jobs);
 	if (requeued || interrupted)
 		log_info("recovery: %d running job(s) re-queued, %d failed as "
 			 "interrupted", requeued, interrupted);
 	if (events_init() < 0)
 		return 1;
 	n = engine_load();
+	/* Processes a dying worker's command job leaves behind come to us,
+	 * not to init, so they can be killed (pool_kill_orphans). */
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	if (loop_init() < 0 || setup_signals() < 0) {
 		log_warn("cannot set up the event loop: %s", strerror(errno));
 		return 1;

@@ -10,6 +10,7 @@
  * The outcome of a job whose worker died is decided only when the process
  * is reaped, because only wait4() knows the exit status and the rusage.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -36,6 +37,7 @@ static int nslots;              /* ever used: max of all sizes */
 static int target;              /* configured size */
 
 static void on_channel(int fd, uint32_t events, void *ctx);
+void pool_kill_orphans(void);
 
 /* spawn_worker starts one worker process for slot s.  Returns 0, or -1 with
  * errno set (the slot stays empty and is retried on the next reap). */
@@ -389,18 +391,23 @@ void pool_reap(void)
 {
 	struct rusage ru;
 	struct slot *s;
-	int status;
+	int status, orphans = 0;
 	pid_t pid;
 
 	while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
 		s = slot_by_pid(pid);
-		if (!s)
+		if (!s) {
+			/* An orphan we killed: its own children are ours now. */
+			orphans = 1;
 			continue;
+		}
 		/* Read what the worker said before it died (a "done" sent
 		 * just before a crash must win over the crash). */
 		if (s->fd >= 0)
 			on_channel(s->fd, EPOLLIN, s);
 		close_channel(s);
+		if (s->job_id && s->is_command)
+			orphans = 1;
 		if (s->job_id)
 			engine_worker_died(s, status);
 		s->pid = 0;
@@ -409,6 +416,8 @@ void pool_reap(void)
 		if (!shutting_down && !s->retire && s->index < target)
 			spawn_worker(s);
 	}
+	if (orphans)
+		pool_kill_orphans();
 }
 
 /* pool_tick enforces job timeouts and kill grace periods.  Returns the next
@@ -516,4 +525,130 @@ json_t *pool_json(void)
 	}
 	return json_pack("{s:i, s:i, s:i, s:o}", "size", target, "busy", busy,
 			 "idle", idle, "workers", workers);
+}
+
+/* ---- processes a dead job left behind ----
+ *
+ * jobpoold is a child subreaper (main.c), and so is every worker: while a
+ * worker lives it kills whatever its command job left; when a worker dies
+ * in the middle of a command job, the job's remaining processes are
+ * reparented to jobpoold.  Every child of jobpoold that is not a worker is
+ * such an orphan, so killing them all is exact. */
+
+static int is_worker(pid_t pid)
+{
+	return slot_by_pid(pid) != NULL;
+}
+
+/* parent_of reads the ppid from /proc/PID/stat (after the command name,
+ * which may hold spaces and parentheses: parse from the last ')'). */
+static pid_t parent_of(const char *pid)
+{
+	char path[300], buf[512], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%s/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	if (!p)
+		return -1;
+	return (pid_t)strtol(p + 4, NULL, 10);  /* ") S ppid" */
+}
+
+void pool_kill_orphans(void)
+{
+	pid_t me = getpid(), pid;
+	struct dirent *e;
+	DIR *d = opendir("/proc");
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		pid = (pid_t)atoi(e->d_name);
+		if (parent_of(e->d_name) == me && !is_worker(pid)) {
+			log_info("pool: killing pid %d left by a dead job",
+				 (int)pid);
+			kill(pid, SIGKILL);
+		}
+	}
+	closedir(d);
+}
+
+/* has_marker tells whether process pid carries JOBPOOL_JOB=<marker> in its
+ * environment (set by the worker for command jobs). */
+static int has_marker(const char *pid, const char *marker)
+{
+	static char buf[65536];
+	char path[300];
+	size_t mlen = strlen(marker);
+	ssize_t n;
+	char *p;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%s/environ", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	for (p = buf; p < buf + n; p += strlen(p) + 1)
+		if (strncmp(p, "JOBPOOL_JOB=", 12) == 0 &&
+		    strncmp(p + 12, marker, mlen) == 0 && p[12 + mlen] == 0)
+			return 1;
+	return 0;
+}
+
+/* pool_kill_marked runs at start, before any worker: the previous server
+ * died (kill -9) with command jobs running; their workers died with it
+ * (PR_SET_PDEATHSIG) but processes those jobs started may live on.  Find
+ * them by the JOBPOOL_JOB marker of this database and kill them, so no
+ * orphan keeps running a job this server is about to run again. */
+void pool_kill_marked(const char *instance, const int64_t *job_ids, size_t n)
+{
+	char marker[96], id[32];
+	struct dirent *e;
+	size_t i;
+	DIR *d;
+	int round, killed;
+
+	for (round = 0; round < 50; round++) {
+		killed = 0;
+		d = opendir("/proc");
+		if (!d)
+			return;
+		while ((e = readdir(d))) {
+			if (e->d_name[0] < '1' || e->d_name[0] > '9')
+				continue;
+			for (i = 0; i < n; i++) {
+				fmt_id(id, sizeof(id), 'j', job_ids[i]);
+				snprintf(marker, sizeof(marker), "%s/%s",
+					 instance, id);
+				if (has_marker(e->d_name, marker)) {
+					log_info("recovery: killing pid %s of "
+						 "interrupted job %s",
+						 e->d_name, id);
+					kill(atoi(e->d_name), SIGKILL);
+					killed++;
+					break;
+				}
+			}
+		}
+		closedir(d);
+		if (!killed)
+			return;
+		usleep(20000);  /* let them die, then look again */
+	}
 }

@@ -1143,10 +1143,20 @@ int store_batch_delete(int64_t batch_id)
  * queue if it has attempts left, else fails as "interrupted"; then every
  * unfinished batch's counters are recounted from its jobs so nothing
  * depends on what the dead server managed to write. */
-int store_recover(int64_t now, int *requeued, int *interrupted)
+int store_recover(int64_t now, int *requeued, int *interrupted,
+		  void (*fn)(int64_t job_id, void *ctx), void *ctx)
 {
+	sqlite3_stmt *s;
 	char q[1024];
 
+	/* The command jobs among them may have left processes behind. */
+	if (sqlite3_prepare_v2(db, "SELECT id FROM jobs WHERE state = "
+			       "'running' AND kind = 'command'", -1, &s,
+			       NULL) != SQLITE_OK)
+		return -1;
+	while (fn && sqlite3_step(s) == SQLITE_ROW)
+		fn(sqlite3_column_int64(s, 0), ctx);
+	sqlite3_finalize(s);
 	if (exec("BEGIN IMMEDIATE") < 0)
 		return -1;
 	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'queued', "

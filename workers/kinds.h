@@ -25,6 +25,10 @@ struct kind_job {
 	 * channel is closed (treat as cancel). */
 	int (*channel_cancel)(struct kind_job *job);
 	int canceled;
+	/* "<instance>/<job id>": put in a command's environment as
+	 * JOBPOOL_JOB, so the processes of a job can be found again by a
+	 * server restarted after a crash.  May be NULL. */
+	const char *marker;
 	/* set by run */
 	const char *error;     /* static sentence when the job failed */
 	int exit_code;         /* -1 when none */

@@ -356,7 +356,13 @@ static void handle_run(const char *id, const char *kind, const json_t *args,
 		.exit_code = -1,
 	};
 	struct sample before, after;
-	char error[256] = "";
+	char error[256] = "", marker[96];
+	const char *instance = getenv("JOBPOOL_INSTANCE");
+
+	if (instance) {
+		snprintf(marker, sizeof marker, "%.40s/%.40s", instance, id);
+		job.marker = marker;
+	}
 	json_t *result;
 	int ok;
 

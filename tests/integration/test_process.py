@@ -206,3 +206,58 @@ def test_command_cpu_is_the_commands_own():
         assert j["state"] == "succeeded", j
         assert t["user_cpu_ms"] > 10, t
         assert t["user_cpu_ms"] + t["sys_cpu_ms"] <= t["run_ms"] * 1.1 + 5, t
+
+
+def marked(marker_prefix="JOBPOOL_JOB="):
+    """pids of live processes carrying a JOBPOOL_JOB marker."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % p, "rb") as f:
+                env = f.read().split(b"\0")
+            with open("/proc/%s/stat" % p) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        if any(e.startswith(marker_prefix.encode()) for e in env):
+            out.append(int(p))
+    return out
+
+
+def test_worker_death_mid_command_leaves_nothing():
+    with Server(workers=1, args=["--allow-command"]) as srv:
+        b = srv.submit([{"kind": "command", "args": {
+            "argv": ["sh", "-c", "setsid sleep 300 & sleep 300 & wait"]}}])
+        jid = b["job_ids"][0]
+        srv.wait_job_state(jid, ("running",))
+        wait_until(lambda: len(marked()) >= 3, 5, 0.02, "the job's processes")
+        worker = srv.pool()["workers"][0]["pid"]
+        os.kill(worker, 9)
+        j = srv.wait_job(jid, timeout=5)
+        assert j["state"] == "failed" and j["signal"] == "SIGKILL", j
+        wait_until(lambda: marked() == [], 3, 0.05,
+                   "the dead job's processes to be killed")
+        srv.wait_pool_ready(1)
+
+
+def test_restart_after_kill9_kills_orphaned_job_processes():
+    with Server(workers=2, args=["--allow-command"]) as first:
+        b = first.submit([{"kind": "command", "max_attempts": 2, "args": {
+            "argv": ["sh", "-c", "setsid sleep 300 & sleep 300 & wait"]}}])
+        jid = b["job_ids"][0]
+        first.wait_job_state(jid, ("running",))
+        wait_until(lambda: len(marked()) >= 3, 5, 0.02, "the job's processes")
+        before = set(marked())
+        first.kill9()
+        with Server(workers=2, args=["--allow-command"],
+                    tmpdir=first.tmpdir) as second:
+            j = second.job(jid)
+            assert j["state"] in ("queued", "running") and \
+                j["attempts"] <= 2, j
+            assert before.isdisjoint(marked()), \
+                "processes of the interrupted attempt survived the restart"
+            second.post("/v1/jobs/%s/cancel" % jid)
+            second.wait_job(jid)

@@ -977,7 +977,7 @@ Test(store, recover_requeues_or_fails_running_jobs)
 	/* the server dies; the next one opens the file and recovers */
 	store_close();
 	cr_assert_eq(store_open(db_path), 0);
-	cr_assert_eq(store_recover(T0 + 10 * SEC, &requeued, &interrupted), 0);
+	cr_assert_eq(store_recover(T0 + 10 * SEC, &requeued, &interrupted, NULL, NULL), 0);
 	cr_assert_eq(requeued, 1);
 	cr_assert_eq(interrupted, 1);
 
@@ -1023,7 +1023,7 @@ Test(store, recover_finishes_a_batch_with_no_work_left)
 	cr_assert_eq(store_flush(), 0);
 	store_close();
 	cr_assert_eq(store_open(db_path), 0);
-	cr_assert_eq(store_recover(T0 + 10 * SEC, &requeued, &interrupted), 0);
+	cr_assert_eq(store_recover(T0 + 10 * SEC, &requeued, &interrupted, NULL, NULL), 0);
 	cr_assert_eq(requeued, 0);
 	cr_assert_eq(interrupted, 1);
 	b = batch(id);
@@ -1046,7 +1046,7 @@ Test(store, recover_recounts_and_leaves_finished_batches)
 	/* counters a dying server left wrong */
 	sql_exec("UPDATE batches SET n_queued = 17, n_running = 4 "
 		 "WHERE id = 2");
-	cr_assert_eq(store_recover(T0 + 10 * SEC, &requeued, &interrupted), 0);
+	cr_assert_eq(store_recover(T0 + 10 * SEC, &requeued, &interrupted, NULL, NULL), 0);
 	cr_assert_eq(requeued, 0);
 	cr_assert_eq(interrupted, 0);
 	assert_counts(id, 3, 3, 0, 0, 0, 0, 0);
@@ -1061,7 +1061,7 @@ Test(store, recover_with_nothing_to_do)
 {
 	int requeued = -1, interrupted = -1;
 
-	cr_assert_eq(store_recover(T0, &requeued, &interrupted), 0);
+	cr_assert_eq(store_recover(T0, &requeued, &interrupted, NULL, NULL), 0);
 	cr_assert_eq(requeued, 0);
 	cr_assert_eq(interrupted, 0);
 }

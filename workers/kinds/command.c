@@ -196,10 +196,12 @@ static int hidden(const char *var, const json_t *env)
 }
 
 /* build_envp sets c->envp to a new copy of the worker's environment without
- * hidden variables, plus the members of env (borrowed, may be NULL).
+ * hidden variables, plus the members of env (borrowed, may be NULL), plus
+ * JOBPOOL_JOB=marker (the job's identity, see kinds.h).
  * Returns 0, or -1 when out of memory (c->envp then holds what was made,
  * for command_free). */
-static int build_envp(struct command *c, const json_t *env)
+static int build_envp(struct command *c, const json_t *env,
+		      const char *marker)
 {
 	size_t count = 0, n = 0;
 	const char *name;
@@ -208,12 +210,16 @@ static int build_envp(struct command *c, const json_t *env)
 
 	for (var = environ; var && *var; var++)
 		count++;
-	c->envp = calloc(count + json_object_size(env) + 1, sizeof *c->envp);
+	c->envp = calloc(count + json_object_size(env) + 2, sizeof *c->envp);
 	if (!c->envp)
 		return -1;
 	for (var = environ; var && *var; var++)
 		if (!hidden(*var, env) && !(c->envp[n++] = strdup(*var)))
 			return -1;
+	if (marker && asprintf(&c->envp[n++], "JOBPOOL_JOB=%s", marker) == -1) {
+		c->envp[n - 1] = NULL;
+		return -1;
+	}
 	json_object_foreach((json_t *)env, name, value)
 		if (asprintf(&c->envp[n++], "%s=%s", name,
 			     json_string_value(value)) == -1) {
@@ -242,7 +248,8 @@ static int command_init(struct command *c, const json_t *args,
 		return -1;
 	}
 	c->argv = calloc(n + 1, sizeof *c->argv);
-	if (!c->argv || build_envp(c, json_object_get(args, "env")) == -1) {
+	if (!c->argv || build_envp(c, json_object_get(args, "env"),
+					  job->marker) == -1) {
 		job->error = "out of memory";
 		return -1;
 	}
