@@ -216,6 +216,7 @@ static int replay(struct request *r, const char *key, const char *hash,
 				   stored, &id);
 
 	if (found < 0) {
+		retry_after(r, 5);
 		*rc = http_problem(r, P_UNAVAILABLE, "the key could not be looked up", NULL);
 		return -1;
 	}
@@ -318,9 +319,11 @@ static enum MHD_Result reply_created(struct request *r)
 	json_t *batch;
 	char loc[64];
 
-	if (!r->ack_ok)
+	if (!r->ack_ok) {
+		retry_after(r, 5);
 		return http_problem(r, P_UNAVAILABLE,
 				    "the batch could not be committed", NULL);
+	}
 	batch = store_batch_json(r->ack_batch);
 	if (!batch)
 		return http_problem(r, P_INTERNAL, "stored batch vanished", NULL);
@@ -445,24 +448,29 @@ static enum MHD_Result api_events(struct request *r)
 {
 	static const char *const allowed[] = { "batch_id", "last_event_id",
 					       NULL };
-	const char *bad = unknown_param(r, allowed), *v;
+	const char *bad = unknown_param(r, allowed), *v, *where;
 	int64_t batch_id = 0;
 	long long after = 0;
-	char *end;
+	char path[80];
 
-	if (bad)
-		return http_invalid(r, "?batch_id", "and ?last_event_id are the only parameters");
+	if (bad) {
+		snprintf(path, sizeof(path), "?%.64s", bad);
+		return http_invalid(r, path, "is not a parameter of this endpoint");
+	}
 	v = param(r, "batch_id");
 	if (v && (batch_id = parse_id(v, 'b')) < 0)
 		return http_invalid(r, "?batch_id", "is not a batch id");
+	where = "?last_event_id";
 	v = param(r, "last_event_id");
-	if (!v)
+	if (!v) {
+		where = "Last-Event-ID";
 		v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 						"Last-Event-ID");
+	}
 	if (v) {
-		after = strtoll(v, &end, 10);
-		if (!*v || *end || after < 0 || strspn(v, "0123456789") != strlen(v))
-			return http_invalid(r, "Last-Event-ID", "must be an event id");
+		if (!*v || strlen(v) > 18 || strspn(v, "0123456789") != strlen(v))
+			return http_invalid(r, where, "must be an event id");
+		after = strtoll(v, NULL, 10);
 	}
 	return events_open(r, batch_id, after);
 }

@@ -1129,6 +1129,16 @@ int store_batch_delete(int64_t batch_id)
  * UPDATE, columns on the right side are the row's old values.) */
 #define SQL_TIME(col) "strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', " col \
 	" / 1000000.0, 'unixepoch')"
+/* The history entry of an attempt the server's death interrupted; takes
+ * the time of recovery as its end (one %lld). */
+#define INTERRUPTED_ENTRY "json_insert(history, '$[#]', json_object(" \
+	"'attempt', attempts, 'state', 'failed', " \
+	"'started_at', " SQL_TIME("started_at") ", " \
+	"'finished_at', " SQL_TIME("%lld") ", " \
+	"'run_ms', NULL, 'exit_code', NULL, 'signal', NULL, " \
+	"'error', 'interrupted', 'worker', CASE WHEN worker_slot IS NULL " \
+	"THEN NULL ELSE json_object('slot', worker_slot, 'pid', " \
+	"worker_pid) END))"
 #define COUNT_OF(st) "(SELECT count(*) FROM jobs j WHERE " \
 	"j.batch_id = batches.id AND j.state = '" st "')"
 #define RECOUNT "UPDATE batches SET n_queued = " COUNT_OF("queued") ", " \
@@ -1159,10 +1169,12 @@ int store_recover(int64_t now, int *requeued, int *interrupted,
 	sqlite3_finalize(s);
 	if (exec("BEGIN IMMEDIATE") < 0)
 		return -1;
+	/* Both ways, the interrupted attempt is one entry of history. */
 	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'queued', "
 		 "queued_at = %lld, worker_slot = NULL, worker_pid = NULL, "
-		 "started_at = NULL WHERE state = 'running' "
-		 "AND attempts < max_attempts", (long long)now);
+		 "started_at = NULL, error = 'interrupted', "
+		 "history = " INTERRUPTED_ENTRY " WHERE state = 'running' "
+		 "AND attempts < max_attempts", (long long)now, (long long)now);
 	if (exec(q) < 0)
 		goto fail;
 	*requeued = sqlite3_changes(db);
@@ -1172,15 +1184,8 @@ int store_recover(int64_t now, int *requeued, int *interrupted,
 		goto fail;
 	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'failed', "
 		 "finished_at = %lld, error = 'interrupted', "
-		 "history = json_insert(history, '$[#]', json_object("
-		 "'attempt', attempts, 'state', 'failed', "
-		 "'started_at', " SQL_TIME("started_at") ", "
-		 "'finished_at', " SQL_TIME("%lld") ", "
-		 "'run_ms', NULL, 'exit_code', NULL, 'signal', NULL, "
-		 "'error', 'interrupted', 'worker', CASE WHEN worker_slot "
-		 "IS NULL THEN NULL ELSE json_object('slot', worker_slot, "
-		 "'pid', worker_pid) END)) "
-		 "WHERE state = 'running'", (long long)now, (long long)now);
+		 "history = " INTERRUPTED_ENTRY " WHERE state = 'running'",
+		 (long long)now, (long long)now);
 	if (exec(q) < 0)
 		goto fail;
 	*interrupted = sqlite3_changes(db);

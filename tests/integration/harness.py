@@ -419,7 +419,7 @@ class Server:
 
     def _auto_tail(self):
         if not DEFER_TAILS:
-            self._auto_tail()
+            self.print_tail()
 
     def print_tail(self, n=40):
         if self.tail_printed:
