@@ -60,7 +60,7 @@ static const char usage[] =
 "  --max-queued-jobs N    queued jobs past which submissions get 429\n"
 "                                                       [2000000]\n"
 "  --max-db-bytes N       data size past which submissions get 503; the\n"
-"                         file may grow 25%% more while accepted jobs end\n"
+"                         file may grow 25% more while accepted jobs end\n"
 "                                                       [no cap]\n"
 "  --retention DURATION   delete finished batches this long after they\n"
 "                         end, e.g. 7d, 12h, 30m, 90s    [keep]\n"
