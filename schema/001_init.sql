@@ -22,7 +22,11 @@ CREATE TABLE batches (
 	n_timed_out  INTEGER NOT NULL DEFAULT 0,
 	n_canceled   INTEGER NOT NULL DEFAULT 0,
 	total_run_us INTEGER NOT NULL DEFAULT 0,
-	total_cpu_us INTEGER NOT NULL DEFAULT 0
+	total_cpu_us INTEGER NOT NULL DEFAULT 0,
+	-- A batch's jobs are inserted together, so their ids are contiguous:
+	-- job index i has id first_job + i, and submission order is a range
+	-- of the primary key (no (batch_id, idx) index to maintain).
+	first_job    INTEGER
 );
 CREATE INDEX batches_by_state ON batches (state, id);
 
@@ -55,8 +59,6 @@ CREATE TABLE jobs (
 	result          TEXT,              -- JSON
 	history         TEXT NOT NULL DEFAULT '[]'   -- JSON array, one entry per finished attempt
 );
--- Serves "next queued job of a batch", the per-batch state filter and
--- submission-order pages; (batch_id, idx) alone would not cover the filter.
+-- Serves "next queued job of a batch" and the per-batch state filter.
 CREATE INDEX jobs_by_batch_state ON jobs (batch_id, state, idx);
-CREATE UNIQUE INDEX jobs_by_batch_idx ON jobs (batch_id, idx);
 CREATE INDEX jobs_running ON jobs (state) WHERE state = 'running';

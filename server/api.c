@@ -152,9 +152,12 @@ static enum MHD_Result api_readyz(struct request *r)
 {
 	if (shutting_down)
 		return http_problem(r, P_UNAVAILABLE, "the server is shutting down", NULL);
+	if (store_degraded())
+		return http_problem(r, P_UNAVAILABLE, "a database write failed "
+				    "and was rolled back; restart the server", NULL);
 	if (store_ping() < 0)
 		return http_problem(r, P_UNAVAILABLE, "the database cannot be read", NULL);
-	if (pool_live() < pool_size())
+	if (pool_ready() < pool_size())
 		return http_problem(r, P_UNAVAILABLE, "the worker pool is not complete", NULL);
 	return http_json(r, 200, json_pack("{s:s}", "status", "ready"));
 }

@@ -34,7 +34,8 @@ void engine_dispatch(void)
 	int64_t now;
 	int rc;
 
-	while (!shutting_down && (s = pool_idle()) && (b = sched_pick())) {
+	while (!shutting_down && !store_degraded() && (s = pool_idle()) &&
+	       (b = sched_pick())) {
 		now = now_us();
 		rc = store_job_claim(sched_id(b), s->index, s->pid, now, &c);
 		if (rc == 1) {

@@ -133,6 +133,7 @@ int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max);
 int64_t store_size_bytes(void);
 int store_job_counts(int64_t *counts);
 int store_full(void);
+int store_degraded(void);
 int store_batch_info(int64_t id, struct batch_info *b);
 json_t *store_batch_json(int64_t id);
 json_t *store_job_json(int64_t id);
@@ -199,6 +200,9 @@ struct slot {
 	int done;                       /* "done" received for the job */
 	int64_t rss_kb;
 	int retire;                     /* pool shrinking: do not replace */
+	int failures;                   /* deaths before "ready", in a row */
+	int was_ready;                  /* this process said "ready" */
+	int64_t respawn_mono;           /* when to try again, 0: not due */
 	/* the job's kind and retry policy */
 	int is_command;
 	int max_attempts;
@@ -224,6 +228,7 @@ void pool_job_ended(struct slot *s);
 int pool_resize(int size);
 int64_t pool_tick(int64_t now_mono);    /* returns next deadline or 0 */
 int pool_live(void);
+int pool_ready(void);
 int pool_busy(void);
 void pool_stop_all(void);
 void pool_kill_all(void);

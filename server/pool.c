@@ -38,6 +38,7 @@ static int target;              /* configured size */
 
 static void on_channel(int fd, uint32_t events, void *ctx);
 void pool_kill_orphans(void);
+static void respawn(struct slot *s);
 
 /* spawn_worker starts one worker process for slot s.  Returns 0, or -1 with
  * errno set (the slot stays empty and is retried on the next reap). */
@@ -90,6 +91,7 @@ static int spawn_worker(struct slot *s)
 	}
 	memset(&s->job_id, 0, sizeof(*s) - offsetof(struct slot, job_id));
 	s->state = SLOT_STARTING;
+	s->was_ready = 0;
 	s->pid = pid;
 	s->fd = sv[0];
 	s->spawned_at = now_us();
@@ -143,6 +145,17 @@ int pool_live(void)
 
 	for (i = 0; i < nslots; i++)
 		n += slots[i].state != SLOT_EMPTY;
+	return n;
+}
+
+/* pool_ready counts workers that said "ready" and are not dying: what
+ * /readyz promises, unlike processes merely started. */
+int pool_ready(void)
+{
+	int i, n = 0;
+
+	for (i = 0; i < nslots && i < target; i++)
+		n += slots[i].state == SLOT_IDLE || slots[i].state == SLOT_BUSY;
 	return n;
 }
 
@@ -234,6 +247,8 @@ static void handle_message(struct slot *s, const char *buf, size_t len)
 
 	if (t && strcmp(t, "ready") == 0 && s->state == SLOT_STARTING) {
 		s->state = SLOT_IDLE;
+		s->failures = 0;
+		s->was_ready = 1;
 	} else if (t && strcmp(t, "out") == 0 && s->job_id) {
 		append_output(s, json_integer_value(json_object_get(m, "fd")),
 			      json_object_get(m, "data"));
@@ -410,14 +425,42 @@ void pool_reap(void)
 			orphans = 1;
 		if (s->job_id)
 			engine_worker_died(s, status);
+		/* A worker that dies before it is ready will likely do so
+		 * again (wrong binary, no memory): retry with a growing
+		 * delay instead of a tight loop of spawns and logs. */
+		if (!s->was_ready) {
+			s->failures++;
+			log_warn("pool: slot %d: worker %d died before it was "
+				 "ready (status %d)", s->index, (int)pid,
+				 status);
+		}
 		s->pid = 0;
 		s->state = SLOT_EMPTY;
 		s->job_id = 0;
 		if (!shutting_down && !s->retire && s->index < target)
-			spawn_worker(s);
+			respawn(s);
 	}
 	if (orphans)
 		pool_kill_orphans();
+}
+
+static void respawn(struct slot *s)
+{
+	int64_t delay = 0;
+
+	if (s->failures > 0) {
+		int shift = s->failures < 6 ? s->failures : 6;
+
+		delay = 100000LL << shift;      /* 0.2 s .. 6.4 s */
+	}
+	if (delay) {
+		s->respawn_mono = mono_us() + delay;
+		return;
+	}
+	if (spawn_worker(s) < 0) {
+		s->failures++;
+		s->respawn_mono = mono_us() + 1000000;
+	}
 }
 
 /* pool_tick enforces job timeouts and kill grace periods.  Returns the next
@@ -430,6 +473,18 @@ int64_t pool_tick(int64_t now)
 	for (i = 0; i < nslots; i++) {
 		struct slot *s = &slots[i];
 
+		if (s->respawn_mono && s->state == SLOT_EMPTY) {
+			if (now >= s->respawn_mono && !shutting_down &&
+			    !s->retire && s->index < target) {
+				s->respawn_mono = 0;
+				if (spawn_worker(s) < 0) {
+					s->failures++;
+					s->respawn_mono = now + 1000000;
+				}
+			}
+			if (s->respawn_mono && (!next || s->respawn_mono < next))
+				next = s->respawn_mono;
+		}
 		if (s->pid <= 0)
 			continue;
 		if (s->kill_at_mono && now >= s->kill_at_mono) {

@@ -23,6 +23,8 @@ extern const size_t schema_migrations_count;
 static sqlite3 *db;
 static int in_txn;
 static int last_error;          /* primary code of the last failed step */
+static int degraded;            /* a failure rolled a transaction back */
+static int64_t hard_pages;      /* max_page_count, 0: none */
 
 enum stmt_id {
 	S_BATCH_INSERT, S_JOB_INSERT, S_BATCH_GET, S_JOB_GET, S_JOB_BATCH,
@@ -32,9 +34,17 @@ enum stmt_id {
 	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_BATCH_DEL_KEYS, S_LIST_B,
 	S_LIST_B_STATE, S_LIST_J, S_LIST_J_STATE, S_ACTIVE, S_INFO,
 	S_IDEM_GET, S_IDEM_PUT, S_JOB_IDS, S_PURGE_PICK, S_PURGE_JOBS,
-	S_PURGE_KEYS, S_SIZE, S_COUNTS, S_QUEUED_IDS,
+	S_PURGE_KEYS, S_SIZE, S_COUNTS, S_QUEUED_IDS, S_JOB_RANGE, S_SET_FIRST,
+	S_JOB_INSERT_MANY, S_SP, S_SP_RELEASE, S_SP_ROLLBACK,
 	S__COUNT
 };
+
+#define JOB_INSERT "INSERT INTO jobs (batch_id, idx, name, kind, args, " \
+	"state, max_attempts, retry_on, retry_backoff_s, timeout_s, " \
+	"created_at, queued_at) VALUES "
+#define JOB_VALUES "(?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+#define JOB_PARAMS 11
+#define INSERT_ROWS 64
 
 #define BATCH_COLS "id, name, state, concurrency, priority, created_at, " \
 	"started_at, finished_at, n_total, n_queued, n_running, " \
@@ -56,10 +66,7 @@ static const char *const sql[S__COUNT] = {
 	[S_BATCH_INSERT] = "INSERT INTO batches (name, state, concurrency, "
 		"priority, created_at, n_total, n_queued) "
 		"VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-	[S_JOB_INSERT] = "INSERT INTO jobs (batch_id, idx, name, kind, args, "
-		"state, max_attempts, retry_on, retry_backoff_s, timeout_s, "
-		"created_at, queued_at) "
-		"VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+	[S_JOB_INSERT] = JOB_INSERT JOB_VALUES,
 	[S_BATCH_GET] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?",
 	[S_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?",
 	[S_JOB_BATCH] = "SELECT batch_id, state FROM jobs WHERE id = ?",
@@ -117,8 +124,13 @@ static const char *const sql[S__COUNT] = {
 		"ORDER BY id DESC LIMIT ?",
 	[S_LIST_B_STATE] = "SELECT " BATCH_COLS " FROM batches "
 		"WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?",
-	[S_LIST_J] = "SELECT " JOB_COLS " FROM jobs WHERE batch_id = ? "
-		"AND idx > ? ORDER BY idx LIMIT ?",
+	[S_LIST_J] = "SELECT " JOB_COLS " FROM jobs WHERE id > ? AND id < ? "
+		"ORDER BY id LIMIT ?",
+	[S_JOB_RANGE] = "SELECT first_job, n_total FROM batches WHERE id = ?",
+	[S_SP] = "SAVEPOINT op",
+	[S_SP_RELEASE] = "RELEASE op",
+	[S_SP_ROLLBACK] = "ROLLBACK TO op",
+	[S_SET_FIRST] = "UPDATE batches SET first_job = ? WHERE id = ?",
 	[S_LIST_J_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE batch_id = ? "
 		"AND state = ? AND idx > ? ORDER BY idx LIMIT ?",
 	[S_ACTIVE] = "SELECT id, priority, coalesce(concurrency, 0), "
@@ -198,6 +210,11 @@ static sqlite3_stmt *get(enum stmt_id id)
 }
 
 /* step runs a statement that returns no rows; logs and returns -1 on error. */
+static int64_t col_i64(sqlite3_stmt *s, int i)
+{
+	return sqlite3_column_int64(s, i);
+}
+
 static int step(sqlite3_stmt *s)
 {
 	int rc = sqlite3_step(s);
@@ -209,12 +226,42 @@ static int step(sqlite3_stmt *s)
 	last_error = sqlite3_extended_errcode(db) & 0xff;
 	sqlite3_reset(s);
 	log_warn("store: %s: %s", sqlite3_errmsg(db), sqlite3_sql(s));
+	if (in_txn && sqlite3_get_autocommit(db)) {
+		/* SQLite rolled the whole transaction back (it does on some
+		 * SQLITE_FULL and I/O errors): this turn's job state changes
+		 * are gone from the database while the scheduler moved on.
+		 * Stop starting jobs; a restart recovers from what is on
+		 * disk.  Reads keep working. */
+		in_txn = 0;
+		degraded = 1;
+		log_warn("store: the transaction was rolled back; no new jobs "
+			 "start until the server is restarted");
+	}
 	return -1;
 }
 
-static int64_t col_i64(sqlite3_stmt *s, int i)
+int store_degraded(void)
 {
-	return sqlite3_column_int64(s, i);
+	return degraded;
+}
+
+/* room tells whether about bytes more fit under the hard size cap, so a
+ * write that would hit it is refused (or made smaller) up front instead
+ * of failing with SQLITE_FULL, which rolls back the whole turn. */
+static int room(size_t bytes)
+{
+	sqlite3_stmt *s;
+	int64_t used = 0, page = 4096;
+
+	if (!hard_pages)
+		return 1;
+	s = get(S_SIZE);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		used = col_i64(s, 0);
+		page = col_i64(s, 1);
+	}
+	sqlite3_reset(s);
+	return used + (int64_t)(bytes * 3) / page + 16 < hard_pages;
 }
 
 static void bind_text(sqlite3_stmt *s, int i, const char *v)
@@ -310,9 +357,29 @@ static int cap_size(int64_t max)
 	/* 25% (at least 1 MiB) above the soft cap that refuses submissions:
 	 * room for the results of jobs already accepted. */
 	max += max / 4 > (1 << 20) ? max / 4 : (1 << 20);
+	hard_pages = max / page + 1;
 	snprintf(q, sizeof(q), "PRAGMA max_page_count = %lld",
-		 (long long)(max / page + 1));
+		 (long long)hard_pages);
 	return exec(q);
+}
+
+/* prepare_many prepares the INSERT_ROWS-row insert of jobs. */
+static int prepare_many(void)
+{
+	size_t len = strlen(JOB_INSERT) + INSERT_ROWS *
+		     (strlen(JOB_VALUES) + 2) + 1;
+	char *q = malloc(len), *p;
+	int i, rc;
+
+	if (!q)
+		return -1;
+	p = q + sprintf(q, "%s", JOB_INSERT);
+	for (i = 0; i < INSERT_ROWS; i++)
+		p += sprintf(p, "%s%s", i ? ", " : "", JOB_VALUES);
+	rc = sqlite3_prepare_v3(db, q, -1, SQLITE_PREPARE_PERSISTENT,
+				&st[S_JOB_INSERT_MANY], NULL);
+	free(q);
+	return rc == SQLITE_OK ? 0 : -1;
 }
 
 int store_open(const char *path)
@@ -334,6 +401,8 @@ int store_open(const char *path)
 	    exec("PRAGMA foreign_keys = ON") < 0 || migrate() < 0)
 		return -1;
 	for (i = 0; i < S__COUNT; i++) {
+		if (i == S_JOB_INSERT_MANY)
+			continue;
 		if (sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT,
 				       &st[i], NULL) != SQLITE_OK) {
 			log_warn("store: prepare: %s: %s", sqlite3_errmsg(db),
@@ -341,6 +410,8 @@ int store_open(const char *path)
 			return -1;
 		}
 	}
+	if (prepare_many() < 0)
+		return -1;
 	return cfg.max_db_bytes ? cap_size(cfg.max_db_bytes) : 0;
 }
 
@@ -364,53 +435,98 @@ int store_ping(void)
 
 /* ---- submission ---- */
 
-static int insert_job(int64_t batch_id, size_t idx, const json_t *job,
-		      int64_t now)
+/* bind_json binds j as compact JSON text, or the literal dflt when j is
+ * absent.  SQLite takes the dumped text and frees it; the literal and the
+ * json strings below outlive the step, so nothing is copied (this is the
+ * inner loop of a 10,000-job submission). */
+static void bind_json(sqlite3_stmt *s, int i, const json_t *j,
+		      const char *dflt)
 {
-	sqlite3_stmt *s = get(S_JOB_INSERT);
-	const json_t *args = json_object_get(job, "args");
-	const json_t *retry_on = json_object_get(job, "retry_on");
-	const json_t *v;
-	char *args_text, *retry_text;
-	int rc;
+	if (j)
+		sqlite3_bind_text(s, i, json_dumps(j, JSON_COMPACT), -1, free);
+	else
+		sqlite3_bind_text(s, i, dflt, -1, SQLITE_STATIC);
+}
 
-	args_text = args ? json_dumps(args, JSON_COMPACT) : strdup("{}");
-	retry_text = retry_on ? json_dumps(retry_on, JSON_COMPACT) :
-		     strdup("[]");
-	sqlite3_bind_int64(s, 1, batch_id);
-	sqlite3_bind_int64(s, 2, (int64_t)idx);
+/* bind_job binds job (borrowed; it must outlive the step) as the row whose
+ * first parameter is p of an insert into jobs. */
+static void bind_job(sqlite3_stmt *s, int p, int64_t batch_id, size_t idx,
+		     const json_t *job, int64_t now)
+{
+	const json_t *v;
+
+	sqlite3_bind_int64(s, p, batch_id);
+	sqlite3_bind_int64(s, p + 1, (int64_t)idx);
 	v = json_object_get(job, "name");
-	bind_text(s, 3, json_string_value(v));
-	bind_text(s, 4, json_string_value(json_object_get(job, "kind")));
-	bind_text(s, 5, args_text);
+	if (json_is_string(v))
+		sqlite3_bind_text(s, p + 2, json_string_value(v), -1,
+				  SQLITE_STATIC);
+	else
+		sqlite3_bind_null(s, p + 2);
+	sqlite3_bind_text(s, p + 3, json_string_value(json_object_get(job,
+			  "kind")), -1, SQLITE_STATIC);
+	bind_json(s, p + 4, json_object_get(job, "args"), "{}");
 	v = json_object_get(job, "max_attempts");
-	sqlite3_bind_int(s, 6, v ? (int)json_number_value(v) : 1);
-	bind_text(s, 7, retry_text);
+	sqlite3_bind_int(s, p + 5, v ? (int)json_number_value(v) : 1);
+	bind_json(s, p + 6, json_object_get(job, "retry_on"), "[]");
 	v = json_object_get(job, "retry_backoff_s");
-	sqlite3_bind_double(s, 8, v ? json_number_value(v) : 1.0);
+	sqlite3_bind_double(s, p + 7, v ? json_number_value(v) : 1.0);
 	v = json_object_get(job, "timeout_s");
 	if (v)
-		sqlite3_bind_double(s, 9, json_number_value(v));
+		sqlite3_bind_double(s, p + 8, json_number_value(v));
 	else
-		sqlite3_bind_null(s, 9);
-	sqlite3_bind_int64(s, 10, now);
-	sqlite3_bind_int64(s, 11, now);
-	rc = (args_text && retry_text) ? step(s) : -1;
-	free(args_text);
-	free(retry_text);
-	return rc;
+		sqlite3_bind_null(s, p + 8);
+	sqlite3_bind_int64(s, p + 9, now);
+	sqlite3_bind_int64(s, p + 10, now);
+}
+
+/* insert_jobs inserts the jobs of a batch, INSERT_ROWS rows per statement
+ * where it can (one statement per row costs a VDBE run and an AUTOINCREMENT
+ * update per row).  Sets *first to the first job's id: rowids of one
+ * statement sequence are contiguous (one writer, one transaction). */
+static int insert_jobs(int64_t batch_id, const json_t *jobs, int64_t now,
+		       int64_t *first)
+{
+	size_t i, k, n = json_array_size(jobs);
+	sqlite3_stmt *s;
+
+	*first = 0;
+	for (i = 0; i < n; i += k) {
+		k = n - i >= INSERT_ROWS ? INSERT_ROWS : 1;
+		s = get(k == 1 ? S_JOB_INSERT : S_JOB_INSERT_MANY);
+		for (size_t r = 0; r < k; r++)
+			bind_job(s, 1 + (int)r * JOB_PARAMS, batch_id, i + r,
+				 json_array_get(jobs, i + r), now);
+		if (step(s) < 0)
+			return -1;
+		if (i == 0)
+			*first = sqlite3_last_insert_rowid(db) - (int64_t)k + 1;
+	}
+	return 0;
 }
 
 int store_batch_insert(const json_t *req, int64_t now, const char *key,
 		       const char *hash, int64_t *id, json_t **job_ids)
 {
 	const json_t *jobs = json_object_get(req, "jobs");
-	const json_t *job, *v;
+	const json_t *v;
 	sqlite3_stmt *s;
 	size_t i, n = json_array_size(jobs);
+	int64_t first;
 	char buf[32];
 	json_t *ids;
 
+	if (hard_pages) {
+		char *text = json_dumps(req, JSON_COMPACT);
+		size_t len = text ? strlen(text) : 0;
+
+		free(text);
+		/* rows, two index entries and the job ids: ~200 B a job */
+		if (!room(len + n * 200)) {
+			last_error = SQLITE_FULL;
+			return -1;
+		}
+	}
 	if (begin() < 0)
 		return -1;
 	/* A savepoint per batch: a failure half-way removes this batch's
@@ -429,13 +545,16 @@ int store_batch_insert(const json_t *req, int64_t now, const char *key,
 	if (step(s) < 0)
 		goto fail;
 	*id = sqlite3_last_insert_rowid(db);
+	if (insert_jobs(*id, jobs, now, &first) < 0)
+		goto fail;
+	s = get(S_SET_FIRST);
+	sqlite3_bind_int64(s, 1, first);
+	sqlite3_bind_int64(s, 2, *id);
+	if (step(s) < 0)
+		goto fail;
 	ids = json_array();
-	json_array_foreach(jobs, i, job) {
-		if (insert_job(*id, i, job, now) < 0) {
-			json_decref(ids);
-			goto fail;
-		}
-		fmt_id(buf, sizeof(buf), 'j', sqlite3_last_insert_rowid(db));
+	for (i = 0; i < n; i++) {
+		fmt_id(buf, sizeof(buf), 'j', first + (int64_t)i);
 		json_array_append_new(ids, json_string(buf));
 	}
 	if (key) {
@@ -497,7 +616,7 @@ json_t *store_job_ids(int64_t batch_id)
  * finished before cutoff (jobs first, the batch row once it has none), and
  * idempotency keys older than key_cutoff.  Bounded so that retention never
  * stalls the loop.  Returns the number of rows deleted, or -1. */
-int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max)
+static int purge_step_(int64_t cutoff, int64_t key_cutoff, int max)
 {
 	sqlite3_stmt *s;
 	int64_t batch_id = 0;
@@ -775,12 +894,28 @@ json_t *store_batch_list(const char *state, int64_t after, int limit)
 json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
 		       int limit)
 {
-	sqlite3_stmt *s = get(state ? S_LIST_J_STATE : S_LIST_J);
+	int64_t first = 0, total = 0;
+	sqlite3_stmt *s;
 	int i = 1;
 
+	if (!state) {
+		/* Submission order is a primary-key range (see first_job). */
+		s = get(S_JOB_RANGE);
+		sqlite3_bind_int64(s, 1, batch_id);
+		if (sqlite3_step(s) == SQLITE_ROW) {
+			first = col_i64(s, 0);
+			total = col_i64(s, 1);
+		}
+		sqlite3_reset(s);
+		s = get(S_LIST_J);
+		sqlite3_bind_int64(s, 1, first + after);
+		sqlite3_bind_int64(s, 2, first + total);
+		sqlite3_bind_int(s, 3, limit + 1);
+		return list(s, limit, 2, job_row, 'j');
+	}
+	s = get(S_LIST_J_STATE);
 	sqlite3_bind_int64(s, i++, batch_id);
-	if (state)
-		bind_text(s, i++, state);
+	bind_text(s, i++, state);
 	sqlite3_bind_int64(s, i++, after);
 	sqlite3_bind_int(s, i, limit + 1);
 	return list(s, limit, 2, job_row, 'j');
@@ -845,7 +980,7 @@ static int settle(int64_t batch_id, int64_t now, int *done)
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
-int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+static int job_claim_(int64_t batch_id, int slot, pid_t pid, int64_t now,
 		    struct claim *c)
 {
 	sqlite3_stmt *s = get(S_NEXT_QUEUED);
@@ -948,19 +1083,30 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	json_t *h;
 	char *htext, *rtext = NULL, *otext = NULL;
 	const char *sig = o->signal ? signal_name(o->signal) : NULL;
+	const char *error = o->error;
 	int rc;
 
 	if (begin() < 0)
 		return -1;
 	if (o->output)
 		otext = json_dumps(o->output, JSON_COMPACT);
+	if (o->result)
+		rtext = json_dumps(o->result, JSON_COMPACT |
+				   JSON_REAL_PRECISION(17));
+	if (!room((rtext ? strlen(rtext) : 0) + (otext ? strlen(otext) : 0) +
+		  1024)) {
+		/* Out of room: keep the outcome, drop what takes the room,
+		 * so the job does not stay "running" forever. */
+		free(rtext);
+		free(otext);
+		rtext = otext = NULL;
+		error = "finished, but its result did not fit in the database "
+			"(--max-db-bytes)";
+	}
 	h = history_entry(o, w->started_at, w->job_attempts, w->index,
 			  w->pid);
 	htext = json_dumps(h, JSON_COMPACT | JSON_REAL_PRECISION(15));
 	json_decref(h);
-	if (o->result)
-		rtext = json_dumps(o->result, JSON_COMPACT |
-				   JSON_REAL_PRECISION(17));
 	s = get(S_JOB_FINISH);
 	bind_text(s, 1, job_state_name(row_state));
 	sqlite3_bind_int64(s, 2, o->finished_at);
@@ -970,21 +1116,12 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	bind_opt(s, 6, o->max_rss_kb, o->max_rss_kb >= 0);
 	bind_opt(s, 7, o->exit_code, o->exit_code >= 0);
 	bind_text(s, 8, sig);
-	bind_text(s, 9, o->error);
+	bind_text(s, 9, error);
 	bind_text(s, 10, rtext);
 	bind_text(s, 11, htext);
 	bind_text(s, 12, otext);
 	sqlite3_bind_int64(s, 13, job_id);
 	rc = step(s);
-	if (rc < 0 && store_full() && (rtext || otext)) {
-		/* Out of room: keep the outcome, drop what takes the room,
-		 * so the job does not stay "running" forever. */
-		sqlite3_bind_null(s, 10);
-		sqlite3_bind_null(s, 12);
-		bind_text(s, 9, "finished, but its result did not fit in the "
-			  "database (--max-db-bytes or disk full)");
-		rc = step(s);
-	}
 	free(htext);
 	free(rtext);
 	free(otext);
@@ -1003,7 +1140,7 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	return step(s);
 }
 
-int store_job_finish(int64_t job_id, int64_t batch_id,
+static int job_finish_(int64_t job_id, int64_t batch_id,
 		     const struct outcome *o, const struct slot *w,
 		     int *batch_done)
 {
@@ -1014,7 +1151,7 @@ int store_job_finish(int64_t job_id, int64_t batch_id,
 
 /* store_job_retry records a failed attempt and puts the job back in the
  * queue, not to start before not_before. */
-int store_job_retry(int64_t job_id, int64_t batch_id,
+static int job_retry_(int64_t job_id, int64_t batch_id,
 		    const struct outcome *o, const struct slot *w,
 		    int64_t not_before)
 {
@@ -1030,7 +1167,7 @@ int store_job_retry(int64_t job_id, int64_t batch_id,
 	return step(s);
 }
 
-int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
+static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
 		      int64_t not_before)
 {
 	sqlite3_stmt *s;
@@ -1061,7 +1198,7 @@ static int cancel_counted(int64_t batch_id, int n, int64_t now,
 	return settle(batch_id, now, batch_done);
 }
 
-int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
+static int job_cancel_queued_(int64_t job_id, int64_t batch_id, int64_t now,
 			    int *batch_done)
 {
 	sqlite3_stmt *s;
@@ -1078,7 +1215,7 @@ int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 	return cancel_counted(batch_id, 1, now, batch_done);
 }
 
-int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
+static int batch_cancel_(int64_t batch_id, int64_t now, int *canceled,
 		       int *batch_done,
 		       void (*fn)(int64_t job_id, int attempts, void *ctx),
 		       void *ctx)
@@ -1106,7 +1243,7 @@ int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 	return cancel_counted(batch_id, *canceled, now, batch_done);
 }
 
-int store_batch_delete(int64_t batch_id)
+static int batch_delete_(int64_t batch_id)
 {
 	sqlite3_stmt *s;
 
@@ -1201,4 +1338,94 @@ int store_recover(int64_t now, int *requeued, int *interrupted,
 fail:
 	exec("ROLLBACK");
 	return -1;
+}
+
+/* ---- atomic operations ----
+ *
+ * Each public write below runs in a savepoint inside the turn's
+ * transaction: a step that fails half-way (SQLITE_FULL on the second of two
+ * updates) rolls back that operation alone, so a job's row and its batch's
+ * counters never disagree. */
+
+static int sp_begin(void)
+{
+	if (begin() < 0)
+		return -1;
+	return sqlite3_step(get(S_SP)) == SQLITE_DONE ? 0 : -1;
+}
+
+static int sp_end(int rc)
+{
+	if (rc < 0)
+		sqlite3_step(get(S_SP_ROLLBACK));
+	sqlite3_step(get(S_SP_RELEASE));
+	sqlite3_reset(st[S_SP_ROLLBACK]);
+	sqlite3_reset(st[S_SP_RELEASE]);
+	return rc;
+}
+
+int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		    struct claim *c)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(job_claim_(batch_id, slot, pid, now, c));
+}
+
+int store_job_finish(int64_t job_id, int64_t batch_id,
+		     const struct outcome *o, const struct slot *w,
+		     int *batch_done)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(job_finish_(job_id, batch_id, o, w, batch_done));
+}
+
+int store_job_retry(int64_t job_id, int64_t batch_id,
+		    const struct outcome *o, const struct slot *w,
+		    int64_t not_before)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(job_retry_(job_id, batch_id, o, w, not_before));
+}
+
+int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
+		      int64_t not_before)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(job_requeue_(job_id, batch_id, undo_attempt, not_before));
+}
+
+int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
+			    int *batch_done)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(job_cancel_queued_(job_id, batch_id, now, batch_done));
+}
+
+int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
+		       int *batch_done,
+		       void (*fn)(int64_t job_id, int attempts, void *ctx),
+		       void *ctx)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(batch_cancel_(batch_id, now, canceled, batch_done, fn, ctx));
+}
+
+int store_batch_delete(int64_t batch_id)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(batch_delete_(batch_id));
+}
+
+int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max)
+{
+	if (sp_begin() < 0)
+		return -1;
+	return sp_end(purge_step_(cutoff, key_cutoff, max));
 }

@@ -132,6 +132,32 @@ static void check_retry_on(struct verr *v, const json_t *job)
 	}
 }
 
+/* size_bound is an upper bound of the compact serialized size of j
+ * (strings may grow 6x when escaped; numbers take at most 32 bytes). */
+static size_t size_bound(const json_t *j, int depth)
+{
+	const char *key;
+	json_t *value;
+	size_t n = 2, i;
+
+	if (depth > 64)
+		return PROTO_MAX_ARGS + 1;
+	switch (json_typeof(j)) {
+	case JSON_OBJECT:
+		json_object_foreach((json_t *)j, key, value)
+			n += 6 * strlen(key) + 4 + size_bound(value, depth + 1);
+		return n;
+	case JSON_ARRAY:
+		json_array_foreach(j, i, value)
+			n += 1 + size_bound(value, depth + 1);
+		return n;
+	case JSON_STRING:
+		return 2 + 6 * json_string_length(j);
+	default:
+		return 32;
+	}
+}
+
 static void check_args(struct verr *v, const json_t *job,
 		       const struct kind *k)
 {
@@ -146,9 +172,15 @@ static void check_args(struct verr *v, const json_t *job,
 	}
 	if (!args)
 		args = empty = json_object();
-	text = json_dumps(args, JSON_COMPACT);
-	len = text ? strlen(text) : 0;
-	free(text);
+	/* Serializing every job's args only to measure them costs more than
+	 * the rest of validation: do it only when a cheap upper bound says
+	 * the args might be too large. */
+	len = size_bound(args, 0);
+	if (len > PROTO_MAX_ARGS) {
+		text = json_dumps(args, JSON_COMPACT);
+		len = text ? strlen(text) : PROTO_MAX_ARGS + 1;
+		free(text);
+	}
 	if (len > PROTO_MAX_ARGS) {
 		add(v, "args", "is larger than 65536 bytes when serialized");
 	} else if (k) {

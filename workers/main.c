@@ -53,7 +53,8 @@ static pid_t parse_parent(int argc, char **argv)
 		die(EXIT_PROTOCOL, "usage: jobpool-worker --parent PID");
 	errno = 0;
 	pid = strtol(argv[2], &end, 10);
-	if (errno || *end || end == argv[2] || pid <= 1)
+	/* 1 is a valid parent: jobpoold runs as PID 1 in a container. */
+	if (errno || *end || end == argv[2] || pid < 1)
 		die(EXIT_PROTOCOL, "--parent needs a process id");
 	return (pid_t)pid;
 }

@@ -115,6 +115,9 @@ def test_db_cap_is_503_keeps_reads_and_integrity():
         st, _, lst2 = srv.get("/v1/batches?limit=1000")
         assert lst2["items"] == [], lst2
         assert post(srv, {"jobs": [big] * 4})[0] == 201
+        # the cap was met by refusing early, never by a failed write
+        # that rolls back a turn (which would make the server unready)
+        assert srv.get("/readyz")[0] == 200
         srv.stop()
         db = sqlite3.connect(srv.db)
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -261,3 +261,15 @@ def test_restart_after_kill9_kills_orphaned_job_processes():
                 "processes of the interrupted attempt survived the restart"
             second.post("/v1/jobs/%s/cancel" % jid)
             second.wait_job(jid)
+
+
+def test_broken_worker_binary_backs_off_and_is_not_ready():
+    with Server(workers=2, args=["--worker-bin", "/bin/false"]) as srv:
+        time.sleep(1.5)
+        st, h, b = srv.get("/readyz")
+        assert_problem(st, h, b, 503)
+        assert srv.get("/healthz")[0] == 200
+        with open(srv.stderr_path) as f:
+            deaths = f.read().count("died before it was ready")
+        # without a backoff this is hundreds per second
+        assert 2 <= deaths <= 20, "%d worker deaths in 1.5 s" % deaths
