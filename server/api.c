@@ -8,6 +8,7 @@
 #include "http.h"
 
 extern const char *const openapi_yaml[];
+extern const char *const dashboard_html[];
 
 /* ---- query parameters ---- */
 
@@ -177,6 +178,11 @@ static enum MHD_Result api_metrics(struct request *r)
 static enum MHD_Result api_openapi(struct request *r)
 {
 	return http_text(r, "application/yaml", openapi_yaml[0]);
+}
+
+static enum MHD_Result api_dashboard(struct request *r)
+{
+	return http_text(r, "text/html; charset=utf-8", dashboard_html[0]);
 }
 
 static int is_json_type(const char *ct)
@@ -538,6 +544,7 @@ static enum MHD_Result api_pool_put(struct request *r)
 /* ---- routing ---- */
 
 static const struct route routes[] = {
+	{"/", "GET", api_dashboard},
 	{"/healthz", "GET", api_healthz},
 	{"/readyz", "GET", api_readyz},
 	{"/openapi.yaml", "GET", api_openapi},
@@ -662,6 +669,10 @@ int http_gate(struct request *r)
 		return 0;
 	}
 	if (!cfg.token || strcmp(r->url, "/healthz") == 0)
+		return 1;
+	/* The dashboard page is public; the API calls it makes carry the token. */
+	if (strcmp(r->url, "/") == 0 && (strcmp(r->method, "GET") == 0 ||
+					 strcmp(r->method, "HEAD") == 0))
 		return 1;
 	auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 					   "Authorization");

@@ -264,6 +264,15 @@ static int room(size_t bytes)
 	return used + (int64_t)(bytes * 3) / page + 16 < hard_pages;
 }
 
+/* step_one runs statement id with v as its only parameter. */
+static int step_one(enum stmt_id id, int64_t v)
+{
+	sqlite3_stmt *s = get(id);
+
+	sqlite3_bind_int64(s, 1, v);
+	return step(s);
+}
+
 static void bind_text(sqlite3_stmt *s, int i, const char *v)
 {
 	if (v)
@@ -648,13 +657,9 @@ static int purge_step_(int64_t cutoff, int64_t key_cutoff, int max)
 	rc = sqlite3_changes(db);
 	n += rc;
 	if (rc < max) {
-		s = get(S_BATCH_DEL_KEYS);
-		sqlite3_bind_int64(s, 1, batch_id);
-		if (step(s) < 0)
+		if (step_one(S_BATCH_DEL_KEYS, batch_id) < 0)
 			return -1;
-		s = get(S_BATCH_DEL);
-		sqlite3_bind_int64(s, 1, batch_id);
-		if (step(s) < 0)
+		if (step_one(S_BATCH_DEL, batch_id) < 0)
 			return -1;
 		n++;
 	}
@@ -1181,9 +1186,7 @@ static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
 	sqlite3_bind_int64(s, 4, job_id);
 	if (step(s) < 0)
 		return -1;
-	s = get(S_BATCH_REQUEUE);
-	sqlite3_bind_int64(s, 1, batch_id);
-	return step(s);
+	return step_one(S_BATCH_REQUEUE, batch_id);
 }
 
 static int cancel_counted(int64_t batch_id, int n, int64_t now,
@@ -1230,9 +1233,7 @@ static int batch_cancel_(int64_t batch_id, int64_t now, int *canceled,
 	while (fn && sqlite3_step(s) == SQLITE_ROW)
 		fn(col_i64(s, 0), sqlite3_column_int(s, 1), ctx);
 	sqlite3_reset(s);
-	s = get(S_BATCH_CANCEL_REQ);
-	sqlite3_bind_int64(s, 1, batch_id);
-	if (step(s) < 0)
+	if (step_one(S_BATCH_CANCEL_REQ, batch_id) < 0)
 		return -1;
 	s = get(S_BATCH_CANCEL_JOBS);
 	sqlite3_bind_int64(s, 1, now);
@@ -1245,21 +1246,13 @@ static int batch_cancel_(int64_t batch_id, int64_t now, int *canceled,
 
 static int batch_delete_(int64_t batch_id)
 {
-	sqlite3_stmt *s;
-
 	if (begin() < 0)
 		return -1;
-	s = get(S_BATCH_DEL_JOBS);
-	sqlite3_bind_int64(s, 1, batch_id);
-	if (step(s) < 0)
+	if (step_one(S_BATCH_DEL_JOBS, batch_id) < 0)
 		return -1;
-	s = get(S_BATCH_DEL_KEYS);
-	sqlite3_bind_int64(s, 1, batch_id);
-	if (step(s) < 0)
+	if (step_one(S_BATCH_DEL_KEYS, batch_id) < 0)
 		return -1;
-	s = get(S_BATCH_DEL);
-	sqlite3_bind_int64(s, 1, batch_id);
-	return step(s);
+	return step_one(S_BATCH_DEL, batch_id);
 }
 
 /* SQL_TIME renders a microsecond value like fmt_time() does.  (In an

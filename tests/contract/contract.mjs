@@ -436,6 +436,12 @@ async function main() {
 		},
 	});
 	await call(S, 'POST', '/healthz', { expect: 405, json: {} , label: 'POST /healthz 405' });
+	await call(S, 'GET', '/', {
+		expect: 200,
+		check: (r) => want(/^text\/html/.test(r.headers['content-type'] ?? '') && r.body.includes('<title>jobpool dashboard</title>'),
+			`not the dashboard page (${r.headers['content-type']})`),
+	});
+	await call(S, 'POST', '/', { expect: 405, json: {}, label: 'POST / 405' });
 	await call(S, 'GET', '/v1/nope', { expect: 404 });
 	await call(S, 'GET', '/v1/batches/b_999999999999', { expect: 404 });
 	await call(S, 'GET', '/v1/batches/xyz', { expect: 404 });
@@ -685,6 +691,7 @@ async function main() {
 	await call(A, 'GET', '/metrics', { expect: 401, label: 'GET /metrics 401 (no token)' });
 	await call(A, 'GET', '/openapi.yaml', { expect: 401, label: 'GET /openapi.yaml 401 (no token)' });
 	await call(A, 'GET', '/healthz', { expect: 200, label: 'GET /healthz 200 (no token needed)' });
+	await call(A, 'GET', '/', { expect: 200, label: 'GET / 200 (the dashboard page needs no token)' });
 	await call(A, 'GET', '/v1/pool', {
 		expect: 200, headers: { Authorization: `Bearer ${TOKEN}`, Origin: ORIGIN }, label: 'GET /v1/pool 200 (token, allowed Origin)',
 		check: (r) => [
