@@ -433,21 +433,24 @@ static int turn(int64_t *dirty_since)
  * stuck child.  Unknown children (PID 1 in a container) are reaped too. */
 static void wait_children(void)
 {
-	int64_t give_up = mono_us() + 5000000;
+	int64_t start = mono_us();
 
 	pool_stop_all();
-	while (pool_live() > 0) {
+	for (;;) {
 		pool_reap();
-		if (pool_live() == 0)
-			break;
-		if (mono_us() > give_up) {
-			pool_kill_all();
-			give_up = mono_us() + 5000000;
+		/* Workers gone: kill what their jobs left (it was reparented
+		 * to us) and wait until no child at all remains. */
+		if (pool_live() == 0) {
+			pool_kill_orphans();
+			if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD)
+				break;
 		}
+		if (mono_us() - start > 5000000)
+			pool_kill_all();
+		if (mono_us() - start > 10000000)
+			break;
 		usleep(2000);
 	}
-	while (waitpid(-1, NULL, WNOHANG) > 0)
-		;
 }
 
 int main(int argc, char **argv)

@@ -618,9 +618,12 @@ static pid_t parent_of(const char *pid)
 	return (pid_t)strtol(p + 4, NULL, 10);  /* ") S ppid" */
 }
 
+static int has_marker(const char *pid, const char *marker);
+
 void pool_kill_orphans(void)
 {
 	pid_t me = getpid(), pid;
+	const char *instance = getenv("JOBPOOL_INSTANCE");
 	struct dirent *e;
 	DIR *d = opendir("/proc");
 
@@ -630,11 +633,15 @@ void pool_kill_orphans(void)
 		if (e->d_name[0] < '1' || e->d_name[0] > '9')
 			continue;
 		pid = (pid_t)atoi(e->d_name);
-		if (parent_of(e->d_name) == me && !is_worker(pid)) {
-			log_info("pool: killing pid %d left by a dead job",
-				 (int)pid);
-			kill(pid, SIGKILL);
-		}
+		if (parent_of(e->d_name) != me || is_worker(pid))
+			continue;
+		/* As PID 1 in a container we also inherit processes that are
+		 * not ours (say, from `docker exec`): there, kill only what
+		 * carries this server's job marker. */
+		if (me == 1 && !(instance && has_marker(e->d_name, instance)))
+			continue;
+		log_info("pool: killing pid %d left by a dead job", (int)pid);
+		kill(pid, SIGKILL);
 	}
 	closedir(d);
 }
@@ -643,6 +650,8 @@ void pool_kill_orphans(void)
  * environment (set by the worker for command jobs). */
 static int has_marker(const char *pid, const char *marker)
 {
+	/* a marker is "<instance>/<job id>"; an instance alone matches any
+	 * job of this server */
 	static char buf[65536];
 	char path[300];
 	size_t mlen = strlen(marker);
@@ -661,7 +670,8 @@ static int has_marker(const char *pid, const char *marker)
 	buf[n] = 0;
 	for (p = buf; p < buf + n; p += strlen(p) + 1)
 		if (strncmp(p, "JOBPOOL_JOB=", 12) == 0 &&
-		    strncmp(p + 12, marker, mlen) == 0 && p[12 + mlen] == 0)
+		    strncmp(p + 12, marker, mlen) == 0 &&
+		    (p[12 + mlen] == 0 || p[12 + mlen] == '/'))
 			return 1;
 	return 0;
 }

@@ -273,3 +273,15 @@ def test_broken_worker_binary_backs_off_and_is_not_ready():
             deaths = f.read().count("died before it was ready")
         # without a backoff this is hundreds per second
         assert 2 <= deaths <= 20, "%d worker deaths in 1.5 s" % deaths
+
+
+def test_shutdown_kills_what_a_running_command_left():
+    with Server(workers=1, args=["--allow-command",
+                                 "--drain-timeout-s", "0"]) as srv:
+        b = srv.submit([{"kind": "command", "args": {
+            "argv": ["sh", "-c", "setsid sleep 300 & sleep 300 & wait"]}}])
+        srv.wait_job_state(b["job_ids"][0], ("running",))
+        wait_until(lambda: len(marked()) >= 3, 5, 0.02, "the job's processes")
+        srv.stop()
+        wait_until(lambda: marked() == [], 2, 0.05,
+                   "no process of the job after shutdown")
