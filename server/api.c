@@ -249,6 +249,14 @@ static int refuse_load(struct request *r, int njobs, enum MHD_Result *rc)
 {
 	char detail[128];
 
+	if (sched_count() >= cfg.max_open_batches) {
+		snprintf(detail, sizeof(detail), "%d batches are unfinished; "
+			 "the limit is %d (--max-open-batches)", sched_count(),
+			 cfg.max_open_batches);
+		retry_after(r, 1);
+		*rc = http_problem(r, P_QUEUE_FULL, detail, NULL);
+		return 1;
+	}
 	if (sched_queued_total() + njobs > cfg.max_queued_jobs) {
 		snprintf(detail, sizeof(detail), "%d jobs are queued; the limit "
 			 "is %lld (--max-queued-jobs)", sched_queued_total(),
@@ -373,8 +381,11 @@ static enum MHD_Result get_or_wait(struct request *r, int is_batch)
 				    "no such batch" : "no such job", NULL);
 	if (r->phase == PH_NEW)
 		r->deadline = mono_us() + (int64_t)(wait * 1e6);
-	/* A woken long-poll checks again: a wake may be for a sibling. */
-	if (wait > 0 && !terminal(obj) && mono_us() < r->deadline) {
+	/* A woken long-poll checks again: a wake may be for a sibling.
+	 * While shutting down it answers now: MHD cannot stop with
+	 * suspended connections. */
+	if (wait > 0 && !terminal(obj) && mono_us() < r->deadline &&
+	    !shutting_down) {
 		int64_t parent = is_batch ? 0 : parse_id(json_string_value(
 			json_object_get(obj, "batch_id")), 'b');
 

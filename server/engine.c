@@ -37,7 +37,15 @@ void engine_dispatch(void)
 	while (!shutting_down && !store_degraded() && (s = pool_idle()) &&
 	       (b = sched_pick())) {
 		now = now_us();
-		rc = store_job_claim(sched_id(b), s->index, s->pid, now, &c);
+		rc = store_job_claim(sched_id(b), s->index, s->pid, now, 0, &c);
+		if (rc == 1) {
+			/* The scheduler's (monotonic) backoff says a job is
+			 * due but the store's (wall-clock) not_before
+			 * disagrees: the clock stepped back.  Take the
+			 * batch's first queued job anyway. */
+			rc = store_job_claim(sched_id(b), s->index, s->pid,
+					     now, 1, &c);
+		}
 		if (rc == 1) {
 			/* The counters said queued but the store has none:
 			 * trust the store. */
@@ -181,17 +189,23 @@ static void finish(struct slot *s, struct outcome *o)
 	int64_t job_id = s->job_id, batch_id = s->batch_id;
 	int done = 0;
 
-	if (b)
-		sched_finished(b);
 	s->jobs_done++;
 	metrics_job_run(o->run_us);
-	if (retry_allowed(s, o)) {
-		retry(s, o, b);
+	/* A client's cancel wins over whatever else stopped the job (a
+	 * timeout kill already under way, a failure racing the signal). */
+	if (s->cancel_requested && o->state != JS_SUCCEEDED) {
+		o->state = JS_CANCELED;
+		o->error = "canceled while running";
+	}
+	if (retry_allowed(s, o) && !(b && sched_canceled(b))) {
+		retry(s, o, b);         /* running -> queued in the scheduler */
 		events_job(job_id, batch_id, "queued", s->job_attempts);
 		pool_job_ended(s);
 		http_wake(0, job_id);   /* wakes, looks, waits again */
 		return;
 	}
+	if (b)
+		sched_finished(b);
 	if (store_job_finish(job_id, batch_id, o, s, &done) < 0)
 		log_warn("engine: job %lld: outcome not stored",
 			 (long long)job_id);
@@ -392,8 +406,10 @@ int engine_cancel_batch(int64_t batch_id)
 			       canceled_event, &batch_id) < 0)
 		return -500;
 	b = sched_find(batch_id);
-	if (b)
+	if (b) {
 		sched_drop_queued(b, canceled);
+		sched_cancel(b);
+	}
 	for (i = 0; (s = pool_slot(i)); i++)
 		if (s->job_id && s->batch_id == batch_id && s->pid > 0)
 			pool_stop_job(s, KILL_CANCEL);
@@ -411,7 +427,9 @@ void engine_batch_added(int64_t batch_id)
 
 	if (store_batch_info(batch_id, &info) < 0)
 		return;
-	sched_add(&info);
+	/* Canceled before its commit was acknowledged: nothing to run. */
+	if (info.queued + info.running > 0)
+		sched_add(&info);
 	events_batch(batch_id);
 }
 

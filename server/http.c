@@ -188,6 +188,12 @@ enum MHD_Result http_problem(struct request *r, enum problem p,
 			 "status", (int)problems[p].status,
 			 "detail", detail,
 			 "errors", errors ? errors : json_array());
+	if (!body)      /* detail or errors not valid UTF-8 (client input) */
+		body = json_pack("{s:s+, s:s, s:i, s:s, s:[]}",
+				 "type", "urn:jobpool:problem:",
+				 problems[p].code, "title", problems[p].title,
+				 "status", (int)problems[p].status,
+				 "detail", problems[p].title, "errors");
 	text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	if (!text)

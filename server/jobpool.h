@@ -27,6 +27,7 @@ struct config {
 	size_t max_output_bytes;
 	int64_t max_db_bytes;           /* 0: no cap */
 	int64_t max_queued_jobs;
+	int max_open_batches;
 	int64_t retention_us;           /* 0: keep finished batches */
 	int64_t idempotency_ttl_us;
 	int allow_command;
@@ -142,7 +143,7 @@ json_t *store_batch_list(const char *state, int64_t after, int limit);
 json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
 		       int limit);
 int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
-		    struct claim *c);
+		    int any_due, struct claim *c);
 struct slot;
 int store_job_finish(int64_t job_id, int64_t batch_id,
 		     const struct outcome *o, const struct slot *w,
@@ -169,6 +170,9 @@ struct sbatch *sched_pick(void);
 int64_t sched_id(const struct sbatch *b);
 void sched_started(struct sbatch *b);
 int sched_first_start(struct sbatch *b);
+void sched_cancel(struct sbatch *b);
+int sched_canceled(const struct sbatch *b);
+int sched_count(void);
 void sched_finished(struct sbatch *b);
 void sched_requeued(struct sbatch *b);
 void sched_delayed(struct sbatch *b);
@@ -202,6 +206,7 @@ struct slot {
 	int retire;                     /* pool shrinking: do not replace */
 	int failures;                   /* deaths before "ready", in a row */
 	int was_ready;                  /* this process said "ready" */
+	int cancel_requested;           /* a client canceled its job */
 	int64_t respawn_mono;           /* when to try again, 0: not due */
 	/* the job's kind and retry policy */
 	int is_command;

@@ -27,6 +27,7 @@ struct config cfg = {
 	.max_body_bytes = 16 << 20,
 	.max_output_bytes = 1 << 20,
 	.max_queued_jobs = 2000000,
+	.max_open_batches = 100000,
 	.idempotency_ttl_us = 86400LL * 1000000,
 	.events_buffer = 100000,
 	.max_jobs_per_batch = 100000,
@@ -59,6 +60,8 @@ static const char usage[] =
 "  --max-output-bytes N   output kept per stream of a command job [1048576]\n"
 "  --max-queued-jobs N    queued jobs past which submissions get 429\n"
 "                                                       [2000000]\n"
+"  --max-open-batches N   unfinished batches past which submissions get\n"
+"                         429                            [100000]\n"
 "  --max-db-bytes N       data size past which submissions get 503; the\n"
 "                         file may grow 25% more while accepted jobs end\n"
 "                                                       [no cap]\n"
@@ -117,7 +120,8 @@ static void set_listen(const char *s)
 
 enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
-	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS };
+	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
+	   O_OPEN_BATCHES };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -133,6 +137,7 @@ static const struct option options[] = {
 	{"allow-command", no_argument, NULL, O_ALLOW_COMMAND},
 	{"max-queued-jobs", required_argument, NULL, O_QUEUED},
 	{"max-db-bytes", required_argument, NULL, O_DB_BYTES},
+	{"max-open-batches", required_argument, NULL, O_OPEN_BATCHES},
 	{"retention", required_argument, NULL, O_RETENTION},
 	{"idempotency-ttl", required_argument, NULL, O_IDEM_TTL},
 	{"token", required_argument, NULL, O_TOKEN},
@@ -175,6 +180,10 @@ static void set_option(int o, const char *v)
 	case O_QUEUED:
 		cfg.max_queued_jobs = number("--max-queued-jobs", v, 1,
 					     1000000000L);
+		break;
+	case O_OPEN_BATCHES:
+		cfg.max_open_batches = (int)number("--max-open-batches", v, 1,
+						   100000000);
 		break;
 	case O_DB_BYTES:
 		cfg.max_db_bytes = number("--max-db-bytes", v, 65536,
@@ -250,6 +259,31 @@ static void parse_config(int argc, char **argv)
 		cfg.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (cfg.workers < 1)
 		cfg.workers = 1;
+}
+
+/* hide_token keeps the bearer token from the processes this server runs:
+ * jobs run as our user and could read /proc/<pid>/environ and cmdline.
+ * The token is copied, its original bytes are wiped, and the process is
+ * made non-dumpable (which also makes its /proc files root-only). */
+static void hide_token(void)
+{
+	static char *copy;
+	char *env = getenv("JOBPOOL_TOKEN");
+
+	if (cfg.token) {
+		copy = strdup(cfg.token);
+		if (!copy) {
+			fprintf(stderr, "jobpoold: out of memory\n");
+			exit(1);
+		}
+		/* cfg.token points into argv or environ: wipe both. */
+		memset((char *)cfg.token, 'x', strlen(cfg.token));
+		if (env && env != cfg.token)
+			memset(env, 'x', strlen(env));
+		cfg.token = copy;
+	}
+	unsetenv("JOBPOOL_TOKEN");
+	prctl(PR_SET_DUMPABLE, 0);
 }
 
 /* find_worker locates jobpool-worker: the flag, else beside this binary
@@ -459,6 +493,7 @@ int main(int argc, char **argv)
 	int requeued = 0, interrupted = 0, n;
 
 	parse_config(argc, argv);
+	hide_token();
 	srandom((unsigned)(now_us() ^ getpid()));
 	if (find_worker() < 0) {
 		fprintf(stderr, "jobpoold: cannot find jobpool-worker; "

@@ -63,6 +63,19 @@ void metrics_batch_submitted(void)
 	batches_submitted++;
 }
 
+static int known_method(const char *m)
+{
+	static const char *const known[] = {
+		"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL
+	};
+	int i;
+
+	for (i = 0; known[i]; i++)
+		if (strcmp(known[i], m) == 0)
+			return 1;
+	return 0;
+}
+
 /* metrics_http counts one answered request.  Routes are the patterns of the
  * routing table, so the label set stays small whatever clients send. */
 void metrics_http(const char *route, const char *method, unsigned status)
@@ -73,6 +86,10 @@ void metrics_http(const char *route, const char *method, unsigned status)
 		return;                 /* never answered (client went away) */
 	if (!route)
 		route = "other";
+	/* Methods come from clients: only known ones become label values,
+	 * so the label set stays small and the text stays valid. */
+	if (!known_method(method))
+		method = "OTHER";
 	for (i = 0; i < nhttp; i++)
 		if (http_counts[i].route == route &&
 		    http_counts[i].status == status &&
@@ -92,7 +109,7 @@ void metrics_http(const char *route, const char *method, unsigned status)
 	}
 	http_counts[nhttp].route = route;
 	snprintf(http_counts[nhttp].method, sizeof(http_counts[0].method),
-		 "%s", strlen(method) < 8 ? method : "OTHER");
+		 "%s", method);
 	http_counts[nhttp].status = status;
 	http_counts[nhttp].n = 1;
 	nhttp++;

@@ -89,7 +89,16 @@ static int spawn_worker(struct slot *s)
 			 strerror(rc));
 		return -1;
 	}
-	memset(&s->job_id, 0, sizeof(*s) - offsetof(struct slot, job_id));
+	{
+		/* Clear the per-process fields; the respawn backoff and the
+		 * retirement survive a new process. */
+		int failures = s->failures, retire = s->retire;
+
+		memset(&s->job_id, 0, sizeof(*s) - offsetof(struct slot,
+							   job_id));
+		s->failures = failures;
+		s->retire = retire;
+	}
 	s->state = SLOT_STARTING;
 	s->was_ready = 0;
 	s->pid = pid;
@@ -202,6 +211,7 @@ int pool_send_run(struct slot *s, const struct claim *c)
 	s->backoff_s = c->backoff_s;
 	s->retry = c->retry;
 	s->is_command = strcmp(c->kind, "command") == 0;
+	s->cancel_requested = 0;
 	s->done = 0;
 	s->kill = KILL_NONE;
 	s->kill_at_mono = 0;
@@ -321,12 +331,16 @@ void pool_stop_job(struct slot *s, enum kill_reason why)
 {
 	static const char cancel[] = "{\"t\":\"cancel\"}";
 
+	if (why == KILL_CANCEL)
+		s->cancel_requested = 1;
 	if (!s->is_command || s->fd < 0) {
 		pool_kill(s, why, cfg.kill_grace_ms);
 		return;
 	}
 	if (s->kill == KILL_NONE)
 		s->kill = why;
+	if (why == KILL_CANCEL)
+		s->cancel_requested = 1;
 	if (s->kill_at_mono)
 		return;
 	s->kill_at_mono = mono_us() + (int64_t)(cfg.kill_grace_ms + 1000) * 1000;

@@ -20,6 +20,7 @@ struct sbatch {
 
 static struct sbatch *head, *tail;
 static int queued_total;
+static int nbatches;
 
 static int before(const struct sbatch *a, const struct sbatch *b)
 {
@@ -38,6 +39,7 @@ void sched_add(const struct batch_info *b)
 		abort();
 	n->b = *b;
 	queued_total += b->queued;
+	nbatches++;
 	for (p = tail; p && before(n, p); p = p->prev)
 		;
 	n->prev = p;
@@ -86,6 +88,23 @@ void sched_started(struct sbatch *b)
 	b->b.queued--;
 	b->b.running++;
 	queued_total--;
+}
+
+/* sched_cancel remembers that b was canceled: none of its jobs may be
+ * retried any more. */
+void sched_cancel(struct sbatch *b)
+{
+	b->b.cancel_req = 1;
+}
+
+int sched_canceled(const struct sbatch *b)
+{
+	return b->b.cancel_req;
+}
+
+int sched_count(void)
+{
+	return nbatches;
 }
 
 /* sched_first_start returns 1 once, for the first job start of b. */
@@ -139,6 +158,7 @@ void sched_remove(struct sbatch *b)
 	else
 		tail = b->prev;
 	queued_total -= b->b.queued;
+	nbatches--;
 	free(b);
 }
 

@@ -313,9 +313,13 @@ int store_flush(void)
 	if (exec("COMMIT") == 0)
 		return 0;
 	/* SQLITE_FULL and I/O errors roll the transaction back already;
-	 * make sure none stays open either way. */
+	 * make sure none stays open either way.  The turn's job changes are
+	 * lost while the scheduler moved on: no new jobs until a restart. */
 	if (!sqlite3_get_autocommit(db))
 		exec("ROLLBACK");
+	degraded = 1;
+	log_warn("store: commit failed; no new jobs start until the server "
+		 "is restarted");
 	return -1;
 }
 
@@ -986,7 +990,7 @@ static int settle(int64_t batch_id, int64_t now, int *done)
 }
 
 static int job_claim_(int64_t batch_id, int slot, pid_t pid, int64_t now,
-		    struct claim *c)
+		    int any_due, struct claim *c)
 {
 	sqlite3_stmt *s = get(S_NEXT_QUEUED);
 	int rc;
@@ -996,7 +1000,7 @@ static int job_claim_(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	sqlite3_bind_int64(s, 1, batch_id);
 	/* A little slack: the scheduler's backoff timer is monotonic and this
 	 * is wall time; a job due "now" must not be missed by microseconds. */
-	sqlite3_bind_int64(s, 2, now + 5000);
+	sqlite3_bind_int64(s, 2, any_due ? INT64_MAX : now + 5000);
 	rc = sqlite3_step(s);
 	if (rc != SQLITE_ROW) {
 		sqlite3_reset(s);
@@ -1358,11 +1362,11 @@ static int sp_end(int rc)
 }
 
 int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
-		    struct claim *c)
+		    int any_due, struct claim *c)
 {
 	if (sp_begin() < 0)
 		return -1;
-	return sp_end(job_claim_(batch_id, slot, pid, now, c));
+	return sp_end(job_claim_(batch_id, slot, pid, now, any_due, c));
 }
 
 int store_job_finish(int64_t job_id, int64_t batch_id,

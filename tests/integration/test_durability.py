@@ -134,3 +134,15 @@ def test_retention_purges_finished_batches_only():
         assert srv.get("/v1/jobs/%s" % done["job_ids"][-1])[0] == 404
         assert srv.batch(running["id"])["state"] == "running"
         srv.post("/v1/batches/%s/cancel" % running["id"])
+
+
+def test_open_batches_cap_is_429():
+    with Server(workers=1, args=["--max-open-batches", "2"]) as srv:
+        a = srv.submit([{"kind": "sleep", "args": {"seconds": 5}}])
+        srv.submit(NOOP)
+        st, h, b = post(srv, {"jobs": NOOP})
+        assert_problem(st, h, b, 429)
+        assert "--max-open-batches" in b["detail"], b
+        srv.post("/v1/batches/%s/cancel" % a["id"])
+        srv.wait_batch(a["id"])
+        assert post(srv, {"jobs": NOOP})[0] == 201

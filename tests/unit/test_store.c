@@ -221,7 +221,7 @@ static int64_t claim_on(int64_t batch_id, int slot, int64_t now)
 {
 	struct claim c = { 0 };
 
-	cr_assert_eq(store_job_claim(batch_id, slot, 1000 + slot, now, &c), 0,
+	cr_assert_eq(store_job_claim(batch_id, slot, 1000 + slot, now, 0, &c), 0,
 		     "nothing to claim in b%lld", (long long)batch_id);
 	free(c.args);
 	return c.job_id;
@@ -450,7 +450,7 @@ Test(store, claim_takes_lowest_index_and_marks_running)
 	struct claim c = { 0 };
 	json_t *j, *w, *b;
 
-	cr_assert_eq(store_job_claim(id, 2, 4242, T0 + SEC, &c), 0);
+	cr_assert_eq(store_job_claim(id, 2, 4242, T0 + SEC, 0, &c), 0);
 	cr_assert_eq(c.job_id, 1);
 	cr_assert_eq(c.batch_id, id);
 	cr_assert_eq(c.created_at, T0);
@@ -482,7 +482,7 @@ Test(store, claim_takes_lowest_index_and_marks_running)
 
 	cr_assert_eq(claim(id), 2);
 	cr_assert_eq(claim(id), 3);
-	cr_assert_eq(store_job_claim(id, 0, 1, T0, &c), 1, "nothing queued");
+	cr_assert_eq(store_job_claim(id, 0, 1, T0, 0, &c), 1, "nothing queued");
 	assert_counts(id, 3, 0, 3, 0, 0, 0, 0);
 }
 
@@ -493,8 +493,8 @@ Test(store, claim_only_from_its_batch)
 
 	cr_assert_eq(claim(b), 2);
 	cr_assert_eq(claim(a), 1);
-	cr_assert_eq(store_job_claim(a, 0, 1, T0, &c), 1);
-	cr_assert_eq(store_job_claim(999, 0, 1, T0, &c), 1, "no such batch");
+	cr_assert_eq(store_job_claim(a, 0, 1, T0, 0, &c), 1);
+	cr_assert_eq(store_job_claim(999, 0, 1, T0, 0, &c), 1, "no such batch");
 }
 
 Test(store, requeue_puts_the_job_back_first)
@@ -512,13 +512,13 @@ Test(store, requeue_puts_the_job_back_first)
 	json_decref(j);
 	assert_counts(id, 2, 2, 0, 0, 0, 0, 0);
 
-	cr_assert_eq(store_job_claim(id, 1, 55, T0 + 2 * SEC, &c), 0);
+	cr_assert_eq(store_job_claim(id, 1, 55, T0 + 2 * SEC, 0, &c), 0);
 	cr_assert_eq(c.job_id, 1, "lowest index again");
 	cr_assert_eq(c.attempts, 1);
 	free(c.args);
 	/* a retry keeps the attempt */
 	cr_assert_eq(store_job_requeue(1, id, 0, 0), 0);
-	cr_assert_eq(store_job_claim(id, 1, 55, T0 + 3 * SEC, &c), 0);
+	cr_assert_eq(store_job_claim(id, 1, 55, T0 + 3 * SEC, 0, &c), 0);
 	cr_assert_eq(c.job_id, 1);
 	cr_assert_eq(c.attempts, 2);
 	free(c.args);
@@ -679,7 +679,7 @@ Test(store, finish_records_the_attempt_it_ends)
 	/* attempt 1 requeued with the attempt kept, attempt 2 fails */
 	cr_assert_eq(claim(id), 1);
 	cr_assert_eq(store_job_requeue(1, id, 0, 0), 0);
-	cr_assert_eq(store_job_claim(id, 0, 1000, T0 + 3 * SEC, &c), 0);
+	cr_assert_eq(store_job_claim(id, 0, 1000, T0 + 3 * SEC, 0, &c), 0);
 	cr_assert_eq(c.attempts, 2);
 	free(c.args);
 	w.job_attempts = c.attempts;
@@ -1005,7 +1005,7 @@ Test(store, recover_requeues_or_fails_running_jobs)
 	assert_counts(id, 3, 2, 0, 0, 1, 0, 0);
 
 	/* the requeued job runs again as attempt 2 */
-	cr_assert_eq(store_job_claim(id, 0, 1, T0 + 11 * SEC, &c), 0);
+	cr_assert_eq(store_job_claim(id, 0, 1, T0 + 11 * SEC, 0, &c), 0);
 	cr_assert_eq(c.job_id, 1);
 	cr_assert_eq(c.attempts, 2);
 	free(c.args);
