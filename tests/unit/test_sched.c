@@ -9,19 +9,6 @@
 
 #include "jobpool.h"
 
-/* main.c, which defines these, is not in core_lib. */
-struct config cfg = {
-	.listen_host = "127.0.0.1",
-	.db_path = ":memory:",
-	.workers = 2,
-	.kill_grace_ms = 2000,
-	.drain_timeout_s = 30,
-	.max_body_bytes = 16 << 20,
-	.max_jobs_per_batch = 100000,
-	.commit_interval_us = 2000,
-};
-volatile int shutting_down;
-
 static void clear(void)
 {
 	sched_clear();

@@ -1,0 +1,20 @@
+/* config.c - the settings and their defaults (main.c applies flags and
+ * JOBPOOL_* variables over them; tests use the defaults as they are). */
+#include "jobpool.h"
+
+struct config cfg = {
+	.listen_host = "127.0.0.1",
+	.listen_port = 8080,
+	.db_path = "./jobpool.db",
+	.kill_grace_ms = 2000,
+	.drain_timeout_s = 30,
+	.max_body_bytes = 16 << 20,
+	.max_output_bytes = 1 << 20,
+	.max_queued_jobs = 2000000,
+	.max_open_batches = 100000,
+	.idempotency_ttl_us = 86400LL * 1000000,
+	.events_buffer = 100000,
+	.max_jobs_per_batch = 100000,
+	.commit_interval_us = 2000,
+};
+volatile int shutting_down;
