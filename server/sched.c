@@ -14,6 +14,7 @@
 
 struct sbatch {
 	struct batch_info b;
+	struct sbatch *hnext;   /* next in its hash bucket */
 	int delayed;            /* queued but waiting out a retry backoff */
 	struct sbatch *prev, *next;
 };
@@ -21,6 +22,47 @@ struct sbatch {
 static struct sbatch *head, *tail;
 static int queued_total;
 static int nbatches;
+
+/* Finding a batch by id happens for every finished job: a hash keeps it
+ * O(1) however many batches wait (ids are sequential, so the low bits
+ * spread them well). */
+static struct sbatch **buckets;
+static size_t nbuckets;
+
+static void hash_put(struct sbatch *n)
+{
+	size_t i = (size_t)n->b.id & (nbuckets - 1);
+
+	n->hnext = buckets[i];
+	buckets[i] = n;
+}
+
+static void hash_grow(void)
+{
+	size_t old = nbuckets, i;
+	struct sbatch **ob = buckets, *p, *next;
+
+	nbuckets = old ? old * 2 : 1024;
+	buckets = calloc(nbuckets, sizeof(*buckets));
+	if (!buckets)
+		abort();
+	for (i = 0; i < old; i++)
+		for (p = ob[i]; p; p = next) {
+			next = p->hnext;
+			hash_put(p);
+		}
+	free(ob);
+}
+
+static void hash_del(struct sbatch *n)
+{
+	struct sbatch **pp = &buckets[(size_t)n->b.id & (nbuckets - 1)];
+
+	while (*pp && *pp != n)
+		pp = &(*pp)->hnext;
+	if (*pp)
+		*pp = n->hnext;
+}
 
 static int before(const struct sbatch *a, const struct sbatch *b)
 {
@@ -40,6 +82,9 @@ void sched_add(const struct batch_info *b)
 	n->b = *b;
 	queued_total += b->queued;
 	nbatches++;
+	if ((size_t)nbatches > nbuckets)
+		hash_grow();
+	hash_put(n);
 	for (p = tail; p && before(n, p); p = p->prev)
 		;
 	n->prev = p;
@@ -58,7 +103,9 @@ struct sbatch *sched_find(int64_t id)
 {
 	struct sbatch *p;
 
-	for (p = head; p; p = p->next)
+	if (!nbuckets)
+		return NULL;
+	for (p = buckets[(size_t)id & (nbuckets - 1)]; p; p = p->hnext)
 		if (p->b.id == id)
 			return p;
 	return NULL;
@@ -159,6 +206,7 @@ void sched_remove(struct sbatch *b)
 		tail = b->prev;
 	queued_total -= b->b.queued;
 	nbatches--;
+	hash_del(b);
 	free(b);
 }
 
@@ -171,4 +219,7 @@ void sched_clear(void)
 {
 	while (head)
 		sched_remove(head);
+	free(buckets);
+	buckets = NULL;
+	nbuckets = 0;
 }

@@ -305,3 +305,29 @@ Test(sched, many_batches_keep_order)
 		prev_id = got[i];
 	}
 }
+
+/* Many batches: the id lookup keeps finding every one while the table
+ * grows and after removals (ids that share low bits share a bucket). */
+Test(sched, find_many_across_growth_and_removal)
+{
+	int64_t id;
+
+	for (id = 1; id <= 5000; id++)
+		add(id * 1024, 0, 0, 1, 0);
+	cr_assert_eq(sched_count(), 5000);
+	for (id = 2; id <= 5000; id += 2)
+		sched_remove(sched_find(id * 1024));
+	for (id = 1; id <= 5000; id++) {
+		struct sbatch *s = sched_find(id * 1024);
+
+		if (id % 2)
+			cr_assert(s && sched_id(s) == id * 1024,
+				  "batch %lld lost", (long long)id);
+		else
+			cr_assert_null(s, "removed batch %lld found",
+				       (long long)id);
+	}
+	cr_assert_eq(sched_count(), 2500);
+	cr_assert_eq(sched_queued_total(), 2500);
+	cr_assert_null(sched_find(7));
+}
