@@ -1,0 +1,51 @@
+/* store.h - what the two store files share: the prepared statements and
+ * their helpers.  Only store*.c include it; SQL lives nowhere else. */
+#ifndef JOBPOOL_STORE_H
+#define JOBPOOL_STORE_H
+
+#include <sqlite3.h>
+
+enum stmt_id {
+	S_BATCH_INSERT, S_JOB_INSERT, S_BATCH_GET, S_JOB_GET, S_JOB_BATCH,
+	S_NEXT_QUEUED, S_JOB_START, S_BATCH_START, S_JOB_FINISH,
+	S_BATCH_FINISH, S_BATCH_SETTLE, S_JOB_REQUEUE, S_BATCH_REQUEUE,
+	S_JOB_CANCEL_Q, S_BATCH_CANCEL_Q, S_BATCH_CANCEL_REQ,
+	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_BATCH_DEL_KEYS, S_LIST_B,
+	S_LIST_B_STATE, S_LIST_J, S_LIST_J_STATE, S_ACTIVE, S_INFO,
+	S_IDEM_GET, S_IDEM_PUT, S_JOB_IDS, S_PURGE_PICK, S_PURGE_JOBS,
+	S_PURGE_KEYS, S_SIZE, S_COUNTS, S_QUEUED_IDS, S_JOB_RANGE, S_SET_FIRST,
+	S_JOB_INSERT_MANY, S_SP, S_SP_RELEASE, S_SP_ROLLBACK,
+	S__COUNT
+};
+
+/* The batch state after a transition, derived from its counters. */
+#define SETTLE_STATE \
+	"CASE WHEN n_queued = 0 AND n_running = 0 THEN " \
+	"  CASE WHEN n_succeeded = n_total THEN 'succeeded' " \
+	"       WHEN cancel_req THEN 'canceled' ELSE 'failed' END " \
+	"WHEN started_at IS NULL THEN 'queued' ELSE 'running' END"
+
+extern sqlite3 *store_db;
+
+/* store_exec runs SQL without results; logs and returns -1 on error. */
+int store_exec(const char *q);
+int store_checkpointer_start(const char *path);
+void store_checkpointer_stop(void);
+
+int store_begin(void);
+/* store_step runs a statement that returns no rows; logs, notes a
+ * rolled-back transaction, and returns -1 on error. */
+int store_step(sqlite3_stmt *s);
+int store_step_one(enum stmt_id id, int64_t v);
+void store_bind_opt(sqlite3_stmt *s, int i, int64_t v, int present);
+int store_room(size_t bytes);
+int store_sp_begin(void);
+int store_sp_end(int rc);
+
+/* store_get resets and returns prepared statement id, ready for binding. */
+sqlite3_stmt *store_get(enum stmt_id id);
+int64_t store_col_i64(sqlite3_stmt *s, int i);
+/* store_bind_text binds v (copied), or NULL when v is NULL. */
+void store_bind_text(sqlite3_stmt *s, int i, const char *v);
+
+#endif

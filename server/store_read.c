@@ -1,0 +1,252 @@
+/* store_read.c - the store's reads: batches and jobs rendered as the API
+ * shows them, pages of lists.  Every page costs O(limit): rows come by
+ * index, one more than asked tells whether a next page exists, nothing is
+ * counted. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobpool.h"
+#include "store.h"
+
+/* store_job_ids returns a new array of a batch's job ids in order. */
+json_t *store_job_ids(int64_t batch_id)
+{
+	sqlite3_stmt *s = store_get(S_JOB_IDS);
+	json_t *ids = json_array();
+	char buf[32];
+
+	sqlite3_bind_int64(s, 1, batch_id);
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		fmt_id(buf, sizeof(buf), 'j', store_col_i64(s, 0));
+		json_array_append_new(ids, json_string(buf));
+	}
+	sqlite3_reset(s);
+	return ids;
+}
+
+/* ---- rendering ---- */
+
+static json_t *col_opt_int(sqlite3_stmt *s, int i)
+{
+	if (sqlite3_column_type(s, i) == SQLITE_NULL)
+		return json_null();
+	return json_integer(sqlite3_column_int64(s, i));
+}
+
+static json_t *col_opt_ms(sqlite3_stmt *s, int i)
+{
+	if (sqlite3_column_type(s, i) == SQLITE_NULL)
+		return json_null();
+	return json_ms(sqlite3_column_int64(s, i));
+}
+
+static json_t *col_opt_str(sqlite3_stmt *s, int i)
+{
+	const unsigned char *t = sqlite3_column_text(s, i);
+
+	return t ? json_string((const char *)t) : json_null();
+}
+
+static json_t *col_json(sqlite3_stmt *s, int i)
+{
+	const char *t = (const char *)sqlite3_column_text(s, i);
+	json_t *j;
+
+	if (!t)
+		return json_null();
+	j = json_loads(t, JSON_DECODE_ANY, NULL);
+	return j ? j : json_null();
+}
+
+static json_t *batch_row(sqlite3_stmt *s)
+{
+	char id[32];
+	int64_t started = store_col_i64(s, 6), finished = store_col_i64(s, 7);
+	int64_t total = store_col_i64(s, 8), run_us = store_col_i64(s, 15);
+	int64_t terminal = store_col_i64(s, 11) + store_col_i64(s, 12) + store_col_i64(s, 13) +
+			   store_col_i64(s, 14);
+	int64_t makespan = 0;
+	json_t *counts, *timings;
+
+	fmt_id(id, sizeof(id), 'b', store_col_i64(s, 0));
+	if (started > 0)
+		makespan = (finished > 0 ? finished : now_us()) - started;
+	counts = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+		"total", total, "queued", store_col_i64(s, 9),
+		"running", store_col_i64(s, 10), "succeeded", store_col_i64(s, 11),
+		"failed", store_col_i64(s, 12), "timed_out", store_col_i64(s, 13),
+		"canceled", store_col_i64(s, 14));
+	timings = json_pack("{s:o, s:o, s:o, s:o}",
+		"makespan_ms", started > 0 ? json_ms(makespan) : json_null(),
+		"total_run_ms", json_ms(run_us),
+		"total_cpu_ms", json_ms(store_col_i64(s, 16)),
+		"parallelism", makespan > 0 ?
+			json_real((double)(int64_t)((double)run_us / makespan *
+						    1000) / 1000) :
+			json_null());
+	return json_pack("{s:s, s:o, s:s, s:o, s:I, s:o, s:o, s:o, s:o, "
+			 "s:f, s:o}",
+		"id", id, "name", col_opt_str(s, 1),
+		"state", (const char *)sqlite3_column_text(s, 2),
+		"concurrency", col_opt_int(s, 3),
+		"priority", store_col_i64(s, 4),
+		"created_at", json_time(store_col_i64(s, 5)),
+		"started_at", json_time(started),
+		"finished_at", json_time(finished),
+		"counts", counts,
+		"progress", total ? (double)terminal / (double)total : 1.0,
+		"timings", timings);
+}
+
+static json_t *job_row(sqlite3_stmt *s)
+{
+	char id[32], bid[32];
+	int64_t queued_at = store_col_i64(s, 13), started = store_col_i64(s, 14);
+	json_t *timings, *worker;
+
+	fmt_id(id, sizeof(id), 'j', store_col_i64(s, 0));
+	fmt_id(bid, sizeof(bid), 'b', store_col_i64(s, 1));
+	timings = json_pack("{s:o, s:o, s:o, s:o, s:o}",
+		"queue_ms", started > 0 ? json_ms(started - queued_at) :
+					  json_null(),
+		"run_ms", col_opt_ms(s, 16),
+		"user_cpu_ms", col_opt_ms(s, 17),
+		"sys_cpu_ms", col_opt_ms(s, 18),
+		"max_rss_kb", col_opt_int(s, 19));
+	worker = sqlite3_column_type(s, 20) == SQLITE_NULL ? json_null() :
+		 json_pack("{s:I, s:I}", "slot", store_col_i64(s, 20),
+			   "pid", store_col_i64(s, 21));
+	return json_pack("{s:s, s:s, s:I, s:o, s:s, s:o, s:s, s:I, s:I, s:o, "
+			 "s:f, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
+			 "s:o, s:o, s:o}",
+		"id", id, "batch_id", bid, "index", store_col_i64(s, 2),
+		"name", col_opt_str(s, 3),
+		"kind", (const char *)sqlite3_column_text(s, 4),
+		"args", col_json(s, 5),
+		"state", (const char *)sqlite3_column_text(s, 6),
+		"attempts", store_col_i64(s, 7), "max_attempts", store_col_i64(s, 8),
+		"retry_on", col_json(s, 9),
+		"retry_backoff_s", sqlite3_column_double(s, 10),
+		"timeout_s", sqlite3_column_type(s, 11) == SQLITE_NULL ?
+			json_null() : json_real(sqlite3_column_double(s, 11)),
+		"created_at", json_time(store_col_i64(s, 12)),
+		"started_at", json_time(started),
+		"finished_at", json_time(store_col_i64(s, 15)),
+		"timings", timings, "worker", worker,
+		"exit_code", col_opt_int(s, 22),
+		"signal", col_opt_str(s, 23),
+		"error", col_opt_str(s, 24),
+		"result", col_json(s, 25),
+		"output", col_json(s, 27),
+		"history", col_json(s, 26));
+}
+
+static json_t *get_one(enum stmt_id id, int64_t key,
+		       json_t *(*row)(sqlite3_stmt *))
+{
+	sqlite3_stmt *s = store_get(id);
+	json_t *j = NULL;
+
+	sqlite3_bind_int64(s, 1, key);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		j = row(s);
+	sqlite3_reset(s);
+	return j;
+}
+
+json_t *store_batch_json(int64_t id)
+{
+	return get_one(S_BATCH_GET, id, batch_row);
+}
+
+json_t *store_job_json(int64_t id)
+{
+	return get_one(S_JOB_GET, id, job_row);
+}
+
+int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *state)
+{
+	sqlite3_stmt *s = store_get(S_JOB_BATCH);
+	int rc = -1;
+
+	sqlite3_bind_int64(s, 1, job_id);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		*batch_id = store_col_i64(s, 0);
+		*state = job_state_parse((const char *)
+					 sqlite3_column_text(s, 1));
+		rc = 0;
+	}
+	sqlite3_reset(s);
+	return rc;
+}
+
+/* list runs a page query whose last two parameters are the cursor and the
+ * limit; it fetches one row more than asked to know whether a next page
+ * exists, so a page costs O(limit) whatever the table size. */
+static json_t *list(sqlite3_stmt *s, int limit, int key_col,
+		    json_t *(*row)(sqlite3_stmt *), char cursor_prefix)
+{
+	json_t *items = json_array();
+	int64_t last = 0;
+	int n = 0, more = 0;
+	char buf[32];
+
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		if (n == limit) {
+			more = 1;
+			break;
+		}
+		json_array_append_new(items, row(s));
+		last = store_col_i64(s, key_col);
+		n++;
+	}
+	sqlite3_reset(s);
+	if (!more)
+		return json_pack("{s:o, s:n}", "items", items, "next_cursor");
+	snprintf(buf, sizeof(buf), "%c%lld", cursor_prefix, (long long)last);
+	return json_pack("{s:o, s:s}", "items", items, "next_cursor", buf);
+}
+
+json_t *store_batch_list(const char *state, int64_t after, int limit)
+{
+	sqlite3_stmt *s = store_get(state ? S_LIST_B_STATE : S_LIST_B);
+	int i = 1;
+
+	if (state)
+		store_bind_text(s, i++, state);
+	sqlite3_bind_int64(s, i++, after > 0 ? after : INT64_MAX);
+	sqlite3_bind_int(s, i, limit + 1);
+	return list(s, limit, 0, batch_row, 'b');
+}
+
+json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
+		       int limit)
+{
+	int64_t first = 0, total = 0;
+	sqlite3_stmt *s;
+	int i = 1;
+
+	if (!state) {
+		/* Submission order is a primary-key range (see first_job). */
+		s = store_get(S_JOB_RANGE);
+		sqlite3_bind_int64(s, 1, batch_id);
+		if (sqlite3_step(s) == SQLITE_ROW) {
+			first = store_col_i64(s, 0);
+			total = store_col_i64(s, 1);
+		}
+		sqlite3_reset(s);
+		s = store_get(S_LIST_J);
+		sqlite3_bind_int64(s, 1, first + after);
+		sqlite3_bind_int64(s, 2, first + total);
+		sqlite3_bind_int(s, 3, limit + 1);
+		return list(s, limit, 2, job_row, 'j');
+	}
+	s = store_get(S_LIST_J_STATE);
+	sqlite3_bind_int64(s, i++, batch_id);
+	store_bind_text(s, i++, state);
+	sqlite3_bind_int64(s, i++, after);
+	sqlite3_bind_int(s, i, limit + 1);
+	return list(s, limit, 2, job_row, 'j');
+}
+
