@@ -158,8 +158,8 @@ static enum MHD_Result api_readyz(struct request *r)
 				    "and was rolled back; restart the server", NULL);
 	if (store_ping() < 0)
 		return http_problem(r, P_UNAVAILABLE, "the database cannot be read", NULL);
-	if (pool_ready() < pool_size())
-		return http_problem(r, P_UNAVAILABLE, "the worker pool is not complete", NULL);
+	if (!pool_ready())
+		return http_problem(r, P_UNAVAILABLE, "no worker is up, or workers die before they are ready (see the log)", NULL);
 	return http_json(r, 200, json_pack("{s:s}", "status", "ready"));
 }
 

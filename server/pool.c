@@ -157,15 +157,20 @@ int pool_live(void)
 	return n;
 }
 
-/* pool_ready counts workers that said "ready" and are not dying: what
- * /readyz promises, unlike processes merely started. */
+/* pool_ready tells whether the pool can run jobs: some worker is up, and
+ * no slot is failing to start one (a worker that dies before "ready" is a
+ * broken install, not a job's crash).  A worker being replaced after a
+ * job killed it does not make the pool unready: that is routine. */
 int pool_ready(void)
 {
-	int i, n = 0;
+	int i, up = 0;
 
-	for (i = 0; i < nslots && i < target; i++)
-		n += slots[i].state == SLOT_IDLE || slots[i].state == SLOT_BUSY;
-	return n;
+	for (i = 0; i < nslots && i < target; i++) {
+		if (slots[i].failures > 0)
+			return 0;
+		up += slots[i].state == SLOT_IDLE || slots[i].state == SLOT_BUSY;
+	}
+	return up > 0;
 }
 
 int pool_busy(void)
