@@ -401,6 +401,10 @@ def test_health_ready_openapi():
         st, h, b = srv.get("/healthz")
         assert st == 200 and b == {"status": "ok"}, (st, b)
         assert h.get("content-type", "").startswith("application/json"), h
+        # ready once a worker has said so (a few ms after start; the
+        # 503 before that is right: no job could run yet)
+        wait_until(lambda: srv.get("/readyz")[0] == 200, 10, 0.01,
+                   "/readyz to turn 200")
         st, h, b = srv.get("/readyz")
         assert st == 200 and b == {"status": "ready"}, (st, b)
         st, h, b = srv.get("/openapi.yaml")
