@@ -29,9 +29,12 @@ struct event {
 
 struct stream {
 	struct MHD_Connection *conn;
-	int64_t cursor;         /* id of the last event sent */
+	int64_t cursor;         /* id of the last event sent (or skipped) */
 	int64_t batch_id;       /* filter, 0: all */
-	size_t offset;          /* bytes of the next event already sent */
+	char *rest;             /* the unsent tail of an event too big for
+				 * one write: a copy, so eviction cannot
+				 * pull it away mid-event */
+	size_t rest_len, rest_off;
 	int suspended, closing, reset;
 	int64_t last_write;     /* monotonic */
 	struct stream *prev, *next;
@@ -144,32 +147,51 @@ int events_init(void)
 	return ring ? 0 : -1;
 }
 
-/* copy_events fills buf with whole events after the stream's cursor (or
- * the rest of a long one).  Returns the bytes written. */
+/* copy_rest continues an event that did not fit in one write. */
+static size_t copy_rest(struct stream *s, char *buf, size_t max)
+{
+	size_t len = s->rest_len - s->rest_off;
+
+	if (len > max)
+		len = max;
+	memcpy(buf, s->rest + s->rest_off, len);
+	s->rest_off += len;
+	if (s->rest_off == s->rest_len) {
+		free(s->rest);
+		s->rest = NULL;
+	}
+	return len;
+}
+
+/* copy_events fills buf with whole events after the stream's cursor; an
+ * event larger than the buffer is started and its tail kept in s->rest.
+ * Returns the bytes written. */
 static size_t copy_events(struct stream *s, char *buf, size_t max)
 {
 	size_t i = oldest_after(s->cursor), n = 0;
 
 	for (; i < count && n < max; i++) {
 		struct event *e = at(i);
-		size_t len;
 
 		if (s->batch_id && e->batch_id != s->batch_id) {
 			s->cursor = e->id;
 			continue;
 		}
-		len = e->len - s->offset;
-		if (len > max - n) {
+		if (e->len > max - n) {
 			if (n)
 				break;          /* send it whole next time */
-			len = max;
+			s->rest = malloc(e->len - max);
+			if (!s->rest)
+				break;
+			memcpy(s->rest, e->text + max, e->len - max);
+			s->rest_len = e->len - max;
+			s->rest_off = 0;
+			memcpy(buf, e->text, max);
+			s->cursor = e->id;
+			return max;
 		}
-		memcpy(buf + n, e->text + s->offset, len);
-		n += len;
-		s->offset += len;
-		if (s->offset < e->len)
-			break;
-		s->offset = 0;
+		memcpy(buf + n, e->text, e->len);
+		n += e->len;
 		s->cursor = e->id;
 	}
 	return n;
@@ -184,6 +206,15 @@ static ssize_t reader(void *cls, uint64_t pos, char *buf, size_t max)
 
 	if (s->closing)
 		return MHD_CONTENT_READER_END_OF_STREAM;
+	if (s->rest) {
+		s->last_write = mono_us();
+		return (ssize_t)copy_rest(s, buf, max);
+	}
+	/* A reader too slow for the window: what it missed is gone. */
+	if (s->cursor < evicted) {
+		s->cursor = evicted;
+		s->reset = 1;
+	}
 	if (s->reset && max >= sizeof(reset)) {
 		s->reset = 0;
 		memcpy(buf, reset, sizeof(reset) - 1);
@@ -208,6 +239,7 @@ static void stream_free(void *cls)
 {
 	struct stream *s = cls;
 
+	free(s->rest);
 	if (s->prev)
 		s->prev->next = s->next;
 	else
