@@ -201,7 +201,6 @@ struct slot {
 	int64_t deadline_mono;          /* timeout, 0: none */
 	int64_t kill_at_mono;           /* SIGKILL after grace, 0: none */
 	enum kill_reason kill;
-	int done;                       /* "done" received for the job */
 	int64_t rss_kb;
 	int retire;                     /* pool shrinking: do not replace */
 	int failures;                   /* deaths before "ready", in a row */
@@ -225,7 +224,6 @@ int pool_size(void);
 struct slot *pool_slot(int index);
 struct slot *pool_idle(void);
 int pool_send_run(struct slot *s, const struct claim *c);
-void pool_on_readable(int index);
 void pool_reap(void);
 void pool_kill(struct slot *s, enum kill_reason why, int grace_ms);
 void pool_stop_job(struct slot *s, enum kill_reason why);
@@ -252,7 +250,6 @@ int engine_cancel_batch(int64_t batch_id);
 void engine_timeout(struct slot *s);
 int64_t engine_tick(int64_t now_mono);
 int engine_load(void);
-void engine_requeue_running(void);
 
 /* ---- metrics.c ---- */
 void metrics_http(const char *route, const char *method, unsigned status);

@@ -217,7 +217,6 @@ int pool_send_run(struct slot *s, const struct claim *c)
 	s->retry = c->retry;
 	s->is_command = strcmp(c->kind, "command") == 0;
 	s->cancel_requested = 0;
-	s->done = 0;
 	s->kill = KILL_NONE;
 	s->kill_at_mono = 0;
 	s->started_mono = mono_us();
