@@ -139,10 +139,12 @@ int64_t store_size_bytes(void)
 	return n;
 }
 
-/* SQL_TIME renders a microsecond value like fmt_time() does.  (In an
- * UPDATE, columns on the right side are the row's old values.) */
-#define SQL_TIME(col) "strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', " col \
-	" / 1000000.0, 'unixepoch')"
+/* SQL_TIME renders a microsecond value like fmt_time() does: whole
+ * milliseconds, cut not rounded (the integer division), since strftime's
+ * %f rounds.  (In an UPDATE, columns on the right side are the row's old
+ * values.) */
+#define SQL_TIME(col) "strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', (" col \
+	") / 1000 / 1000.0, 'unixepoch')"
 /* The history entry of an attempt the server's death interrupted; takes
  * the time of recovery as its end (one %lld). */
 #define INTERRUPTED_ENTRY "json_insert(history, '$[#]', json_object(" \

@@ -1,0 +1,234 @@
+/* test_util.c - unit tests for util.c: durations, the request hash, times
+ * and ids as the API renders them, signal names, millisecond numbers. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "jobpool.h"
+
+/* 2023-11-14T22:13:20.000Z */
+#define T0 INT64_C(1700000000000000)
+#define SEC INT64_C(1000000)
+
+/* ---- parse_duration ---- */
+
+Test(util, parse_duration_units)
+{
+	cr_assert_eq(parse_duration("90s"), 90 * SEC);
+	cr_assert_eq(parse_duration("15m"), 15 * 60 * SEC);
+	cr_assert_eq(parse_duration("12h"), 12 * 3600 * SEC);
+	cr_assert_eq(parse_duration("7d"), 7 * 86400 * SEC);
+	cr_assert_eq(parse_duration("1.5h"), 5400 * SEC);
+	cr_assert_eq(parse_duration("30"), 30 * SEC, "plain seconds");
+	cr_assert_eq(parse_duration("0"), 0);
+	cr_assert_eq(parse_duration("0.25s"), SEC / 4);
+}
+
+Test(util, parse_duration_rejects)
+{
+	const char *bad[] = { "", "x", "-1", "-1s", "5w", "1e20d", "1e20",
+			      "s", "5ss", "5 s", "inf", "nan", "10sx" };
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		cr_assert_eq(parse_duration(bad[i]), -1, "\"%s\" accepted",
+			     bad[i]);
+}
+
+/* ---- hash_hex ---- */
+
+static int all_hex(const char *s)
+{
+	for (; *s; s++)
+		if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+			return 0;
+	return 1;
+}
+
+Test(util, hash_hex_is_32_hex_digits_and_deterministic)
+{
+	const char *body = "{\"jobs\":[{\"kind\":\"noop\"}]}";
+	char a[33], b[33];
+
+	memset(a, 'X', sizeof(a));
+	hash_hex(body, strlen(body), a);
+	hash_hex(body, strlen(body), b);
+	cr_assert_eq(strlen(a), 32);
+	cr_assert(all_hex(a), "not lower-case hex: %s", a);
+	cr_assert_str_eq(a, b);
+	hash_hex("", 0, a);
+	cr_assert_eq(strlen(a), 32);
+	cr_assert(all_hex(a));
+}
+
+Test(util, hash_hex_differs)
+{
+	char a[33], b[33];
+
+	hash_hex("abc", 3, a);
+	hash_hex("abd", 3, b);
+	cr_assert_str_neq(a, b, "different input");
+	hash_hex("ab", 2, a);
+	hash_hex("ba", 2, b);
+	cr_assert_str_neq(a, b, "reordered input");
+	hash_hex("{\"a\":1,\"b\":2}", 13, a);
+	hash_hex("{\"b\":2,\"a\":1}", 13, b);
+	cr_assert_str_neq(a, b, "reordered members");
+	hash_hex("", 0, a);
+	hash_hex("a", 1, b);
+	cr_assert_str_neq(a, b, "empty input");
+}
+
+Test(util, hash_hex_reads_only_n_bytes)
+{
+	char a[33], b[33];
+
+	hash_hex("abcdef", 3, a);
+	hash_hex("abc", 3, b);
+	cr_assert_str_eq(a, b);
+	hash_hex("a\0b", 3, a);
+	hash_hex("a\0c", 3, b);
+	cr_assert_str_neq(a, b, "bytes after a NUL count");
+}
+
+/* ---- fmt_time and json_time ---- */
+
+Test(util, fmt_time_rfc3339_utc_millis)
+{
+	char buf[40];
+
+	fmt_time(buf, sizeof(buf), T0);
+	cr_assert_str_eq(buf, "2023-11-14T22:13:20.000Z");
+	fmt_time(buf, sizeof(buf), T0 + 123456);
+	cr_assert_str_eq(buf, "2023-11-14T22:13:20.123Z", "ms, truncated");
+	fmt_time(buf, sizeof(buf), T0 + 59 * SEC + 999999);
+	cr_assert_str_eq(buf, "2023-11-14T22:14:19.999Z");
+	fmt_time(buf, sizeof(buf), 1);
+	cr_assert_str_eq(buf, "1970-01-01T00:00:00.000Z");
+	fmt_time(buf, sizeof(buf), INT64_C(951782400) * SEC + 1000);
+	cr_assert_str_eq(buf, "2000-02-29T00:00:00.001Z", "leap day");
+}
+
+Test(util, json_time_string_or_null)
+{
+	json_t *t = json_time(T0 + 5 * SEC + 7000);
+
+	cr_assert(json_is_string(t));
+	cr_assert_str_eq(json_string_value(t), "2023-11-14T22:13:25.007Z");
+	json_decref(t);
+	t = json_time(0);
+	cr_assert(json_is_null(t), "0 is no time");
+	json_decref(t);
+	t = json_time(-SEC);
+	cr_assert(json_is_null(t));
+	json_decref(t);
+}
+
+/* ---- fmt_id and parse_id ---- */
+
+Test(util, fmt_id_and_parse_id_round_trip)
+{
+	const int64_t ids[] = { 1, 42, 1000000, INT64_C(999999999999) };
+	char buf[32];
+	size_t i;
+
+	fmt_id(buf, sizeof(buf), 'b', 1);
+	cr_assert_str_eq(buf, "b_000000000001");
+	fmt_id(buf, sizeof(buf), 'j', 1234567);
+	cr_assert_str_eq(buf, "j_000001234567");
+	for (i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+		fmt_id(buf, sizeof(buf), 'j', ids[i]);
+		cr_assert_eq(strlen(buf), 14);
+		cr_assert_eq(parse_id(buf, 'j'), ids[i], "%s", buf);
+		fmt_id(buf, sizeof(buf), 'b', ids[i]);
+		cr_assert_eq(parse_id(buf, 'b'), ids[i], "%s", buf);
+	}
+}
+
+Test(util, parse_id_rejects_malformed)
+{
+	const char *bad[] = { "b_1", "b_0000000000001", "b_00000000001",
+			      "b_00000000000x", "b_0000000a0001", "b-000000000001",
+			      "B_000000000001", "b__00000000001", "",
+			      "b_000000000000", "b_-00000000001", "b_+00000000001",
+			      " b_00000000001", "b_000000000001 " };
+	size_t i;
+
+	cr_assert_eq(parse_id("j_000000000001", 'b'), -1, "wrong prefix");
+	cr_assert_eq(parse_id("b_000000000001", 'j'), -1, "wrong prefix");
+	cr_assert_eq(parse_id(NULL, 'b'), -1);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		cr_assert_eq(parse_id(bad[i], 'b'), -1, "\"%s\" accepted",
+			     bad[i]);
+}
+
+/* ---- signal names ---- */
+
+Test(util, signal_names_round_trip)
+{
+	const int sigs[] = { SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT,
+			     SIGBUS, SIGFPE, SIGKILL, SIGUSR1, SIGSEGV,
+			     SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGXCPU,
+			     SIGXFSZ, SIGSYS };
+	size_t i;
+
+	cr_assert_str_eq(signal_name(SIGKILL), "SIGKILL");
+	cr_assert_str_eq(signal_name(SIGSEGV), "SIGSEGV");
+	cr_assert_eq(signal_number("SIGTERM"), SIGTERM);
+	for (i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		const char *name = signal_name(sigs[i]);
+
+		cr_assert_not_null(name, "signal %d has no name", sigs[i]);
+		cr_assert_eq(strncmp(name, "SIG", 3), 0, "%s", name);
+		cr_assert_eq(signal_number(name), sigs[i], "%s", name);
+	}
+}
+
+Test(util, unknown_signals)
+{
+	cr_assert_null(signal_name(0));
+	cr_assert_null(signal_name(-1));
+	cr_assert_null(signal_name(1000));
+	cr_assert_eq(signal_number("SIGNOPE"), 0);
+	cr_assert_eq(signal_number("KILL"), 0);
+	cr_assert_eq(signal_number(""), 0);
+}
+
+/* ---- json_ms ---- */
+
+Test(util, json_ms_three_decimals)
+{
+	json_t *v = json_ms(2003417);
+	char *text;
+
+	cr_assert(json_is_real(v));
+	cr_assert_float_eq(json_real_value(v), 2003.417, 1e-9);
+	/* dumped the way http.c dumps replies */
+	text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT |
+			  JSON_REAL_PRECISION(15));
+	cr_assert_str_eq(text, "2003.417");
+	free(text);
+	json_decref(v);
+
+	v = json_ms(0);
+	cr_assert(json_is_real(v));
+	cr_assert_float_eq(json_real_value(v), 0.0, 1e-12);
+	json_decref(v);
+	v = json_ms(1);
+	cr_assert_float_eq(json_real_value(v), 0.001, 1e-12);
+	json_decref(v);
+}
+
+/* ---- clocks ---- */
+
+Test(util, clocks_move_forward)
+{
+	int64_t w = now_us(), m = mono_us();
+
+	cr_assert_gt(w, T0, "wall clock before 2023");
+	cr_assert_gt(m, 0);
+	cr_assert_geq(mono_us(), m);
+}
