@@ -13,38 +13,7 @@
 #include <criterion/criterion.h>
 
 #include "jobpool.h"
-
-/* 2023-11-14T22:13:20.000Z */
-#define T0 INT64_C(1700000000000000)
-#define SEC INT64_C(1000000)
-
-static char dir[64];
-static char db_path[PATH_MAX];
-
-static void setup(void)
-{
-	snprintf(dir, sizeof(dir), "/tmp/jobpool-store-more-XXXXXX");
-	cr_assert_not_null(mkdtemp(dir), "mkdtemp failed");
-	snprintf(db_path, sizeof(db_path), "%s/jobpool.db", dir);
-	cr_assert_eq(store_open(db_path), 0, "store_open %s", db_path);
-}
-
-static void remove_db_file(const char *suffix)
-{
-	char p[PATH_MAX + 8];
-
-	snprintf(p, sizeof(p), "%s%s", db_path, suffix);
-	unlink(p);
-}
-
-static void teardown(void)
-{
-	store_close();
-	remove_db_file("");
-	remove_db_file("-wal");
-	remove_db_file("-shm");
-	rmdir(dir);
-}
+#include "store_fixture.h"
 
 TestSuite(store_more, .init = setup, .fini = teardown);
 
@@ -86,51 +55,6 @@ static int64_t insert_key(int n, const char *extra, int64_t now,
 static int64_t insert(int n, const char *extra)
 {
 	return insert_key(n, extra, T0, NULL, NULL);
-}
-
-static const char *str(const json_t *obj, const char *key)
-{
-	const json_t *v = json_object_get(obj, key);
-
-	cr_assert(json_is_string(v), "%s is not a string", key);
-	return json_string_value(v);
-}
-
-static json_int_t integer(const json_t *obj, const char *key)
-{
-	const json_t *v = json_object_get(obj, key);
-
-	cr_assert(json_is_integer(v), "%s is not an integer", key);
-	return json_integer_value(v);
-}
-
-static int is_null(const json_t *obj, const char *key)
-{
-	return json_is_null(json_object_get(obj, key));
-}
-
-static json_t *job(int64_t id)
-{
-	json_t *j = store_job_json(id);
-
-	cr_assert_not_null(j, "job %lld not found", (long long)id);
-	return j;
-}
-
-static json_t *batch(int64_t id)
-{
-	json_t *b = store_batch_json(id);
-
-	cr_assert_not_null(b, "batch %lld not found", (long long)id);
-	return b;
-}
-
-static void assert_time(const json_t *obj, const char *key, int64_t us)
-{
-	char want[40];
-
-	fmt_time(want, sizeof(want), us);
-	cr_assert_str_eq(str(obj, key), want, "%s", key);
 }
 
 /* assert_counts checks a batch's queued, running, succeeded, failed
