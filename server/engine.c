@@ -340,15 +340,6 @@ static struct slot *slot_of_job(int64_t job_id)
 	return NULL;
 }
 
-static int attempts_of(int64_t job_id)
-{
-	json_t *j = store_job_json(job_id);
-	int n = (int)json_integer_value(json_object_get(j, "attempts"));
-
-	json_decref(j);
-	return n;
-}
-
 static void canceled_event(int64_t job_id, int attempts, void *ctx)
 {
 	events_job(job_id, *(int64_t *)ctx, "canceled", attempts);
@@ -362,9 +353,9 @@ int engine_cancel_job(int64_t job_id)
 	int64_t batch_id;
 	struct sbatch *b;
 	struct slot *s;
-	int done = 0, rc;
+	int done = 0, rc, attempts;
 
-	if (store_job_batch(job_id, &batch_id, &state) < 0)
+	if (store_job_batch(job_id, &batch_id, &state, &attempts) < 0)
 		return -404;
 	if (state == JS_RUNNING) {
 		s = slot_of_job(job_id);
@@ -382,7 +373,7 @@ int engine_cancel_job(int64_t job_id)
 	if (b && rc == 0)
 		sched_drop_queued(b, 1);
 	if (rc == 0)
-		events_job(job_id, batch_id, "canceled", attempts_of(job_id));
+		events_job(job_id, batch_id, "canceled", attempts);
 	http_wake(0, job_id);
 	settle_batch(b, batch_id, done);
 	return 0;

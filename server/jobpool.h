@@ -138,7 +138,8 @@ int store_degraded(void);
 int store_batch_info(int64_t id, struct batch_info *b);
 json_t *store_batch_json(int64_t id);
 json_t *store_job_json(int64_t id);
-int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *st);
+int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *st,
+		    int *attempts);
 json_t *store_batch_list(const char *state, int64_t after, int limit);
 json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
 		       int limit);
@@ -195,7 +196,7 @@ struct slot {
 	int64_t spawned_at;
 	int jobs_done;
 	/* the job it runs, when busy */
-	int64_t job_id, batch_id, job_created_at;
+	int64_t job_id, batch_id;
 	int job_attempts;
 	int64_t started_at, started_mono;
 	int64_t deadline_mono;          /* timeout, 0: none */

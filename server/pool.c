@@ -210,7 +210,6 @@ int pool_send_run(struct slot *s, const struct claim *c)
 	s->state = SLOT_BUSY;
 	s->job_id = c->job_id;
 	s->batch_id = c->batch_id;
-	s->job_created_at = c->created_at;
 	s->job_attempts = c->attempts;
 	s->max_attempts = c->max_attempts;
 	s->backoff_s = c->backoff_s;
@@ -636,7 +635,7 @@ static pid_t parent_of(const char *pid)
 	return (pid_t)strtol(p + 4, NULL, 10);  /* ") S ppid" */
 }
 
-static int has_marker(const char *pid, const char *marker);
+static int64_t job_of(const char *pid, const char *instance);
 
 void pool_kill_orphans(void)
 {
@@ -656,7 +655,7 @@ void pool_kill_orphans(void)
 		/* As PID 1 in a container we also inherit processes that are
 		 * not ours (say, from `docker exec`): there, kill only what
 		 * carries this server's job marker. */
-		if (me == 1 && !(instance && has_marker(e->d_name, instance)))
+		if (me == 1 && !(instance && job_of(e->d_name, instance) > 0))
 			continue;
 		log_info("pool: killing pid %d left by a dead job", (int)pid);
 		kill(pid, SIGKILL);
@@ -664,17 +663,15 @@ void pool_kill_orphans(void)
 	closedir(d);
 }
 
-/* has_marker tells whether process pid carries JOBPOOL_JOB=<marker> in its
- * environment (set by the worker for command jobs). */
-static int has_marker(const char *pid, const char *marker)
+/* job_of reads the JOBPOOL_JOB=<instance>/<job id> marker the worker puts
+ * in a command's environment.  Returns the job id when process pid carries
+ * one of this instance, else 0 (no marker, another server's, or gone). */
+static int64_t job_of(const char *pid, const char *instance)
 {
-	/* a marker is "<instance>/<job id>"; an instance alone matches any
-	 * job of this server */
 	static char buf[65536];
-	char path[300];
-	size_t mlen = strlen(marker);
+	size_t ilen = strlen(instance);
+	char path[300], *p;
 	ssize_t n;
-	char *p;
 	int fd;
 
 	snprintf(path, sizeof(path), "/proc/%s/environ", pid);
@@ -688,9 +685,8 @@ static int has_marker(const char *pid, const char *marker)
 	buf[n] = 0;
 	for (p = buf; p < buf + n; p += strlen(p) + 1)
 		if (strncmp(p, "JOBPOOL_JOB=", 12) == 0 &&
-		    strncmp(p + 12, marker, mlen) == 0 &&
-		    (p[12 + mlen] == 0 || p[12 + mlen] == '/'))
-			return 1;
+		    strncmp(p + 12, instance, ilen) == 0 && p[12 + ilen] == '/')
+			return parse_id(p + 13 + ilen, 'j');
 	return 0;
 }
 
@@ -701,8 +697,8 @@ static int has_marker(const char *pid, const char *marker)
  * orphan keeps running a job this server is about to run again. */
 void pool_kill_marked(const char *instance, const int64_t *job_ids, size_t n)
 {
-	char marker[96], id[32];
 	struct dirent *e;
+	int64_t job;
 	size_t i;
 	DIR *d;
 	int round, killed;
@@ -713,21 +709,17 @@ void pool_kill_marked(const char *instance, const int64_t *job_ids, size_t n)
 		if (!d)
 			return;
 		while ((e = readdir(d))) {
-			if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			if (e->d_name[0] < '1' || e->d_name[0] > '9' ||
+			    (job = job_of(e->d_name, instance)) <= 0)
 				continue;
-			for (i = 0; i < n; i++) {
-				fmt_id(id, sizeof(id), 'j', job_ids[i]);
-				snprintf(marker, sizeof(marker), "%s/%s",
-					 instance, id);
-				if (has_marker(e->d_name, marker)) {
-					log_info("recovery: killing pid %s of "
-						 "interrupted job %s",
-						 e->d_name, id);
-					kill(atoi(e->d_name), SIGKILL);
-					killed++;
-					break;
-				}
-			}
+			for (i = 0; i < n && job_ids[i] != job; i++)
+				;
+			if (i == n)
+				continue;
+			log_info("recovery: killing pid %s of interrupted job "
+				 "%lld", e->d_name, (long long)job);
+			kill(atoi(e->d_name), SIGKILL);
+			killed++;
 		}
 		closedir(d);
 		if (!killed)

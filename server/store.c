@@ -56,7 +56,8 @@ static const char *const sql[S__COUNT] = {
 	[S_JOB_INSERT] = JOB_INSERT JOB_VALUES,
 	[S_BATCH_GET] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?",
 	[S_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?",
-	[S_JOB_BATCH] = "SELECT batch_id, state FROM jobs WHERE id = ?",
+	[S_JOB_BATCH] = "SELECT batch_id, state, attempts FROM jobs "
+		"WHERE id = ?",
 	[S_NEXT_QUEUED] = "SELECT id, created_at, attempts, timeout_s, kind, "
 		"args, max_attempts, retry_on, retry_backoff_s, queued_at "
 		"FROM jobs "

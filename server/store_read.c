@@ -165,7 +165,10 @@ json_t *store_job_json(int64_t id)
 	return get_one(S_JOB_GET, id, job_row);
 }
 
-int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *state)
+/* store_job_batch reads a job's batch, state and (when attempts is not
+ * NULL) attempts.  Returns 0, or -1 when there is no such job. */
+int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *state,
+		    int *attempts)
 {
 	sqlite3_stmt *s = store_get(S_JOB_BATCH);
 	int rc = -1;
@@ -175,6 +178,8 @@ int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *state)
 		*batch_id = store_col_i64(s, 0);
 		*state = job_state_parse((const char *)
 					 sqlite3_column_text(s, 1));
+		if (attempts)
+			*attempts = sqlite3_column_int(s, 2);
 		rc = 0;
 	}
 	sqlite3_reset(s);

@@ -102,12 +102,6 @@ static void check_name(struct verr *v, const json_t *obj)
 		add(v, "name", "must be a string of at most 256 bytes without NUL");
 }
 
-static void check_only(struct verr *v, const json_t *obj,
-		       const char *const *allowed)
-{
-	kind_check_only(obj, allowed, kind_err, v);
-}
-
 static void check_retry_on(struct verr *v, const json_t *job)
 {
 	const json_t *list = json_object_get(job, "retry_on");
@@ -207,7 +201,7 @@ static void check_job(struct verr *v, const json_t *job)
 		add(v, "", "must be an object");
 		return;
 	}
-	check_only(v, job, allowed);
+	kind_check_only(job, allowed, kind_err, v);
 	kind = json_object_get(job, "kind");
 	if (!kind) {
 		add(v, "kind", "is required");
@@ -242,7 +236,7 @@ int validate_batch(const json_t *body, json_t *errors)
 		add(&v, "", "must be a JSON object");
 		return v.count;
 	}
-	check_only(&v, body, allowed);
+	kind_check_only(body, allowed, kind_err, &v);
 	check_name(&v, body);
 	check_int(&v, body, "concurrency", 1, 10000);
 	check_int(&v, body, "priority", -1000, 1000);

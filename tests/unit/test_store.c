@@ -852,13 +852,13 @@ Test(store, job_batch)
 	b1 = insert_sleep(1, "", "");
 	b2 = insert_sleep(1, "", "");
 	claim(b2);
-	cr_assert_eq(store_job_batch(1, &bid, &st), 0);
+	cr_assert_eq(store_job_batch(1, &bid, &st, NULL), 0);
 	cr_assert_eq(bid, b1);
 	cr_assert_eq(st, JS_QUEUED);
-	cr_assert_eq(store_job_batch(2, &bid, &st), 0);
+	cr_assert_eq(store_job_batch(2, &bid, &st, NULL), 0);
 	cr_assert_eq(bid, b2);
 	cr_assert_eq(st, JS_RUNNING);
-	cr_assert_eq(store_job_batch(3, &bid, &st), -1);
+	cr_assert_eq(store_job_batch(3, &bid, &st, NULL), -1);
 }
 
 /* ---- recovery ---- */
@@ -984,7 +984,7 @@ Test(store, batch_delete_removes_batch_and_jobs)
 	cr_assert_null(store_batch_json(a));
 	cr_assert_null(store_job_json(1));
 	cr_assert_null(store_job_json(3));
-	cr_assert_eq(store_job_batch(2, &bid, &st), -1);
+	cr_assert_eq(store_job_batch(2, &bid, &st, NULL), -1);
 	cr_assert_eq(store_batch_info(a, &info), -1);
 	assert_page(store_job_list(a, NULL, -1, 10), "index", NULL, 0, NULL);
 	assert_page(store_batch_list(NULL, -1, 10), "id", left, 1, NULL);
