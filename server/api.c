@@ -155,7 +155,8 @@ static enum MHD_Result api_readyz(struct request *r)
 		return http_problem(r, P_UNAVAILABLE, "the server is shutting down", NULL);
 	if (store_degraded())
 		return http_problem(r, P_UNAVAILABLE, "a database write failed "
-				    "and was rolled back; restart the server", NULL);
+				    "(disk full or I/O error); writes are retried "
+				    "every half second", NULL);
 	if (store_ping() < 0)
 		return http_problem(r, P_UNAVAILABLE, "the database cannot be read", NULL);
 	if (!pool_ready())
@@ -216,6 +217,8 @@ static void retry_after(struct request *r, int seconds)
 /* replay answers a submission whose Idempotency-Key is known: the same
  * body gets the first batch (after the commit that holds it, like any
  * ack), another body a 409.  Returns 0 when the key is new. */
+static enum MHD_Result reply_created(struct request *r);
+
 static int replay(struct request *r, const char *key, const char *hash,
 		  enum MHD_Result *rc)
 {
@@ -237,7 +240,7 @@ static int replay(struct request *r, const char *key, const char *hash,
 		return -1;
 	}
 	r->replay = 1;
-	http_suspend_ack(r, id, store_job_ids(id));
+	http_suspend_ack(r, id, store_job_ids(id), 0, reply_created);
 	*rc = MHD_YES;
 	return 1;
 }
@@ -248,18 +251,25 @@ static int replay(struct request *r, const char *key, const char *hash,
 static int refuse_load(struct request *r, int njobs, enum MHD_Result *rc)
 {
 	char detail[128];
+	int64_t pending_jobs, queued;
+	int pending_batches, open;
 
-	if (sched_count() >= cfg.max_open_batches) {
+	/* Submissions of this turn are not in the scheduler until their
+	 * commit: they count all the same, or a burst passes every limit. */
+	http_pending_load(&pending_batches, &pending_jobs);
+	open = sched_count() + pending_batches;
+	queued = sched_queued_total() + pending_jobs;
+	if (open >= cfg.max_open_batches) {
 		snprintf(detail, sizeof(detail), "%d batches are unfinished; "
-			 "the limit is %d (--max-open-batches)", sched_count(),
+			 "the limit is %d (--max-open-batches)", open,
 			 cfg.max_open_batches);
 		retry_after(r, 1);
 		*rc = http_problem(r, P_QUEUE_FULL, detail, NULL);
 		return 1;
 	}
-	if (sched_queued_total() + njobs > cfg.max_queued_jobs) {
-		snprintf(detail, sizeof(detail), "%d jobs are queued; the limit "
-			 "is %lld (--max-queued-jobs)", sched_queued_total(),
+	if (queued + njobs > cfg.max_queued_jobs) {
+		snprintf(detail, sizeof(detail), "%lld jobs are queued; the "
+			 "limit is %lld (--max-queued-jobs)", (long long)queued,
 			 (long long)cfg.max_queued_jobs);
 		retry_after(r, 1);
 		*rc = http_problem(r, P_QUEUE_FULL, detail, NULL);
@@ -327,8 +337,20 @@ static enum MHD_Result api_batch_create(struct request *r)
 	}
 	json_decref(body);
 	/* Answered from api_resume once the turn's commit is durable. */
-	http_suspend_ack(r, id, job_ids);
+	http_suspend_ack(r, id, job_ids, n, reply_created);
 	return MHD_YES;
+}
+
+/* not_committed answers a request whose change was lost with its
+ * transaction (disk full, I/O error): nothing of it was kept. */
+static enum MHD_Result not_committed(struct request *r, const char *what)
+{
+	char detail[128];
+
+	snprintf(detail, sizeof(detail), "%s could not be committed (disk "
+		 "full or I/O error); nothing of it was kept", what);
+	retry_after(r, 5);
+	return http_problem(r, P_UNAVAILABLE, detail, NULL);
 }
 
 static enum MHD_Result reply_created(struct request *r)
@@ -336,11 +358,8 @@ static enum MHD_Result reply_created(struct request *r)
 	json_t *batch;
 	char loc[64];
 
-	if (!r->ack_ok) {
-		retry_after(r, 5);
-		return http_problem(r, P_UNAVAILABLE,
-				    "the batch could not be committed", NULL);
-	}
+	if (!r->commit_ok)
+		return not_committed(r, "the batch");
 	batch = store_batch_json(r->ack_batch);
 	if (!batch)
 		return http_problem(r, P_INTERNAL, "stored batch vanished", NULL);
@@ -386,11 +405,8 @@ static enum MHD_Result get_or_wait(struct request *r, int is_batch)
 	 * suspended connections. */
 	if (wait > 0 && !terminal(obj) && mono_us() < r->deadline &&
 	    !shutting_down) {
-		int64_t parent = is_batch ? 0 : parse_id(json_string_value(
-			json_object_get(obj, "batch_id")), 'b');
-
 		json_decref(obj);
-		http_suspend_wait(r, is_batch, id, parent);
+		http_suspend_wait(r, is_batch, id);
 		return MHD_YES;
 	}
 	return http_json(r, 200, obj);
@@ -420,8 +436,11 @@ static enum MHD_Result api_batch_jobs(struct request *r)
 						(int)p.limit));
 }
 
-static enum MHD_Result cancel_reply(struct request *r, int rc, int is_batch)
+/* cancel_reply answers a cancel with the object as committed. */
+static enum MHD_Result cancel_reply(struct request *r)
 {
+	/* "/v1/batches/..." or "/v1/jobs/..." */
+	int rc = r->cancel_rc, is_batch = r->route->pattern[4] == 'b';
 	json_t *obj;
 
 	if (rc == -404)
@@ -431,21 +450,41 @@ static enum MHD_Result cancel_reply(struct request *r, int rc, int is_batch)
 		return http_problem(r, P_CONFLICT, is_batch ?
 				    "the batch has already finished" :
 				    "the job has already finished", NULL);
-	if (rc < 0)
-		return http_problem(r, P_UNAVAILABLE, "the cancel could not be stored", NULL);
+	if (rc < 0 || !r->commit_ok)
+		return not_committed(r, "the cancel");
 	obj = is_batch ? store_batch_json(r->ids[0]) : store_job_json(r->ids[0]);
 	return obj ? http_json(r, 200, obj) :
 		     http_problem(r, P_INTERNAL, "object vanished", NULL);
 }
 
+/* after_commit answers with reply(r) once what the request changed is
+ * committed: at once when it changed nothing. */
+static enum MHD_Result after_commit(struct request *r, api_fn reply)
+{
+	r->commit_ok = 1;
+	if (!store_dirty() || r->cancel_rc < 0)
+		return reply(r);
+	http_suspend_commit(r, reply);
+	return MHD_YES;
+}
+
 static enum MHD_Result api_batch_cancel(struct request *r)
 {
-	return cancel_reply(r, engine_cancel_batch(r->ids[0]), 1);
+	r->cancel_rc = engine_cancel_batch(r->ids[0]);
+	return after_commit(r, cancel_reply);
 }
 
 static enum MHD_Result api_job_cancel(struct request *r)
 {
-	return cancel_reply(r, engine_cancel_job(r->ids[0]), 0);
+	r->cancel_rc = engine_cancel_job(r->ids[0]);
+	return after_commit(r, cancel_reply);
+}
+
+static enum MHD_Result deleted_reply(struct request *r)
+{
+	if (!r->commit_ok)
+		return not_committed(r, "the delete");
+	return http_empty(r, 204);
 }
 
 static enum MHD_Result api_batch_delete(struct request *r)
@@ -459,7 +498,7 @@ static enum MHD_Result api_batch_delete(struct request *r)
 				    "the batch has unfinished jobs; cancel it first", NULL);
 	if (store_batch_delete(r->ids[0]) < 0)
 		return http_problem(r, P_UNAVAILABLE, "the batch could not be deleted", NULL);
-	return http_empty(r, 204);
+	return after_commit(r, deleted_reply);
 }
 
 /* GET /v1/events[?batch_id=][&last_event_id=]: Last-Event-ID (the header
@@ -721,7 +760,11 @@ enum MHD_Result http_route(struct request *r)
  * commit finished, or a long-poll that was woken or timed out. */
 enum MHD_Result api_resume(struct request *r)
 {
-	if (r->job_ids || r->ack_batch)
-		return reply_created(r);
+	api_fn reply = r->on_commit;
+
+	if (reply) {
+		r->on_commit = NULL;
+		return reply(r);
+	}
 	return r->route->fn(r);
 }

@@ -2,7 +2,9 @@
  *
  * The glue between the scheduler (who is next), the pool (processes) and
  * the store (what is recorded).  Every transition is written to the store in
- * the loop turn's transaction and wakes the long-polls that wait for it.
+ * the loop turn's transaction and noted with the publisher, which tells
+ * long-polls and event streams once that transaction is committed.  The
+ * engine knows nothing above it: no HTTP, no streams.
  */
 #include <math.h>
 #include <stdio.h>
@@ -18,9 +20,35 @@ static void settle_batch(struct sbatch *b, int64_t batch_id, int done)
 	if (done) {
 		if (b)
 			sched_remove(b);
-		http_wake(1, batch_id);
-		events_batch(batch_id);
+		publish_batch(batch_id);
 	}
+}
+
+static void finish(struct slot *s, struct outcome *o);
+
+/* refuse_command ends a claimed command job without running it: the
+ * submission check let it in under another configuration (stored while
+ * commands were allowed, or by another server). */
+static void refuse_command(struct slot *s, const struct claim *c)
+{
+	struct outcome o = { .state = JS_FAILED, .exit_code = -1,
+			     .user_us = -1, .sys_us = -1, .max_rss_kb = -1,
+			     .error = "the command kind is off on this server "
+				      "(start jobpoold with --allow-command to "
+				      "run it)" };
+
+	log_warn("engine: job j_%012lld: a command job, but commands are "
+		 "off (--allow-command); not run", (long long)c->job_id);
+	s->job_id = c->job_id;
+	s->batch_id = c->batch_id;
+	s->job_attempts = c->attempts;
+	s->started_mono = mono_us();
+	s->max_attempts = 0;            /* never retried */
+	s->is_command = 0;
+	s->cancel_requested = 0;
+	s->kill = KILL_NONE;
+	o.finished_at = now_us();
+	finish(s, &o);
 }
 
 /* engine_dispatch gives queued jobs to idle workers until one side runs
@@ -57,13 +85,18 @@ void engine_dispatch(void)
 		if (rc < 0)
 			return;
 		sched_started(b);
+		publish_job(c.job_id, c.batch_id, JS_RUNNING, c.attempts);
+		if (sched_first_start(b))
+			publish_batch(c.batch_id);
+		s->started_at = now;
+		if (strcmp(c.kind, "command") == 0 && !cfg.allow_command) {
+			refuse_command(s, &c);
+			free(c.args);
+			continue;
+		}
 		metrics_queue_wait(now - c.queued_at);
 		pool_send_run(s, &c);
-		s->started_at = now;
 		free(c.args);
-		events_job(c.job_id, c.batch_id, "running", c.attempts);
-		if (sched_first_start(b))
-			events_batch(c.batch_id);
 	}
 }
 
@@ -109,24 +142,28 @@ static int64_t backoff_us(const struct slot *s)
 	return (int64_t)(d * 1e6);
 }
 
-static void retry(struct slot *s, struct outcome *o, struct sbatch *b)
+/* retry puts the job back in the queue after its backoff.  Returns 0, or
+ * -1 when the store refused (it is degraded; the resync recovers it). */
+static int retry(struct slot *s, struct outcome *o, struct sbatch *b)
 {
 	int64_t delay = backoff_us(s);
 	struct backoff *w;
 
-	if (store_job_retry(s->job_id, s->batch_id, o, s, now_us() + delay) < 0)
-		log_warn("engine: job %lld: retry not stored",
+	if (store_job_retry(s->job_id, s->batch_id, o, s, now_us() + delay) < 0) {
+		log_warn("engine: job j_%012lld: retry not stored",
 			 (long long)s->job_id);
+		return -1;
+	}
 	if (!b)
-		return;
+		return 0;
 	if (delay <= 0) {
 		sched_requeued(b);
-		return;
+		return 0;
 	}
 	w = calloc(1, sizeof(*w));
 	if (!w) {
 		sched_requeued(b);      /* no timer: retry at once */
-		return;
+		return 0;
 	}
 	sched_delayed(b);
 	w->job_id = s->job_id;
@@ -134,6 +171,7 @@ static void retry(struct slot *s, struct outcome *o, struct sbatch *b)
 	w->due_mono = mono_us() + delay;
 	w->next = backoffs;
 	backoffs = w;
+	return 0;
 }
 
 /* forget_backoffs drops the timers of one job (job_id) or of every job of
@@ -198,20 +236,23 @@ static void finish(struct slot *s, struct outcome *o)
 		o->error = "canceled while running";
 	}
 	if (retry_allowed(s, o) && !(b && sched_canceled(b))) {
-		retry(s, o, b);         /* running -> queued in the scheduler */
-		events_job(job_id, batch_id, "queued", s->job_attempts);
+		if (retry(s, o, b) == 0)        /* running -> queued */
+			publish_job(job_id, batch_id, JS_QUEUED,
+				    s->job_attempts);
 		pool_job_ended(s);
-		http_wake(0, job_id);   /* wakes, looks, waits again */
 		return;
 	}
 	if (b)
 		sched_finished(b);
-	if (store_job_finish(job_id, batch_id, o, s, &done) < 0)
-		log_warn("engine: job %lld: outcome not stored",
+	if (store_job_finish(job_id, batch_id, o, s, &done) < 0) {
+		/* The store is degraded now; the resync recovers the job. */
+		log_warn("engine: job j_%012lld: outcome not stored",
 			 (long long)job_id);
-	events_job(job_id, batch_id, job_state_name(o->state), s->job_attempts);
+		pool_job_ended(s);
+		return;
+	}
+	publish_job(job_id, batch_id, o->state, s->job_attempts);
 	pool_job_ended(s);
-	http_wake(0, job_id);
 	settle_batch(b, batch_id, done);
 }
 
@@ -283,9 +324,9 @@ void engine_worker_died(struct slot *s, int status)
 	if (s->kill == KILL_SHUTDOWN) {
 		/* Not the job's fault: back to the queue, attempt not
 		 * counted, so the next start runs it again. */
-		store_job_requeue(s->job_id, s->batch_id, 1, 0);
-		events_job(s->job_id, s->batch_id, "queued",
-			   s->job_attempts - 1);
+		if (store_job_requeue(s->job_id, s->batch_id, 1, 0) == 0)
+			publish_job(s->job_id, s->batch_id, JS_QUEUED,
+				    s->job_attempts - 1);
 		b = sched_find(s->batch_id);
 		if (b)
 			sched_requeued(b);
@@ -342,11 +383,13 @@ static struct slot *slot_of_job(int64_t job_id)
 
 static void canceled_event(int64_t job_id, int attempts, void *ctx)
 {
-	events_job(job_id, *(int64_t *)ctx, "canceled", attempts);
+	publish_job(job_id, *(int64_t *)ctx, JS_CANCELED, attempts);
 }
 
-/* engine_cancel_job cancels one job.  Returns 0, -404, -409 (already
- * terminal) or -500. */
+/* engine_cancel_job cancels one job: a queued one at once, a running one
+ * is killed (the request is stored first, so a crash during the kill still
+ * ends it canceled).  Returns 0, -404, -409 (already terminal) or -500
+ * (the store refused). */
 int engine_cancel_job(int64_t job_id)
 {
 	enum job_state state;
@@ -358,6 +401,8 @@ int engine_cancel_job(int64_t job_id)
 	if (store_job_batch(job_id, &batch_id, &state, &attempts) < 0)
 		return -404;
 	if (state == JS_RUNNING) {
+		if (store_job_cancel_req(job_id) < 0)
+			return -500;
 		s = slot_of_job(job_id);
 		if (s)
 			pool_stop_job(s, KILL_CANCEL);
@@ -373,8 +418,7 @@ int engine_cancel_job(int64_t job_id)
 	if (b && rc == 0)
 		sched_drop_queued(b, 1);
 	if (rc == 0)
-		events_job(job_id, batch_id, "canceled", attempts);
-	http_wake(0, job_id);
+		publish_job(job_id, batch_id, JS_CANCELED, attempts);
 	settle_batch(b, batch_id, done);
 	return 0;
 }
@@ -404,9 +448,8 @@ int engine_cancel_batch(int64_t batch_id)
 	for (i = 0; (s = pool_slot(i)); i++)
 		if (s->job_id && s->batch_id == batch_id && s->pid > 0)
 			pool_stop_job(s, KILL_CANCEL);
-	/* Long-polls on the canceled queued jobs: they are terminal now. */
-	if (canceled)
-		http_wake_batch_jobs(batch_id);
+	if (canceled && !done)
+		publish_batch(batch_id);        /* its counts changed */
 	settle_batch(b, batch_id, done);
 	return 0;
 }
@@ -421,7 +464,7 @@ void engine_batch_added(int64_t batch_id)
 	/* Canceled before its commit was acknowledged: nothing to run. */
 	if (info.queued + info.running > 0)
 		sched_add(&info);
-	events_batch(batch_id);
+	publish_batch(batch_id);
 }
 
 static void add_loaded(const struct batch_info *b, void *ctx)
@@ -433,4 +476,48 @@ static void add_loaded(const struct batch_info *b, void *ctx)
 int engine_load(void)
 {
 	return store_load_active(add_loaded, NULL);
+}
+
+/* engine_resync brings the database back in line with memory after a
+ * lost transaction or a failed write (the store is degraded): jobs that
+ * workers run now are 'running', every other 'running' job is recovered
+ * as after a crash, and the scheduler is rebuilt from what is committed.
+ * Returns 0 when that is on disk and writes work again, -1 (try later). */
+int engine_resync(void)
+{
+	struct live_job *live;
+	struct slot *s;
+	size_t n = 0;
+	int i, requeued = 0, interrupted = 0, rc;
+
+	live = calloc(POOL_MAX, sizeof(*live));
+	if (!live)
+		return -1;
+	for (i = 0; (s = pool_slot(i)); i++)
+		if (s->job_id && s->pid > 0 && n < POOL_MAX) {
+			live[n].job_id = s->job_id;
+			live[n].started_at = s->started_at;
+			live[n].attempts = s->job_attempts;
+			live[n].slot = s->index;
+			live[n].pid = s->pid;
+			n++;
+		}
+	rc = store_resync_begin();
+	if (rc == 0)
+		rc = store_resync(now_us(), live, n, &requeued, &interrupted);
+	free(live);
+	if (store_resync_end(rc == 0) < 0)
+		return -1;
+	while (backoffs) {
+		struct backoff *w = backoffs;
+
+		backoffs = w->next;
+		free(w);
+	}
+	sched_clear();
+	engine_load();
+	log_info("engine: resynced with the database: %d job(s) re-queued, "
+		 "%d ended as interrupted", requeued, interrupted);
+	publish_reset();
+	return 0;
 }

@@ -115,8 +115,8 @@ out:
 	free(json);
 }
 
-void events_job(int64_t job_id, int64_t batch_id, const char *state,
-		int attempts)
+static void job_event(int64_t job_id, int64_t batch_id, const char *state,
+		      int attempts)
 {
 	char id[32], bid[32];
 
@@ -126,24 +126,46 @@ void events_job(int64_t job_id, int64_t batch_id, const char *state,
 		"batch_id", bid, "state", state, "attempts", attempts));
 }
 
-void events_batch(int64_t batch_id)
+/* batch_event sends the batch b (borrowed) as it was at its change. */
+static void batch_event(int64_t batch_id, const json_t *b)
 {
-	json_t *b = store_batch_json(batch_id);
-
-	if (!b)
-		return;
 	emit("batch", batch_id, json_pack("{s:O, s:O, s:O}",
 		"id", json_object_get(b, "id"),
 		"state", json_object_get(b, "state"),
 		"counts", json_object_get(b, "counts")));
-	json_decref(b);
 }
+
+static void on_change(const struct change *c)
+{
+	if (c->is_batch)
+		batch_event(c->id, c->batch);
+	else
+		job_event(c->id, c->batch_id, job_state_name(c->state),
+			  c->attempts);
+}
+
+/* on_reset: state changed without events (a resync after a lost
+ * transaction); every stream is told to reload. */
+static void on_reset(void)
+{
+	struct stream *s;
+
+	for (s = streams; s; s = s->next)
+		s->reset = 1;
+	wake_all();
+}
+
+static const struct subscriber events_sub = {
+	.change = on_change,
+	.reset = on_reset,
+};
 
 int events_init(void)
 {
 	cap = (size_t)cfg.events_buffer;
 	ring = calloc(cap, sizeof(*ring));
 	start_id = last_id = now_us();
+	publish_subscribe(&events_sub);
 	return ring ? 0 : -1;
 }
 
@@ -265,9 +287,15 @@ enum MHD_Result events_open(struct request *r, int64_t batch_id,
 	s->last_write = mono_us();
 	s->cursor = after_id ? after_id : last_id;
 	/* Events after after_id were dropped from the window, or belonged to
-	 * a previous run of the server: say that some were missed. */
-	if (after_id && (after_id < evicted || after_id < start_id))
+	 * a previous run of the server: say that some were missed.  An id
+	 * from the future (the clock stepped back across a restart) is no
+	 * event this server ever sent: the same. */
+	if (after_id && (after_id < evicted || after_id < start_id ||
+			 after_id > last_id)) {
 		s->reset = 1;
+		if (after_id > last_id)
+			s->cursor = last_id;
+	}
 	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
 						 reader, s, stream_free);
 	if (!resp) {
@@ -286,15 +314,20 @@ enum MHD_Result events_open(struct request *r, int64_t batch_id,
 }
 
 /* events_tick resumes streams that owe a keep-alive (a dead client is
- * only noticed when we write to it).  Returns the next due time, or 0. */
+ * only noticed when we write to it).  Returns the next due time, or 0.
+ * Only suspended streams have a due time: one that is not suspended waits
+ * for its socket to drain (a client that stopped reading), and counting
+ * its past due time made the loop spin until MHD dropped it. */
 int64_t events_tick(int64_t now)
 {
 	struct stream *s;
 	int64_t next = 0, due;
 
 	for (s = streams; s; s = s->next) {
+		if (!s->suspended)
+			continue;
 		due = s->last_write + KEEPALIVE_US;
-		if (s->suspended && now >= due) {
+		if (now >= due) {
 			s->suspended = 0;
 			MHD_resume_connection(s->conn);
 			http_resumed();

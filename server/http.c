@@ -19,9 +19,17 @@
 #include "http.h"
 
 static struct MHD_Daemon *daemon_;
-static struct request *waiters;         /* long-polls, a list */
-static struct request *acks;            /* submissions awaiting commit */
+static struct request *acks;            /* replies awaiting the commit */
+static int ack_batches;                 /* submissions among them */
+static int64_t ack_jobs;                /* and their jobs */
 static int resumed;                     /* a resume awaits MHD_run */
+
+/* Long-polls, found by what they wait for (a hash of lists, so a finished
+ * job wakes only its own waiters) and by deadline (a binary heap). */
+static struct request **wbuckets;
+static size_t nwbuckets, nwaiters;
+static struct request **heap;
+static size_t nheap, capheap;
 
 /* The closed table of client-visible errors (STYLE 8). */
 static const struct {
@@ -216,13 +224,128 @@ enum MHD_Result http_invalid(struct request *r, const char *path,
 
 /* ---- suspension ---- */
 
-void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids)
+/* ---- the deadline heap of long-polls ---- */
+
+static void heap_set(size_t i, struct request *r)
+{
+	heap[i] = r;
+	r->heap_idx = i;
+}
+
+static void heap_up(size_t i)
+{
+	struct request *r = heap[i];
+
+	while (i > 0 && heap[(i - 1) / 2]->deadline > r->deadline) {
+		heap_set(i, heap[(i - 1) / 2]);
+		i = (i - 1) / 2;
+	}
+	heap_set(i, r);
+}
+
+static void heap_down(size_t i)
+{
+	struct request *r = heap[i];
+	size_t c;
+
+	while ((c = 2 * i + 1) < nheap) {
+		if (c + 1 < nheap && heap[c + 1]->deadline < heap[c]->deadline)
+			c++;
+		if (heap[c]->deadline >= r->deadline)
+			break;
+		heap_set(i, heap[c]);
+		i = c;
+	}
+	heap_set(i, r);
+}
+
+static void heap_push(struct request *r)
+{
+	if (nheap == capheap) {
+		size_t cap = capheap ? capheap * 2 : 64;
+		struct request **p = realloc(heap, cap * sizeof(*p));
+
+		if (!p)
+			fatal("%s: realloc", __func__);
+		heap = p;
+		capheap = cap;
+	}
+	heap_set(nheap++, r);
+	heap_up(nheap - 1);
+}
+
+static void heap_remove(struct request *r)
+{
+	size_t i = r->heap_idx;
+
+	if (--nheap == i)
+		return;
+	heap_set(i, heap[nheap]);
+	heap_up(i);
+	heap_down(heap[i]->heap_idx);
+}
+
+/* ---- the waiters' hash ---- */
+
+static struct request **bucket_of(int is_batch, int64_t id)
+{
+	uint64_t h = ((uint64_t)id << 1 | (uint64_t)is_batch) *
+		     0x9e3779b97f4a7c15ULL;
+
+	return &wbuckets[h >> 32 & (nwbuckets - 1)];
+}
+
+static void waiters_grow(void)
+{
+	struct request **old = wbuckets, *r, *next;
+	size_t n = nwbuckets, i;
+
+	nwbuckets = n ? n * 2 : 256;
+	wbuckets = calloc(nwbuckets, sizeof(*wbuckets));
+	if (!wbuckets)
+		fatal("%s: calloc", __func__);
+	for (i = 0; i < n; i++)
+		for (r = old[i]; r; r = next) {
+			next = r->next;
+			r->listed = 0;
+			list_push(bucket_of(r->wait_batch, r->wait_id), r);
+		}
+	free(old);
+}
+
+static void waiter_remove(struct request *r)
+{
+	if (!r->listed || r->phase != PH_WAIT)
+		return;
+	list_remove(bucket_of(r->wait_batch, r->wait_id), r);
+	heap_remove(r);
+	nwaiters--;
+}
+
+/* ---- replies that wait for a commit ---- */
+
+/* http_suspend_commit holds the answer to r until the transaction that
+ * holds its change is committed; then reply(r) answers, with
+ * r->commit_ok saying whether the commit succeeded. */
+void http_suspend_commit(struct request *r, api_fn reply)
 {
 	r->phase = PH_ACK;
-	r->ack_batch = batch_id;
-	r->job_ids = job_ids;
+	r->on_commit = reply;
 	list_push(&acks, r);
 	MHD_suspend_connection(r->conn);
+}
+
+void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids,
+		      int njobs, api_fn reply)
+{
+	r->ack_batch = batch_id;
+	r->job_ids = job_ids;
+	if (!r->replay) {
+		r->njobs = njobs;
+		ack_batches++;
+		ack_jobs += njobs;
+	}
+	http_suspend_commit(r, reply);
 }
 
 int http_acks_pending(void)
@@ -230,18 +353,33 @@ int http_acks_pending(void)
 	return acks != NULL;
 }
 
-/* http_acks resumes every submission of the turn once its transaction is
- * durable (ok) or has failed; batches join the scheduler only when they
- * are on disk, so a job never runs from a batch that was never stored. */
-void http_acks(int ok)
+void http_pending_load(int *batches, int64_t *jobs)
+{
+	*batches = ack_batches;
+	*jobs = ack_jobs;
+}
+
+static void ack_forget(struct request *r)
+{
+	list_remove(&acks, r);
+	if (r->ack_batch && !r->replay) {
+		ack_batches--;
+		ack_jobs -= r->njobs;
+	}
+}
+
+/* on_commit resumes every reply that waited for the commit once it is
+ * durable (ok) or lost; batches join the scheduler only when they are on
+ * disk, so a job never runs from a batch that was never stored. */
+static void on_commit(int ok)
 {
 	struct request *r;
 
 	while ((r = acks)) {
-		list_remove(&acks, r);
-		r->ack_ok = ok;
+		ack_forget(r);
+		r->commit_ok = ok;
 		r->phase = PH_RESUMED;
-		if (ok && !r->replay) {
+		if (ok && r->ack_batch && !r->replay) {
 			engine_batch_added(r->ack_batch);
 			metrics_batch_submitted();
 		}
@@ -250,62 +388,68 @@ void http_acks(int ok)
 	}
 }
 
-void http_suspend_wait(struct request *r, int is_batch, int64_t id,
-		       int64_t parent)
+/* ---- long-polls ---- */
+
+void http_suspend_wait(struct request *r, int is_batch, int64_t id)
 {
 	r->phase = PH_WAIT;
 	r->wait_batch = is_batch;
 	r->wait_id = id;
-	r->wait_parent = parent;
-	list_push(&waiters, r);
+	if (nwaiters >= nwbuckets)
+		waiters_grow();
+	list_push(bucket_of(is_batch, id), r);
+	heap_push(r);
+	nwaiters++;
 	MHD_suspend_connection(r->conn);
 }
 
 static void resume_wait(struct request *r)
 {
-	list_remove(&waiters, r);
+	waiter_remove(r);
 	r->phase = PH_RESUMED;
 	MHD_resume_connection(r->conn);
 	resumed = 1;
 }
 
-void http_wake(int is_batch, int64_t id)
+/* wake resumes the long-polls on one job or batch; each looks again and
+ * waits again when it is not terminal yet. */
+static void wake(int is_batch, int64_t id)
 {
 	struct request *r, *next;
 
-	for (r = waiters; r; r = next) {
+	if (!nwaiters)
+		return;
+	for (r = *bucket_of(is_batch, id); r; r = next) {
 		next = r->next;
 		if (r->wait_batch == is_batch && r->wait_id == id)
 			resume_wait(r);
 	}
 }
 
-/* http_wake_batch_jobs wakes the long-polls on any job of a batch; each
- * checks its job again and goes back to waiting if it is not terminal. */
-void http_wake_batch_jobs(int64_t batch_id)
+static void wake_all(void)
 {
-	struct request *r, *next;
-
-	for (r = waiters; r; r = next) {
-		next = r->next;
-		if (!r->wait_batch && r->wait_parent == batch_id)
-			resume_wait(r);
-	}
+	while (nheap)
+		resume_wait(heap[0]);
 }
 
+static void on_change(const struct change *c)
+{
+	wake(c->is_batch, c->id);
+}
+
+static const struct subscriber http_sub = {
+	.change = on_change,
+	.commit = on_commit,
+	.reset = wake_all,
+};
+
+/* http_tick answers the long-polls whose wait is over.  Returns the next
+ * deadline, or 0. */
 int64_t http_tick(int64_t now)
 {
-	struct request *r, *next;
-	int64_t soonest = 0;
-
-	for (r = waiters; r; r = next) {
-		next = r->next;
-		if (now >= r->deadline)
-			resume_wait(r);
-		else if (!soonest || r->deadline < soonest)
-			soonest = r->deadline;
-	}
-	return soonest;
+	while (nheap && heap[0]->deadline <= now)
+		resume_wait(heap[0]);
+	return nheap ? heap[0]->deadline : 0;
 }
 
 /* ---- MHD callbacks ---- */
@@ -404,8 +548,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 		return;
 	metrics_http(r->route ? r->route->pattern : NULL, r->method,
 		     r->status);
-	list_remove(&waiters, r);
-	list_remove(&acks, r);
+	if (r->phase == PH_WAIT)
+		waiter_remove(r);
+	else if (r->phase == PH_ACK)
+		ack_forget(r);
 	json_decref(r->job_ids);
 	free(r->body);
 	free(r);
@@ -443,6 +589,7 @@ int http_start(void)
 			 cfg.listen_port, strerror(errno));
 		return -1;
 	}
+	publish_subscribe(&http_sub);
 	info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_EPOLL_FD);
 	if (!info || loop_add(info->epoll_fd, EPOLLIN, on_mhd, NULL) < 0)
 		return -1;
@@ -500,16 +647,18 @@ void http_quiesce(void)
 
 void http_stop(void)
 {
-	struct request *r;
-
 	/* Answer suspended requests before MHD tears their connections down:
 	 * MHD refuses to stop with suspended connections. */
-	while ((r = waiters))
-		resume_wait(r);
-	http_acks(store_flush() == 0);
+	wake_all();
+	publish_commit(store_flush() == 0);
 	events_close();
 	http_run();
 	http_run();
 	MHD_stop_daemon(daemon_);
 	daemon_ = NULL;
+	free(heap);
+	free(wbuckets);
+	heap = NULL;
+	wbuckets = NULL;
+	nheap = capheap = nwbuckets = nwaiters = 0;
 }

@@ -14,6 +14,9 @@ enum problem {
 
 enum phase { PH_NEW, PH_ACK, PH_WAIT, PH_RESUMED };
 
+struct request;
+typedef enum MHD_Result (*api_fn)(struct request *r);
+
 /* Per-request state: allocated on MHD's first callback, freed only in the
  * completion callback (STYLE 9). */
 struct request {
@@ -26,15 +29,21 @@ struct request {
 	enum phase phase;
 	const struct route *route;
 	int64_t ids[2];                 /* ids parsed from the path */
+	/* a reply that waits for the commit of its change */
+	api_fn on_commit;
+	int commit_ok;
+	int cancel_rc;                  /* of a cancel, for its reply */
 	/* ack of a submission */
 	int64_t ack_batch;
 	json_t *job_ids;
-	int ack_ok;
+	int njobs;
 	int replay;                     /* Idempotency-Key seen before */
 	/* long-poll */
 	int wait_batch;
-	int64_t wait_id, wait_parent;  /* a job's batch, for batch cancel */
+	int64_t wait_id;
 	int64_t deadline;               /* monotonic us, set on first wait */
+	size_t heap_idx;                /* in the deadline heap */
+	/* in the list of acks, or the waiters' hash bucket */
 	struct request *prev, *next;
 	/* extra response headers */
 	struct {
@@ -43,8 +52,6 @@ struct request {
 	} headers[6];
 	size_t nheaders;
 };
-
-typedef enum MHD_Result (*api_fn)(struct request *r);
 
 struct route {
 	const char *pattern;            /* "/v1/batches/{b}/jobs" */
@@ -64,9 +71,12 @@ enum MHD_Result http_problem(struct request *r, enum problem p,
 			     const char *detail, json_t *errors);
 enum MHD_Result http_invalid(struct request *r, const char *path,
 			     const char *message);
-void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids);
-void http_suspend_wait(struct request *r, int is_batch, int64_t id,
-		       int64_t parent);
+void http_suspend_commit(struct request *r, api_fn reply);
+/* http_suspend_ack is http_suspend_commit for a submission: job_ids is
+ * stolen; njobs counts against the queue limits until it is answered. */
+void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids,
+		      int njobs, api_fn reply);
+void http_suspend_wait(struct request *r, int is_batch, int64_t id);
 
 void http_resumed(void);
 

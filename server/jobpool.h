@@ -59,6 +59,8 @@ const char *signal_name(int sig);       /* "SIGSEGV", or NULL */
 int signal_number(const char *name);    /* 0 when unknown */
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void fatal(const char *fmt, ...)
+	__attribute__((format(printf, 1, 2), noreturn));
 
 /* ---- validate.c ---- */
 /* validate_batch checks a decoded submission.  Returns 0 when valid, else
@@ -117,12 +119,31 @@ struct batch_info {
 	int started;            /* a job of it has started */
 };
 
+/* A job a worker runs now, as memory knows it (store_resync). */
+struct live_job {
+	int64_t job_id, started_at;
+	int attempts, slot;
+	pid_t pid;
+};
+
 int store_open(const char *path);
 void store_close(void);
+/* store_flush commits the open transaction.  Returns 0, or -1 when it was
+ * lost (the rollback hook has run and the store is degraded). */
 int store_flush(void);
 int store_dirty(void);
 int store_recover(int64_t now, int *requeued, int *interrupted,
 		  void (*fn)(int64_t job_id, void *ctx), void *ctx);
+/* store_degraded: a write failed or a transaction was lost, so memory and
+ * the database may disagree; every write is refused (-1) until
+ * store_resync_begin, store_resync, store_resync_end have committed. */
+int store_degraded(void);
+void store_diverged(void);
+void store_set_rollback_hook(void (*fn)(void));
+int store_resync_begin(void);
+int store_resync(int64_t now, const struct live_job *live, size_t n,
+		 int *requeued, int *interrupted);
+int store_resync_end(int ok);
 int store_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 		      void *ctx);
 int store_batch_insert(const json_t *req, int64_t now, const char *key,
@@ -134,9 +155,9 @@ int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max);
 int64_t store_size_bytes(void);
 int store_job_counts(int64_t *counts);
 int store_full(void);
-int store_degraded(void);
 int store_batch_info(int64_t id, struct batch_info *b);
-json_t *store_batch_json(int64_t id);
+json_t *store_batch_json(int64_t id);   /* new, as committed */
+json_t *store_batch_json_pending(int64_t id);
 json_t *store_job_json(int64_t id);
 int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *st,
 		    int *attempts);
@@ -156,6 +177,9 @@ int store_job_retry(int64_t job_id, int64_t batch_id,
 		    int64_t not_before);
 int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 			    int *batch_done);
+/* store_job_cancel_req records a client's cancel of a running job, so
+ * recovery ends it canceled if the server dies during the kill. */
+int store_job_cancel_req(int64_t job_id);
 int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 		       int *batch_done,
 		       void (*fn)(int64_t job_id, int attempts, void *ctx),
@@ -251,6 +275,33 @@ int engine_cancel_batch(int64_t batch_id);
 void engine_timeout(struct slot *s);
 int64_t engine_tick(int64_t now_mono);
 int engine_load(void);
+int engine_resync(void);
+
+/* ---- publish.c ---- */
+/* One committed change: a job's new state, or "this batch changed". */
+struct change {
+	int is_batch;
+	int64_t id, batch_id;
+	enum job_state state;   /* jobs only */
+	int attempts;
+	json_t *batch;          /* batches: as of the change; borrowed */
+};
+/* What a subscriber is told, each optional: every committed change, the
+ * outcome of each commit (1) or of a lost transaction (0), and a reset
+ * when state changed without notes (a resync). */
+struct subscriber {
+	void (*change)(const struct change *c);
+	void (*commit)(int ok);
+	void (*reset)(void);
+};
+void publish_subscribe(const struct subscriber *s);     /* borrowed */
+void publish_job(int64_t job_id, int64_t batch_id, enum job_state state,
+		 int attempts);
+void publish_batch(int64_t batch_id);
+int publish_pending(void);
+void publish_commit(int ok);
+void publish_reset(void);
+void publish_free(void);
 
 /* ---- metrics.c ---- */
 void metrics_http(const char *route, const char *method, unsigned status);
@@ -261,10 +312,7 @@ char *metrics_render(void);     /* new text; the caller frees */
 void metrics_free(void);
 
 /* ---- events.c ---- */
-int events_init(void);
-void events_job(int64_t job_id, int64_t batch_id, const char *state,
-		int attempts);
-void events_batch(int64_t batch_id);
+int events_init(void);          /* subscribes to the publisher */
 int64_t events_tick(int64_t now_mono);
 void events_close(void);
 void events_free(void);
@@ -285,10 +333,11 @@ int http_port(void);
 void http_run(void);
 int64_t http_timeout_ms(void);
 void http_quiesce(void);
-void http_wake(int is_batch, int64_t id);
-void http_wake_batch_jobs(int64_t batch_id);
 int64_t http_tick(int64_t now_mono);
-void http_acks(int ok);
+/* http_acks_pending: replies wait for a commit (commit now, not later). */
 int http_acks_pending(void);
+/* http_pending_load: batches and jobs submitted but not yet committed,
+ * which the limits count as if they were. */
+void http_pending_load(int *batches, int64_t *jobs);
 
 #endif

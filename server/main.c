@@ -391,6 +391,37 @@ static void purge(int64_t now)
 	next = purge_more ? now : now + 1000000;
 }
 
+/* commit ends the open transaction and hands what it held to the
+ * publisher: every reply and notice that waited for it. */
+static void commit(int64_t *dirty_since)
+{
+	if (store_flush() < 0)
+		log_warn("store: commit failed");
+	else
+		publish_commit(1);
+	*dirty_since = 0;
+}
+
+/* on_rollback: the open transaction is gone (SQLite rolled it back, or its
+ * COMMIT failed): drop its notices and fail the replies that waited. */
+static void on_rollback(void)
+{
+	publish_commit(0);
+}
+
+/* resync tries, at most twice a second, to put the database back in line
+ * with memory after a lost write (engine_resync); until it succeeds no
+ * write is taken and no job starts. */
+static void resync(int64_t now)
+{
+	static int64_t next;
+
+	if (!store_degraded() || now < next)
+		return;
+	next = now + 500000;
+	engine_resync();
+}
+
 /* turn runs one loop iteration: wait for events, then timers, dispatch,
  * group commit and answers. */
 static int turn(int64_t *dirty_since)
@@ -405,6 +436,8 @@ static int turn(int64_t *dirty_since)
 		next = min_deadline(next, *dirty_since + cfg.commit_interval_us);
 	if (shutting_down)
 		next = min_deadline(next, drain_deadline);
+	if (store_degraded())
+		next = min_deadline(next, now + 500000);
 	if (next)
 		wait_ms = next > now ? (next - now + 999) / 1000 : 0;
 	if (mhd_ms >= 0 && mhd_ms < wait_ms)
@@ -415,6 +448,7 @@ static int turn(int64_t *dirty_since)
 		return -1;
 
 	now = mono_us();
+	resync(now);
 	pool_tick(now);
 	http_tick(now);
 	engine_tick(now);
@@ -424,17 +458,19 @@ static int turn(int64_t *dirty_since)
 	purge(now);
 	if (store_dirty() && !*dirty_since)
 		*dirty_since = now;
-	/* Submissions are answered in this turn; other changes may wait a
-	 * little to share an fsync with the next ones. */
+	/* Replies that wait for a commit (submissions, cancels) are answered
+	 * in this turn; other changes may wait a little to share an fsync
+	 * with the next ones. */
 	if (http_acks_pending() || (store_dirty() &&
 	    now - *dirty_since >= cfg.commit_interval_us)) {
-		int ok = store_flush() == 0;
-
-		if (!ok)
-			log_warn("store: commit failed");
-		*dirty_since = 0;
-		http_acks(ok);
+		commit(dirty_since);
 		engine_dispatch();      /* batches acknowledged just now */
+		http_run();
+	}
+	/* Notices of changes already committed (a batch joining the
+	 * scheduler after its ack) need no further commit. */
+	if (!store_dirty() && publish_pending()) {
+		publish_commit(1);
 		http_run();
 	}
 	if (shutting_down) {
@@ -486,6 +522,7 @@ int main(int argc, char **argv)
 	}
 	if (store_open(cfg.db_path) < 0)
 		return 3;
+	store_set_rollback_hook(on_rollback);
 	set_instance();
 	if (store_recover(now_us(), &requeued, &interrupted, note_orphan,
 			  NULL) < 0)
@@ -525,6 +562,7 @@ int main(int argc, char **argv)
 	store_close();
 	sched_clear();
 	events_free();
+	publish_free();
 	metrics_free();
 	loop_close();
 	log_info("stopped");

@@ -25,13 +25,26 @@ extern const char *const schema_migrations[];
 extern const size_t schema_migrations_count;
 
 sqlite3 *store_db;
+/* A second connection for what clients read: in WAL mode it sees only
+ * committed transactions, so no answer ever shows a change that a crash
+ * could still undo (the writer's connection sees its own open turn). */
+static sqlite3 *store_rdb;
 static int in_txn;
 static int last_error;          /* primary code of the last failed step */
-static int degraded;            /* a failure rolled a transaction back */
+/* degraded: a write failed or a transaction was rolled back, so memory
+ * (scheduler, workers) and the database may disagree.  Writes are refused
+ * until the engine's resync has put them back in line and committed. */
+static int degraded;
+static int resyncing;
+static void (*on_rollback)(void);
 static int64_t hard_pages;      /* max_page_count, 0: none */
-
-
-
+/* The highest ids this process has handed out: after a rollback SQLite's
+ * AUTOINCREMENT counters go back too, and must not give them again. */
+static int64_t top_batch_id, top_job_id;
+/* Stored jobs by state, for /metrics without a scan: totals as of the last
+ * commit, plus the changes of the open transaction (and, to undo a failed
+ * operation, what they were when its savepoint began). */
+static int64_t totals[JS__COUNT], pending[JS__COUNT], sp_mark[JS__COUNT];
 #define JOB_INSERT "INSERT INTO jobs (batch_id, idx, name, kind, args, " \
 	"state, max_attempts, retry_on, retry_backoff_s, timeout_s, " \
 	"created_at, queued_at) VALUES "
@@ -100,12 +113,14 @@ static const char *const sql[S__COUNT] = {
 		"WHERE id = ? AND state = 'queued'",
 	[S_BATCH_CANCEL_Q] = "UPDATE batches SET n_queued = n_queued - ?1, "
 		"n_canceled = n_canceled + ?1 WHERE id = ?2",
+	[S_JOB_CANCEL_REQ] = "UPDATE jobs SET cancel_req = 1 WHERE id = ?",
 	[S_BATCH_CANCEL_REQ] = "UPDATE batches SET cancel_req = 1 "
 		"WHERE id = ?",
 	[S_BATCH_CANCEL_JOBS] = "UPDATE jobs SET state = 'canceled', "
 		"finished_at = ?, error = 'canceled before it started' "
 		"WHERE batch_id = ? AND state = 'queued'",
-	[S_BATCH_DEL_JOBS] = "DELETE FROM jobs WHERE batch_id = ?",
+	[S_BATCH_DEL_JOBS] = "DELETE FROM jobs WHERE batch_id = ? "
+		"RETURNING state",
 	[S_BATCH_DEL] = "DELETE FROM batches WHERE id = ?",
 	[S_BATCH_DEL_KEYS] = "DELETE FROM idempotency WHERE batch_id = ?",
 	[S_LIST_B] = "SELECT " BATCH_COLS " FROM batches WHERE id < ? "
@@ -138,7 +153,7 @@ static const char *const sql[S__COUNT] = {
 	[S_PURGE_PICK] = "SELECT id FROM batches WHERE finished_at IS NOT NULL "
 		"AND finished_at < ? ORDER BY finished_at LIMIT 1",
 	[S_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs "
-		"WHERE batch_id = ? LIMIT ?)",
+		"WHERE batch_id = ? LIMIT ?) RETURNING state",
 	[S_PURGE_KEYS] = "DELETE FROM idempotency WHERE key IN (SELECT key "
 		"FROM idempotency WHERE created_at < ? LIMIT ?)",
 	[S_COUNTS] = "SELECT total(n_queued), total(n_running), "
@@ -150,6 +165,7 @@ static const char *const sql[S__COUNT] = {
 };
 
 static sqlite3_stmt *st[S__COUNT];
+static sqlite3_stmt *rst[S__COUNT];     /* on store_rdb, prepared on use */
 
 static const char *const state_names[JS__COUNT] = {
 	"queued", "running", "succeeded", "failed", "timed_out", "canceled"
@@ -189,6 +205,8 @@ int store_exec(const char *q)
 	return 0;
 }
 
+static void rolled_back(const char *why);
+
 /* get resets and returns the prepared statement id, ready for binding. */
 sqlite3_stmt *store_get(enum stmt_id id)
 {
@@ -197,7 +215,22 @@ sqlite3_stmt *store_get(enum stmt_id id)
 	return st[id];
 }
 
-/* step runs a statement that returns no rows; logs and returns -1 on error. */
+/* store_rget is store_get for the reading connection: statement id
+ * prepared there on first use.  NULL when it cannot be prepared. */
+sqlite3_stmt *store_rget(enum stmt_id id)
+{
+	if (!rst[id] && sqlite3_prepare_v3(store_rdb, sql[id], -1,
+					   SQLITE_PREPARE_PERSISTENT, &rst[id],
+					   NULL) != SQLITE_OK) {
+		log_warn("%s: %s: %s", __func__, sqlite3_errmsg(store_rdb),
+			 sql[id]);
+		return NULL;
+	}
+	sqlite3_reset(rst[id]);
+	sqlite3_clear_bindings(rst[id]);
+	return rst[id];
+}
+
 int64_t store_col_i64(sqlite3_stmt *s, int i)
 {
 	return sqlite3_column_int64(s, i);
@@ -216,21 +249,76 @@ int store_step(sqlite3_stmt *s)
 	log_warn("store: %s: %s", sqlite3_errmsg(store_db), sqlite3_sql(s));
 	if (in_txn && sqlite3_get_autocommit(store_db)) {
 		/* SQLite rolled the whole transaction back (it does on some
-		 * SQLITE_FULL and I/O errors): this turn's job state changes
-		 * are gone from the database while the scheduler moved on.
-		 * Stop starting jobs; a restart recovers from what is on
-		 * disk.  Reads keep working. */
+		 * SQLITE_FULL and I/O errors): everything of this turn is
+		 * gone from the database while the scheduler moved on. */
 		in_txn = 0;
-		degraded = 1;
-		log_warn("store: the transaction was rolled back; no new jobs "
-			 "start until the server is restarted");
+		rolled_back("the transaction was rolled back");
 	}
 	return -1;
+}
+
+/* rolled_back forgets the open transaction's changes, stops writes until
+ * a resync and tells the subscriber (replies that waited for the commit
+ * fail). */
+static void rolled_back(const char *why)
+{
+	memset(pending, 0, sizeof(pending));
+	memset(sp_mark, 0, sizeof(sp_mark));
+	if (!degraded)
+		log_warn("store: %s; writes are refused until memory and the "
+			 "database agree again", why);
+	degraded = 1;
+	if (on_rollback)
+		on_rollback();
 }
 
 int store_degraded(void)
 {
 	return degraded;
+}
+
+/* store_set_rollback_hook names the function called when a transaction
+ * is lost (rolled back or its COMMIT failed). */
+void store_set_rollback_hook(void (*fn)(void))
+{
+	on_rollback = fn;
+}
+
+/* store_diverged notes that an operation failed after its caller had
+ * already moved on in memory: the next resync puts them in line. */
+void store_diverged(void)
+{
+	if (!degraded)
+		log_warn("store: a write failed; writes are refused until "
+			 "memory and the database agree again");
+	degraded = 1;
+}
+
+void store_count(int from, int to, int64_t n)
+{
+	if (from >= 0 && from < JS__COUNT)
+		pending[from] -= n;
+	if (to >= 0 && to < JS__COUNT)
+		pending[to] += n;
+}
+
+/* store_job_counts fills counts[JS__COUNT] with the stored jobs by state
+ * as of the last commit: kept up to date by every transition, so a scrape
+ * is O(1) however many rows are stored. */
+int store_job_counts(int64_t *counts)
+{
+	memcpy(counts, totals, sizeof(totals));
+	return 0;
+}
+
+void store_sp_mark(void)
+{
+	memcpy(sp_mark, pending, sizeof(pending));
+}
+
+void store_sp_undo(void)
+{
+	memcpy(pending, sp_mark, sizeof(pending));
 }
 
 /* room tells whether about bytes more fit under the hard size cap, so a
@@ -250,6 +338,24 @@ int store_room(size_t bytes)
 	}
 	sqlite3_reset(s);
 	return used + (int64_t)(bytes * 3) / page + 16 < hard_pages;
+}
+
+/* store_step_deleted runs a DELETE … RETURNING state and takes the rows
+ * off the counts by state.  Returns the number deleted, or -1. */
+int store_step_deleted(sqlite3_stmt *s)
+{
+	int rc, n = 0, st_;
+
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		st_ = job_state_parse((const char *)sqlite3_column_text(s, 0));
+		if (st_ >= 0)
+			store_count(st_, -1, 1);
+		n++;
+	}
+	if (rc != SQLITE_DONE)
+		return store_step(s);   /* logs, notes a rollback */
+	sqlite3_reset(s);
+	return n;
 }
 
 /* step_one runs statement id with v as its only parameter. */
@@ -277,11 +383,16 @@ void store_bind_opt(sqlite3_stmt *s, int i, int64_t v, int present)
 		sqlite3_bind_null(s, i);
 }
 
-/* begin opens the turn's write transaction if none is open yet. */
+/* begin opens the turn's write transaction if none is open yet.  While
+ * degraded only the resync may write. */
 int store_begin(void)
 {
 	if (in_txn)
 		return 0;
+	if (degraded && !resyncing) {
+		last_error = SQLITE_FULL;
+		return -1;
+	}
 	if (store_exec("BEGIN IMMEDIATE") < 0)
 		return -1;
 	in_txn = 1;
@@ -295,19 +406,85 @@ int store_dirty(void)
 
 int store_flush(void)
 {
+	int i;
+
 	if (!in_txn)
 		return 0;
 	in_txn = 0;
-	if (store_exec("COMMIT") == 0)
+	if (store_exec("COMMIT") == 0) {
+		for (i = 0; i < JS__COUNT; i++)
+			totals[i] += pending[i];
+		memset(pending, 0, sizeof(pending));
 		return 0;
+	}
 	/* SQLITE_FULL and I/O errors roll the transaction back already;
-	 * make sure none stays open either way.  The turn's job changes are
-	 * lost while the scheduler moved on: no new jobs until a restart. */
+	 * make sure none stays open either way. */
 	if (!sqlite3_get_autocommit(store_db))
 		store_exec("ROLLBACK");
+	rolled_back("a commit failed");
+	return -1;
+}
+
+/* load_totals recounts the stored jobs by state from the batches'
+ * counters (O(batches): at start and after a resync only). */
+static int load_totals(void)
+{
+	sqlite3_stmt *s = store_get(S_COUNTS);
+	int i, rc = -1;
+
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		for (i = 0; i < JS__COUNT; i++)
+			totals[i] = (int64_t)sqlite3_column_double(s, i);
+		rc = 0;
+	}
+	sqlite3_reset(s);
+	return rc;
+}
+
+/* store_resync_begin opens a transaction even while degraded, for the
+ * engine's resync, and first moves the id counters past every id handed
+ * out, so an id of a rolled-back batch is never given twice. */
+int store_resync_begin(void)
+{
+	char q[160];
+
+	if (in_txn)             /* cannot happen: a rollback closed it */
+		store_flush();
+	resyncing = 1;
+	if (store_begin() < 0)
+		goto fail;
+	snprintf(q, sizeof(q), "UPDATE sqlite_sequence SET seq = max(seq, "
+		 "CASE name WHEN 'batches' THEN %lld WHEN 'jobs' THEN %lld "
+		 "ELSE 0 END)", (long long)top_batch_id,
+		 (long long)top_job_id);
+	if (store_exec(q) < 0)
+		goto fail;
+	return 0;
+fail:
+	resyncing = 0;
+	return -1;
+}
+
+/* store_resync_end commits the resync (ok) or drops it; writes are
+ * allowed again once it is on disk.  Returns 0 when it is. */
+int store_resync_end(int ok)
+{
+	int rc;
+
+	if (!ok && in_txn) {
+		in_txn = 0;
+		store_exec("ROLLBACK");
+	}
+	memset(pending, 0, sizeof(pending));
+	rc = ok ? store_flush() : -1;
+	resyncing = 0;
+	if (rc == 0 && load_totals() == 0) {
+		degraded = 0;
+		log_info("store: writes work again; memory and the database "
+			 "agree");
+		return 0;
+	}
 	degraded = 1;
-	log_warn("store: commit failed; no new jobs start until the server "
-		 "is restarted");
 	return -1;
 }
 
@@ -411,8 +588,16 @@ int store_open(const char *path)
 			return -1;
 		}
 	}
-	if (prepare_many() < 0 || store_checkpointer_start(path) < 0)
+	if (prepare_many() < 0 || store_checkpointer_start(path) < 0 ||
+	    load_totals() < 0)
 		return -1;
+	if (sqlite3_open_v2(path, &store_rdb, SQLITE_OPEN_READONLY |
+			    SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+		log_warn("store: cannot open %s for reading: %s", path,
+			 store_rdb ? sqlite3_errmsg(store_rdb) : "out of memory");
+		return -1;
+	}
+	sqlite3_busy_timeout(store_rdb, 5000);
 	return cfg.max_db_bytes ? cap_size(cfg.max_db_bytes) : 0;
 }
 
@@ -424,10 +609,15 @@ void store_close(void)
 	store_checkpointer_stop();
 	for (i = 0; i < S__COUNT; i++) {
 		sqlite3_finalize(st[i]);
-		st[i] = NULL;
+		sqlite3_finalize(rst[i]);
+		st[i] = rst[i] = NULL;
 	}
+	sqlite3_close(store_rdb);
 	sqlite3_close(store_db);
-	store_db = NULL;
+	store_db = store_rdb = NULL;
+	degraded = resyncing = in_txn = 0;
+	memset(totals, 0, sizeof(totals));
+	memset(pending, 0, sizeof(pending));
 }
 
 int store_ping(void)
@@ -571,6 +761,11 @@ int store_batch_insert(const json_t *req, int64_t now, const char *key,
 		}
 	}
 	store_exec("RELEASE batch");
+	store_count(-1, JS_QUEUED, (int64_t)n);
+	if (*id > top_batch_id)
+		top_batch_id = *id;
+	if (n && first + (int64_t)n - 1 > top_job_id)
+		top_job_id = first + (int64_t)n - 1;
 	*job_ids = ids;
 	return 0;
 fail:
@@ -629,9 +824,8 @@ static int purge_step_(int64_t cutoff, int64_t key_cutoff, int max)
 	s = store_get(S_PURGE_JOBS);
 	sqlite3_bind_int64(s, 1, batch_id);
 	sqlite3_bind_int(s, 2, max);
-	if (store_step(s) < 0)
+	if ((rc = store_step_deleted(s)) < 0)
 		return -1;
-	rc = sqlite3_changes(store_db);
 	n += rc;
 	if (rc < max) {
 		if (store_step_one(S_BATCH_DEL_KEYS, batch_id) < 0)

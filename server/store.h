@@ -9,7 +9,7 @@ enum stmt_id {
 	S_BATCH_INSERT, S_JOB_INSERT, S_BATCH_GET, S_JOB_GET, S_JOB_BATCH,
 	S_NEXT_QUEUED, S_JOB_START, S_BATCH_START, S_JOB_FINISH,
 	S_BATCH_FINISH, S_BATCH_SETTLE, S_JOB_REQUEUE, S_BATCH_REQUEUE,
-	S_JOB_CANCEL_Q, S_BATCH_CANCEL_Q, S_BATCH_CANCEL_REQ,
+	S_JOB_CANCEL_Q, S_BATCH_CANCEL_Q, S_BATCH_CANCEL_REQ, S_JOB_CANCEL_REQ,
 	S_BATCH_CANCEL_JOBS, S_BATCH_DEL_JOBS, S_BATCH_DEL, S_BATCH_DEL_KEYS, S_LIST_B,
 	S_LIST_B_STATE, S_LIST_J, S_LIST_J_STATE, S_ACTIVE, S_INFO,
 	S_IDEM_GET, S_IDEM_PUT, S_JOB_IDS, S_PURGE_PICK, S_PURGE_JOBS,
@@ -41,6 +41,14 @@ void store_bind_opt(sqlite3_stmt *s, int i, int64_t v, int present);
 int store_room(size_t bytes);
 int store_sp_begin(void);
 int store_sp_end(int rc);
+void store_sp_mark(void);
+void store_sp_undo(void);
+/* store_count moves n jobs between states in the counts behind /metrics
+ * (-1: from or to nothing); they take effect with the commit. */
+void store_count(int from, int to, int64_t n);
+int store_step_deleted(sqlite3_stmt *s);
+/* store_rget is store_get on the connection that sees only commits. */
+sqlite3_stmt *store_rget(enum stmt_id id);
 
 /* store_get resets and returns prepared statement id, ready for binding. */
 sqlite3_stmt *store_get(enum stmt_id id);

@@ -112,6 +112,7 @@ static int job_claim_(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	sqlite3_bind_int64(s, 2, batch_id);
 	if (store_step(s) < 0)
 		goto fail;
+	store_count(JS_QUEUED, JS_RUNNING, 1);
 	return 0;
 fail:
 	free(c->args);
@@ -225,7 +226,10 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	sqlite3_bind_int64(s, 7, (o->user_us > 0 ? o->user_us : 0) +
 				 (o->sys_us > 0 ? o->sys_us : 0));
 	sqlite3_bind_int64(s, 8, batch_id);
-	return store_step(s);
+	if (store_step(s) < 0)
+		return -1;
+	store_count(JS_RUNNING, row_state, 1);
+	return 0;
 }
 
 static int job_finish_(int64_t job_id, int64_t batch_id,
@@ -267,9 +271,10 @@ static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
 	sqlite3_bind_int64(s, 2, now_us());
 	sqlite3_bind_int64(s, 3, not_before);
 	sqlite3_bind_int64(s, 4, job_id);
-	if (store_step(s) < 0)
+	if (store_step(s) < 0 || store_step_one(S_BATCH_REQUEUE, batch_id) < 0)
 		return -1;
-	return store_step_one(S_BATCH_REQUEUE, batch_id);
+	store_count(JS_RUNNING, JS_QUEUED, 1);
+	return 0;
 }
 
 static int cancel_counted(int64_t batch_id, int n, int64_t now,
@@ -281,6 +286,7 @@ static int cancel_counted(int64_t batch_id, int n, int64_t now,
 	sqlite3_bind_int64(s, 2, batch_id);
 	if (store_step(s) < 0)
 		return -1;
+	store_count(JS_QUEUED, JS_CANCELED, n);
 	return settle(batch_id, now, batch_done);
 }
 
@@ -329,9 +335,14 @@ static int batch_cancel_(int64_t batch_id, int64_t now, int *canceled,
 
 static int batch_delete_(int64_t batch_id)
 {
+	sqlite3_stmt *s;
+
 	if (store_begin() < 0)
 		return -1;
-	if (store_step_one(S_BATCH_DEL_JOBS, batch_id) < 0)
+	s = store_get(S_BATCH_DEL_JOBS);
+
+	sqlite3_bind_int64(s, 1, batch_id);
+	if (store_step_deleted(s) < 0)
 		return -1;
 	if (store_step_one(S_BATCH_DEL_KEYS, batch_id) < 0)
 		return -1;
@@ -349,13 +360,21 @@ int store_sp_begin(void)
 {
 	if (store_begin() < 0)
 		return -1;
+	store_sp_mark();
 	return sqlite3_step(store_get(S_SP)) == SQLITE_DONE ? 0 : -1;
 }
 
+/* store_sp_end closes the operation's savepoint.  A failed operation is
+ * undone in the database, but its caller has usually moved on in memory
+ * (a worker is free, a job was handed out): the store is then marked for
+ * the engine's resync. */
 int store_sp_end(int rc)
 {
-	if (rc < 0)
+	if (rc < 0) {
 		sqlite3_step(store_get(S_SP_ROLLBACK));
+		store_sp_undo();
+		store_diverged();
+	}
 	sqlite3_step(store_get(S_SP_RELEASE));
 	return rc;
 }
@@ -410,6 +429,20 @@ int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 	if (store_sp_begin() < 0)
 		return -1;
 	return store_sp_end(batch_cancel_(batch_id, now, canceled, batch_done, fn, ctx));
+}
+
+static int job_cancel_req_(int64_t job_id)
+{
+	if (store_begin() < 0)
+		return -1;
+	return store_step_one(S_JOB_CANCEL_REQ, job_id);
+}
+
+int store_job_cancel_req(int64_t job_id)
+{
+	if (store_sp_begin() < 0)
+		return -1;
+	return store_sp_end(job_cancel_req_(job_id));
 }
 
 int store_batch_delete(int64_t batch_id)

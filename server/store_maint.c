@@ -111,22 +111,6 @@ void store_checkpointer_stop(void)
 	ckpt_path = NULL;
 }
 
-/* store_job_counts fills counts[6] with the stored jobs by state, from the
- * batches' counters (O(batches), never a scan of the jobs). */
-int store_job_counts(int64_t *counts)
-{
-	sqlite3_stmt *s = store_get(S_COUNTS);
-	int i, rc = -1;
-
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		for (i = 0; i < 6; i++)
-			counts[i] = (int64_t)sqlite3_column_double(s, i);
-		rc = 0;
-	}
-	sqlite3_reset(s);
-	return rc;
-}
-
 /* store_size_bytes is the space the data uses (free pages excluded). */
 int64_t store_size_bytes(void)
 {
@@ -146,9 +130,9 @@ int64_t store_size_bytes(void)
 #define SQL_TIME(col) "strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', (" col \
 	") / 1000 / 1000.0, 'unixepoch')"
 /* The history entry of an attempt the server's death interrupted; takes
- * the time of recovery as its end (one %lld). */
-#define INTERRUPTED_ENTRY "json_insert(history, '$[#]', json_object(" \
-	"'attempt', attempts, 'state', 'failed', " \
+ * the time of recovery as its end (one %lld) and ends as st. */
+#define INTERRUPTED_ENTRY(st) "json_insert(history, '$[#]', json_object(" \
+	"'attempt', attempts, 'state', '" st "', " \
 	"'started_at', " SQL_TIME("started_at") ", " \
 	"'finished_at', " SQL_TIME("%lld") ", " \
 	"'run_ms', NULL, 'exit_code', NULL, 'signal', NULL, " \
@@ -158,22 +142,71 @@ int64_t store_size_bytes(void)
 #define COUNT_OF(st) "(SELECT count(*) FROM jobs j WHERE " \
 	"j.batch_id = batches.id AND j.state = '" st "')"
 #define RECOUNT "UPDATE batches SET n_queued = " COUNT_OF("queued") ", " \
-	"n_running = 0, n_succeeded = " COUNT_OF("succeeded") ", " \
+	"n_running = " COUNT_OF("running") ", " \
+	"n_succeeded = " COUNT_OF("succeeded") ", " \
 	"n_failed = " COUNT_OF("failed") ", " \
 	"n_timed_out = " COUNT_OF("timed_out") ", " \
 	"n_canceled = " COUNT_OF("canceled") " " \
 	"WHERE state IN ('queued', 'running')"
+/* A client asked to cancel it, or its batch: the cancel wins. */
+#define CANCELED_REQ "(cancel_req OR batch_id IN (SELECT id FROM batches " \
+	"WHERE cancel_req AND state IN ('queued', 'running')))"
+
+/* recover_rows settles the jobs left 'running' without a worker (except
+ * those the condition excl, an SQL fragment, leaves out): canceled when a
+ * cancel was asked for, back to the queue with attempts left, else failed
+ * as "interrupted"; then recounts and settles the unfinished batches. */
+static int recover_rows(int64_t now, const char *excl, int *requeued,
+			int *interrupted)
+{
+	char q[1536];
+
+	/* Each way, the interrupted attempt is one entry of history. */
+	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'canceled', "
+		 "finished_at = %lld, error = 'canceled while running', "
+		 "history = " INTERRUPTED_ENTRY("canceled") " WHERE state = "
+		 "'running' AND " CANCELED_REQ "%s", (long long)now,
+		 (long long)now, excl);
+	if (store_exec(q) < 0)
+		return -1;
+	*interrupted = sqlite3_changes(store_db);
+	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'queued', "
+		 "queued_at = %lld, worker_slot = NULL, worker_pid = NULL, "
+		 "started_at = NULL, error = 'interrupted', "
+		 "history = " INTERRUPTED_ENTRY("failed") " WHERE state = "
+		 "'running' AND attempts < max_attempts%s", (long long)now,
+		 (long long)now, excl);
+	if (store_exec(q) < 0)
+		return -1;
+	*requeued = sqlite3_changes(store_db);
+	/* Backoff timers lived in memory that is gone: due at once. */
+	if (store_exec("UPDATE jobs SET not_before = 0 WHERE state = 'queued' "
+		 "AND not_before > 0") < 0)
+		return -1;
+	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'failed', "
+		 "finished_at = %lld, error = 'interrupted', "
+		 "history = " INTERRUPTED_ENTRY("failed") " WHERE state = "
+		 "'running'%s", (long long)now, (long long)now, excl);
+	if (store_exec(q) < 0)
+		return -1;
+	*interrupted += sqlite3_changes(store_db);
+	if (store_exec(RECOUNT) < 0)
+		return -1;
+	snprintf(q, sizeof(q), "UPDATE batches SET state = " SETTLE_STATE ", "
+		 "finished_at = CASE WHEN n_queued = 0 AND n_running = 0 "
+		 "THEN coalesce(finished_at, %lld) END "
+		 "WHERE state IN ('queued', 'running')", (long long)now);
+	return store_exec(q);
+}
 
 /* store_recover runs once at start, before any worker exists: a job still
- * 'running' lost its worker with the previous server.  It goes back to the
- * queue if it has attempts left, else fails as "interrupted"; then every
- * unfinished batch's counters are recounted from its jobs so nothing
+ * 'running' lost its worker with the previous server (see recover_rows);
+ * every unfinished batch's counters are recounted from its jobs so nothing
  * depends on what the dead server managed to write. */
 int store_recover(int64_t now, int *requeued, int *interrupted,
 		  void (*fn)(int64_t job_id, void *ctx), void *ctx)
 {
 	sqlite3_stmt *s;
-	char q[1024];
 
 	/* The command jobs among them may have left processes behind. */
 	if (sqlite3_prepare_v2(store_db, "SELECT id FROM jobs WHERE state = "
@@ -185,37 +218,59 @@ int store_recover(int64_t now, int *requeued, int *interrupted,
 	sqlite3_finalize(s);
 	if (store_exec("BEGIN IMMEDIATE") < 0)
 		return -1;
-	/* Both ways, the interrupted attempt is one entry of history. */
-	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'queued', "
-		 "queued_at = %lld, worker_slot = NULL, worker_pid = NULL, "
-		 "started_at = NULL, error = 'interrupted', "
-		 "history = " INTERRUPTED_ENTRY " WHERE state = 'running' "
-		 "AND attempts < max_attempts", (long long)now, (long long)now);
-	if (store_exec(q) < 0)
-		goto fail;
-	*requeued = sqlite3_changes(store_db);
-	/* Backoff timers lived in the old server's memory: due at once. */
-	if (store_exec("UPDATE jobs SET not_before = 0 WHERE state = 'queued' "
-		 "AND not_before > 0") < 0)
-		goto fail;
-	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'failed', "
-		 "finished_at = %lld, error = 'interrupted', "
-		 "history = " INTERRUPTED_ENTRY " WHERE state = 'running'",
-		 (long long)now, (long long)now);
-	if (store_exec(q) < 0)
-		goto fail;
-	*interrupted = sqlite3_changes(store_db);
-	if (store_exec(RECOUNT) < 0)
-		goto fail;
-	snprintf(q, sizeof(q), "UPDATE batches SET state = " SETTLE_STATE ", "
-		 "finished_at = CASE WHEN n_queued = 0 AND n_running = 0 "
-		 "THEN coalesce(finished_at, %lld) END "
-		 "WHERE state IN ('queued', 'running')", (long long)now);
-	if (store_exec(q) < 0)
-		goto fail;
+	if (recover_rows(now, "", requeued, interrupted) < 0) {
+		store_exec("ROLLBACK");
+		return -1;
+	}
 	return store_exec("COMMIT");
-fail:
-	store_exec("ROLLBACK");
-	return -1;
 }
 
+/* store_resync puts the database in line with memory after a lost
+ * transaction, inside store_resync_begin's transaction: the n jobs that
+ * workers run now are 'running' (their claim may have been lost); every
+ * other 'running' job lost its outcome and is recovered as after a crash.
+ * Returns 0, or -1 (the caller drops the transaction). */
+int store_resync(int64_t now, const struct live_job *live, size_t n,
+		 int *requeued, int *interrupted)
+{
+	sqlite3_stmt *s = NULL;
+	size_t i;
+	int rc = -1;
+
+	if (store_exec("CREATE TEMP TABLE IF NOT EXISTS live "
+		       "(id INTEGER PRIMARY KEY)") < 0 ||
+	    store_exec("DELETE FROM temp.live") < 0)
+		return -1;
+	if (sqlite3_prepare_v2(store_db, "UPDATE jobs SET state = 'running', "
+			       "attempts = ?2, started_at = ?3, finished_at = "
+			       "NULL, worker_slot = ?4, worker_pid = ?5 "
+			       "WHERE id = ?1 AND state = 'queued'; ", -1, &s,
+			       NULL) != SQLITE_OK)
+		return -1;
+	for (i = 0; i < n; i++) {
+		sqlite3_reset(s);
+		sqlite3_bind_int64(s, 1, live[i].job_id);
+		sqlite3_bind_int(s, 2, live[i].attempts);
+		sqlite3_bind_int64(s, 3, live[i].started_at);
+		sqlite3_bind_int(s, 4, live[i].slot);
+		sqlite3_bind_int(s, 5, (int)live[i].pid);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			goto out;
+	}
+	sqlite3_finalize(s);
+	s = NULL;
+	if (sqlite3_prepare_v2(store_db, "INSERT OR IGNORE INTO temp.live "
+			       "VALUES (?)", -1, &s, NULL) != SQLITE_OK)
+		return -1;
+	for (i = 0; i < n; i++) {
+		sqlite3_reset(s);
+		sqlite3_bind_int64(s, 1, live[i].job_id);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			goto out;
+	}
+	rc = recover_rows(now, " AND id NOT IN (SELECT id FROM temp.live)",
+			  requeued, interrupted);
+out:
+	sqlite3_finalize(s);
+	return rc;
+}

@@ -1,5 +1,6 @@
 /* store_read.c - the store's reads: batches and jobs rendered as the API
- * shows them, pages of lists.  Every page costs O(limit): rows come by
+ * shows them, pages of lists.  What clients see is read on the second
+ * connection (store_rget), which sees committed transactions only.  Every page costs O(limit): rows come by
  * index, one more than asked tells whether a next page exists, nothing is
  * counted. */
 #include <stdio.h>
@@ -142,12 +143,13 @@ static json_t *job_row(sqlite3_stmt *s)
 		"history", col_json(s, 26));
 }
 
-static json_t *get_one(enum stmt_id id, int64_t key,
-		       json_t *(*row)(sqlite3_stmt *))
+static json_t *get_one_on(sqlite3_stmt *s, int64_t key,
+			  json_t *(*row)(sqlite3_stmt *))
 {
-	sqlite3_stmt *s = store_get(id);
 	json_t *j = NULL;
 
+	if (!s)
+		return NULL;
 	sqlite3_bind_int64(s, 1, key);
 	if (sqlite3_step(s) == SQLITE_ROW)
 		j = row(s);
@@ -155,9 +157,22 @@ static json_t *get_one(enum stmt_id id, int64_t key,
 	return j;
 }
 
+static json_t *get_one(enum stmt_id id, int64_t key,
+		       json_t *(*row)(sqlite3_stmt *))
+{
+	return get_one_on(store_rget(id), key, row);
+}
+
 json_t *store_batch_json(int64_t id)
 {
 	return get_one(S_BATCH_GET, id, batch_row);
+}
+
+/* store_batch_json_pending is the batch as the open transaction has it:
+ * for a notice taken now and published after the commit. */
+json_t *store_batch_json_pending(int64_t id)
+{
+	return get_one_on(store_get(S_BATCH_GET), id, batch_row);
 }
 
 json_t *store_job_json(int64_t id)
@@ -215,9 +230,11 @@ static json_t *list(sqlite3_stmt *s, int limit, int key_col,
 
 json_t *store_batch_list(const char *state, int64_t after, int limit)
 {
-	sqlite3_stmt *s = store_get(state ? S_LIST_B_STATE : S_LIST_B);
+	sqlite3_stmt *s = store_rget(state ? S_LIST_B_STATE : S_LIST_B);
 	int i = 1;
 
+	if (!s)
+		return NULL;
 	if (state)
 		store_bind_text(s, i++, state);
 	sqlite3_bind_int64(s, i++, after > 0 ? after : INT64_MAX);
@@ -234,20 +251,26 @@ json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
 
 	if (!state) {
 		/* Submission order is a primary-key range (see first_job). */
-		s = store_get(S_JOB_RANGE);
+		s = store_rget(S_JOB_RANGE);
+		if (!s)
+			return NULL;
 		sqlite3_bind_int64(s, 1, batch_id);
 		if (sqlite3_step(s) == SQLITE_ROW) {
 			first = store_col_i64(s, 0);
 			total = store_col_i64(s, 1);
 		}
 		sqlite3_reset(s);
-		s = store_get(S_LIST_J);
+		s = store_rget(S_LIST_J);
+		if (!s)
+			return NULL;
 		sqlite3_bind_int64(s, 1, first + after);
 		sqlite3_bind_int64(s, 2, first + total);
 		sqlite3_bind_int(s, 3, limit + 1);
 		return list(s, limit, 2, job_row, 'j');
 	}
-	s = store_get(S_LIST_J_STATE);
+	s = store_rget(S_LIST_J_STATE);
+	if (!s)
+		return NULL;
 	sqlite3_bind_int64(s, i++, batch_id);
 	store_bind_text(s, i++, state);
 	sqlite3_bind_int64(s, i++, after);

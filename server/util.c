@@ -172,3 +172,15 @@ void log_warn(const char *fmt, ...)
 	log_line("warn", fmt, ap);
 	va_end(ap);
 }
+
+/* fatal is for what cannot happen (out of memory in the loop): it names
+ * the function, logs and aborts, so a core dump shows where. */
+void fatal(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_line("fatal", fmt, ap);
+	va_end(ap);
+	abort();
+}

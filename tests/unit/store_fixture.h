@@ -74,10 +74,14 @@ static inline int is_null(const json_t *obj, const char *key)
 	return json_is_null(json_object_get(obj, key));
 }
 
-/* batch returns the new JSON of batch id, failing the test if absent. */
+/* batch returns the new JSON of batch id, failing the test if absent.
+ * Clients read what is committed, so the open transaction is first. */
 static inline json_t *batch(int64_t id)
 {
-	json_t *b = store_batch_json(id);
+	json_t *b;
+
+	cr_assert_eq(store_flush(), 0, "commit");
+	b = store_batch_json(id);
 
 	cr_assert_not_null(b, "batch %lld not found", (long long)id);
 	return b;
@@ -85,7 +89,10 @@ static inline json_t *batch(int64_t id)
 
 static inline json_t *job(int64_t id)
 {
-	json_t *j = store_job_json(id);
+	json_t *j;
+
+	cr_assert_eq(store_flush(), 0, "commit");
+	j = store_job_json(id);
 
 	cr_assert_not_null(j, "job %lld not found", (long long)id);
 	return j;

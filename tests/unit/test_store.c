@@ -219,7 +219,9 @@ Test(store, migrations_create_the_schema)
 {
 	cr_assert_eq(user_version(), (int)schema_migrations_count);
 	cr_assert_eq(store_ping(), 0);
+	cr_assert_eq(store_flush(), 0);
 	cr_assert_null(store_batch_json(1));
+	cr_assert_eq(store_flush(), 0);
 	cr_assert_null(store_job_json(1));
 	cr_assert_eq(store_dirty(), 0);
 }
@@ -742,11 +744,17 @@ Test(store, batch_list_newest_first_with_cursor)
 
 	for (i = 0; i < 5; i++)
 		insert_sleep(1, "", "");
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, -1, 2), "id", p1, 2, "b4");
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, 4, 2), "id", p2, 2, "b2");
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, 2, 2), "id", p3, 1, NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, 1, 2), "id", NULL, 0, NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, -1, 5), "id", all, 5, NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, -1, 100), "id", all, 5, NULL);
 }
 
@@ -762,14 +770,18 @@ Test(store, batch_list_state_filter)
 	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list("canceled", -1, 10), "id", canceled, 1,
 		    NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list("queued", -1, 10), "id", queued, 4, NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list("queued", 4, 2), "id", queued_p2, 2,
 		    NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list("running", -1, 10), "id", NULL, 0, NULL);
 }
 
 Test(store, empty_batch_list)
 {
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, -1, 10), "id", NULL, 0, NULL);
 }
 
@@ -781,9 +793,13 @@ Test(store, job_list_in_index_order_with_cursor)
 	insert_sleep(3, "", "");        /* jobs of another batch */
 	id = insert_sleep(5, "", "");
 	insert_sleep(2, "", "");
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(id, NULL, -1, 2), "index", p1, 2, "j1");
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(id, NULL, 1, 2), "index", p2, 2, "j3");
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(id, NULL, 3, 2), "index", p3, 1, NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(999, NULL, -1, 2), "index", NULL, 0, NULL);
 }
 
@@ -794,12 +810,16 @@ Test(store, job_list_state_filter)
 
 	claim(id);
 	claim(id);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(id, "running", -1, 10), "index", running, 2,
 		    NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(id, "queued", -1, 2), "index", queued, 2,
 		    "j3");
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(id, "queued", 3, 2), "index", queued + 2, 1,
 		    NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(id, "succeeded", -1, 2), "index", NULL, 0,
 		    NULL);
 }
@@ -982,11 +1002,15 @@ Test(store, batch_delete_removes_batch_and_jobs)
 	cr_assert_eq(store_batch_delete(a), 0);
 	cr_assert_eq(store_flush(), 0);
 	cr_assert_null(store_batch_json(a));
+	cr_assert_eq(store_flush(), 0);
 	cr_assert_null(store_job_json(1));
+	cr_assert_eq(store_flush(), 0);
 	cr_assert_null(store_job_json(3));
 	cr_assert_eq(store_job_batch(2, &bid, &st, NULL), -1);
 	cr_assert_eq(store_batch_info(a, &info), -1);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_job_list(a, NULL, -1, 10), "index", NULL, 0, NULL);
+	cr_assert_eq(store_flush(), 0);
 	assert_page(store_batch_list(NULL, -1, 10), "id", left, 1, NULL);
 	assert_counts(b, 2, 2, 0, 0, 0, 0, 0);
 	assert_job_state(4, "queued");

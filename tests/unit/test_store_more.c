@@ -429,6 +429,7 @@ Test(store_more, purge_exactly_max_jobs_takes_two_steps)
 	cr_assert_eq(store_purge_step(T0 + 100 * SEC, 0, 500), 500);
 	json_decref(batch(id));
 	cr_assert_eq(store_purge_step(T0 + 100 * SEC, 0, 500), 1);
+	cr_assert_eq(store_flush(), 0);
 	cr_assert_null(store_batch_json(id));
 }
 
@@ -438,6 +439,7 @@ Test(store_more, purge_takes_the_oldest_finished_batch_first)
 	int64_t older = finished_batch(3, T0 + 10 * SEC, NULL);
 
 	cr_assert_eq(store_purge_step(T0 + 100 * SEC, 0, 500), 4);
+	cr_assert_eq(store_flush(), 0);
 	cr_assert_null(store_batch_json(older));
 	json_decref(batch(newer));
 	cr_assert_eq(store_purge_step(T0 + 15 * SEC, 0, 500), 0,
@@ -499,6 +501,7 @@ static void assert_job_counts(int64_t q, int64_t r, int64_t s, int64_t f,
 	const int64_t want[6] = { q, r, s, f, t, c };
 	int i;
 
+	cr_assert_eq(store_flush(), 0, "the counts are of what is committed");
 	cr_assert_eq(store_job_counts(got), 0);
 	for (i = 0; i < 6; i++)
 		cr_assert_eq(got[i], want[i], "counts[%s]: want %lld, got %lld",
