@@ -152,29 +152,33 @@ def test_cancel_reply_is_committed_before_a_crash():
         srv.abort()
 
 
-def test_cancel_in_flight_survives_a_crash():
+def _cancel_during_kill(cancel_path, batch_state):
+    """Start a command job that ignores SIGTERM (the kill waits out a long
+    grace), cancel it through cancel_path % (batch id, job id), kill -9
+    the server mid-kill and restart it: the job must end canceled, having
+    started once, and its batch end batch_state."""
     marker = tempfile.mktemp(prefix="jobpool-starts-")
-    # Ignores SIGTERM, so the kill waits out the grace period.
     job = {"kind": "command", "max_attempts": 3, "args": {"argv": [
         "sh", "-c", "echo x >> %s; trap '' TERM; sleep 30" % marker]}}
     args = ["--allow-command", "--kill-grace-ms", "20000"]
     srv = Server(workers=1, args=args)
     try:
         b = srv.submit([job])
+        jid = b["job_ids"][0]
         wait_until(lambda: os.path.exists(marker), 10, what="job started")
-        st, h, body = srv.post("/v1/batches/%s/cancel" % b["id"])
+        st, h, body = srv.post(cancel_path % {"b": b["id"], "j": jid})
         assert st == 200, (st, body)
         srv.kill9()
         again = Server(workers=1, tmpdir=srv.tmpdir, args=args)
         with again:
             done = again.wait_batch(b["id"], 10)
-            assert done["state"] == "canceled", done
+            assert done["state"] == batch_state, done
             assert done["counts"]["canceled"] == 1, done
             time.sleep(0.5)
             with open(marker) as f:
                 starts = f.read().count("x")
             assert starts == 1, "the canceled job ran %d times" % starts
-            j = again.job(b["job_ids"][0])
+            j = again.job(jid)
             assert j["state"] == "canceled", j
             assert j["history"][-1]["state"] == "canceled", j["history"]
     finally:
@@ -183,28 +187,14 @@ def test_cancel_in_flight_survives_a_crash():
             os.unlink(marker)
 
 
+def test_batch_cancel_in_flight_survives_a_crash():
+    _cancel_during_kill("/v1/batches/%(b)s/cancel", "canceled")
+
+
 def test_running_job_cancel_survives_a_crash():
-    marker = tempfile.mktemp(prefix="jobpool-starts-")
-    job = {"kind": "command", "max_attempts": 3, "args": {"argv": [
-        "sh", "-c", "echo x >> %s; trap '' TERM; sleep 30" % marker]}}
-    args = ["--allow-command", "--kill-grace-ms", "20000"]
-    srv = Server(workers=1, args=args)
-    try:
-        b = srv.submit([job])
-        wait_until(lambda: os.path.exists(marker), 10, what="job started")
-        st, h, body = srv.post("/v1/jobs/%s/cancel" % b["job_ids"][0])
-        assert st == 200, (st, body)
-        srv.kill9()
-        again = Server(workers=1, tmpdir=srv.tmpdir, args=args)
-        with again:
-            j = again.wait_job(b["job_ids"][0], 10)
-            assert j["state"] == "canceled", j
-            with open(marker) as f:
-                assert f.read().count("x") == 1
-    finally:
-        srv.abort()
-        if os.path.exists(marker):
-            os.unlink(marker)
+    # A batch is canceled only by its own cancel; one canceled job of it
+    # makes it end failed.
+    _cancel_during_kill("/v1/jobs/%(j)s/cancel", "failed")
 
 
 def test_metrics_scrape_is_o1_in_stored_rows():
