@@ -117,6 +117,17 @@ struct batch_info {
 	int started;            /* a job of it has started */
 };
 
+/* store_lock takes the database's single-server lock: an exclusive flock
+ * on the database file itself, made empty when missing.  On Linux flock
+ * and SQLite's POSIX record locks are independent, and the lock belongs to
+ * the inode, so the same file reached through a symlink, another relative
+ * path or a bind mount meets the same lock.  Returns a new descriptor,
+ * close-on-exec so no worker or job holds it; keep it open for the life of
+ * the process (closing it releases the lock, and closing it while SQLite
+ * has the file open would drop SQLite's own locks).  Returns -1 with errno
+ * set otherwise: EWOULDBLOCK when another process holds the lock, with
+ * *holder its pid (0 when /proc/locks does not say). */
+int store_lock(const char *path, pid_t *holder);
 int store_open(const char *path);
 void store_close(void);
 int store_flush(void);
