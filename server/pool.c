@@ -48,7 +48,9 @@ static int spawn_worker(struct slot *s)
 	posix_spawnattr_t attr;
 	sigset_t none, dfl;
 	char parent[24];
-	char *argv[] = { (char *)cfg.worker_bin, "--parent", parent, NULL };
+	/* --allow-command last: the worker refuses command jobs without it. */
+	char *argv[] = { (char *)cfg.worker_bin, "--parent", parent,
+			 cfg.allow_command ? "--allow-command" : NULL, NULL };
 	int sv[2], rc, child;
 	pid_t pid;
 
