@@ -3,9 +3,9 @@
  * Each slot holds one jobpool-worker process and the server's end of its
  * SOCK_SEQPACKET channel.  A worker is exec'd from its own binary so it
  * starts with a clean address space: no listen socket, no client sockets,
- * no SQLite handle (every fd here is CLOEXEC; only the channel is dup'ed to
- * fd 3).  A worker is replaced whenever it dies, so the number of live
- * workers stays the configured size.
+ * no SQLite handle, no fd jobpoold inherited (only 0-2 and the channel,
+ * dup'ed to fd 3, stay open).  A worker is replaced whenever it dies, so
+ * the number of live workers stays the configured size.
  *
  * The outcome of a job whose worker died is decided only when the process
  * is reaped, because only wait4() knows the exit status and the rusage.
@@ -65,6 +65,9 @@ static int spawn_worker(struct slot *s)
 	snprintf(parent, sizeof(parent), "%d", (int)getpid());
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, child, PROTO_FD);
+	/* Our own fds are CLOEXEC, but not those we inherited (a shell's, a
+	 * supervisor's): a worker, and so a job, gets 0-2 and its channel. */
+	rc = posix_spawn_file_actions_addclosefrom_np(&fa, PROTO_FD + 1);
 	/* The server blocks SIGCHLD/SIGTERM/SIGINT (they go to its signalfd)
 	 * and ignores SIGPIPE; a worker must start with neither, or SIGTERM
 	 * would not stop it. */
@@ -80,7 +83,9 @@ static int spawn_worker(struct slot *s)
 	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK |
 				 POSIX_SPAWN_SETSIGDEF);
 	fflush(NULL);
-	rc = posix_spawn(&pid, cfg.worker_bin, &fa, &attr, argv, environ);
+	if (rc == 0)
+		rc = posix_spawn(&pid, cfg.worker_bin, &fa, &attr, argv,
+				 environ);
 	posix_spawnattr_destroy(&attr);
 	posix_spawn_file_actions_destroy(&fa);
 	close(child);
