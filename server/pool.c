@@ -424,8 +424,16 @@ static struct slot *slot_by_pid(pid_t pid)
 	return NULL;
 }
 
+/* How many processes the last pool_kill_orphans killed. */
+static int orphans_killed;
+
 /* pool_reap collects every exited child.  Unknown pids are reaped too and
- * ignored: as PID 1 in a container we inherit orphans. */
+ * ignored: as PID 1 in a container we inherit orphans.  /proc is walked
+ * (pool_kill_orphans, O(processes on the host)) only when something of a
+ * job can be left: a worker died during a command job, or an orphan we
+ * killed died and its children came to us.  A worker that dies between
+ * jobs or during a function kind had no child left (the command kind
+ * kills them all at the end of its job), so its death costs no walk. */
 void pool_reap(void)
 {
 	struct rusage ru;
@@ -436,8 +444,9 @@ void pool_reap(void)
 	while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
 		s = slot_by_pid(pid);
 		if (!s) {
-			/* An orphan we killed: its own children are ours now. */
-			orphans = 1;
+			/* An orphan we killed: its own children are ours now,
+			 * and one walk after each kill finds them. */
+			orphans |= orphans_killed > 0;
 			continue;
 		}
 		/* Read what the worker said before it died (a "done" sent
@@ -647,6 +656,7 @@ static int64_t job_of(const char *pid, const char *instance);
 void pool_kill_orphans(void)
 {
 	pid_t me = getpid(), pid;
+	int killed = 0;
 	const char *instance = getenv("JOBPOOL_INSTANCE");
 	struct dirent *e;
 	DIR *d = opendir("/proc");
@@ -666,8 +676,10 @@ void pool_kill_orphans(void)
 			continue;
 		log_info("pool: killing pid %d left by a dead job", (int)pid);
 		kill(pid, SIGKILL);
+		killed++;
 	}
 	closedir(d);
+	orphans_killed = killed;
 }
 
 /* job_of reads the JOBPOOL_JOB=<instance>/<job id> marker the worker puts
