@@ -349,6 +349,9 @@ static int lock_db(void)
 {
 	pid_t holder;
 
+	/* SQLite's private databases have no file to share. */
+	if (!*cfg.db_path || strcmp(cfg.db_path, ":memory:") == 0)
+		return 0;
 	if (store_lock(cfg.db_path, &holder) >= 0)
 		return 0;
 	if (errno != EWOULDBLOCK) {
