@@ -9,6 +9,7 @@
 #ifndef JOBPOOL_H
 #define JOBPOOL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -57,8 +58,13 @@ int64_t parse_duration(const char *s);
 int64_t parse_id(const char *s, char prefix);
 const char *signal_name(int sig);       /* "SIGSEGV", or NULL */
 int signal_number(const char *name);    /* 0 when unknown */
+/* log_info and log_warn write one line to stderr without ever blocking the
+ * caller: lines wait in a bounded buffer (1 MiB) for a writer thread, and
+ * what does not fit is dropped and counted in a later line. */
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_vwarn(const char *fmt, va_list ap)
+	__attribute__((format(printf, 1, 0)));
 
 /* ---- validate.c ---- */
 /* validate_batch checks a decoded submission.  Returns 0 when valid, else
