@@ -2,13 +2,14 @@
  * suspended requests (durable acks and long-polls).
  *
  * MHD runs in external epoll mode inside the one event loop, so handlers
- * never race with the scheduler and no lock exists anywhere.  A request that
+ * never race with the scheduler and need no lock.  A request that
  * must wait (its batch is not yet on disk, or a client long-polls) is
  * suspended, never blocked on: the loop resumes it later and MHD calls the
  * access handler again, which then answers.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -563,6 +564,14 @@ static void on_mhd(int fd, uint32_t events, void *ctx)
 	MHD_run(daemon_);
 }
 
+/* mhd_log sends libmicrohttpd's own messages through the server's logger,
+ * so they are formatted like every other line and, like them, never block
+ * the loop on a full stderr (MHD's default writes to stderr directly). */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	log_vwarn(fmt, ap);
+}
+
 int http_start(void)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET };
@@ -577,6 +586,9 @@ int http_start(void)
 	daemon_ = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
 				   MHD_USE_ERROR_LOG,
 				   0, NULL, NULL, on_request, NULL,
+				   /* first, or MHD says its earlier
+				    * messages went to stderr */
+				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				   MHD_OPTION_SOCK_ADDR, &sa,
 				   MHD_OPTION_NOTIFY_COMPLETED, on_completed,
 				   NULL,

@@ -9,6 +9,7 @@
 #ifndef JOBPOOL_H
 #define JOBPOOL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -57,10 +58,15 @@ int64_t parse_duration(const char *s);
 int64_t parse_id(const char *s, char prefix);
 const char *signal_name(int sig);       /* "SIGSEGV", or NULL */
 int signal_number(const char *name);    /* 0 when unknown */
+/* log_info and log_warn write one line to stderr without ever blocking the
+ * caller: lines wait in a bounded buffer (1 MiB) for a writer thread, and
+ * what does not fit is dropped and counted in a later line. */
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void fatal(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2), noreturn));
+void log_vwarn(const char *fmt, va_list ap)
+	__attribute__((format(printf, 1, 0)));
 
 /* ---- validate.c ---- */
 /* validate_batch checks a decoded submission.  Returns 0 when valid, else
@@ -126,6 +132,17 @@ struct live_job {
 	pid_t pid;
 };
 
+/* store_lock takes the database's single-server lock: an exclusive flock
+ * on the database file itself, made empty when missing.  On Linux flock
+ * and SQLite's POSIX record locks are independent, and the lock belongs to
+ * the inode, so the same file reached through a symlink, another relative
+ * path or a bind mount meets the same lock.  Returns a new descriptor,
+ * close-on-exec so no worker or job holds it; keep it open for the life of
+ * the process (closing it releases the lock, and closing it while SQLite
+ * has the file open would drop SQLite's own locks).  Returns -1 with errno
+ * set otherwise: EWOULDBLOCK when another process holds the lock, with
+ * *holder its pid (0 when /proc/locks does not say). */
+int store_lock(const char *path, pid_t *holder);
 int store_open(const char *path);
 void store_close(void);
 /* store_flush commits the open transaction.  Returns 0, or -1 when it was

@@ -1,7 +1,8 @@
 /* main.c - jobpoold: flags, startup, the loop turn, shutdown.
  *
  * Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage, 3 database
- * cannot be opened or migrated, 4 cannot listen, 5 cannot start workers.
+ * cannot be opened or migrated, 4 cannot listen, 5 cannot start workers,
+ * 6 another jobpoold already serves this database.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -338,6 +339,37 @@ static int setup_signals(void)
 	return loop_add(fd, EPOLLIN, on_signal, NULL);
 }
 
+/* lock_db makes this the only server of its database, before anything
+ * reads or writes it: a second server would migrate under the first, re-queue
+ * its running jobs as "interrupted", kill their processes and run them
+ * again.  The descriptor stays open (and locked) until the process exits.
+ * Returns 0, or -1 when another process holds the lock (exit 6); exits 3
+ * when the file cannot be opened at all. */
+static int lock_db(void)
+{
+	pid_t holder;
+
+	/* SQLite's private databases have no file to share. */
+	if (!*cfg.db_path || strcmp(cfg.db_path, ":memory:") == 0)
+		return 0;
+	if (store_lock(cfg.db_path, &holder) >= 0)
+		return 0;
+	if (errno != EWOULDBLOCK) {
+		fprintf(stderr, "jobpoold: cannot open %s: %s\n", cfg.db_path,
+			strerror(errno));
+		exit(3);
+	}
+	if (holder > 0)
+		fprintf(stderr, "jobpoold: %s is in use by another jobpoold "
+			"(pid %d); one database has one server\n", cfg.db_path,
+			(int)holder);
+	else
+		fprintf(stderr, "jobpoold: %s is in use by another jobpoold "
+			"(pid unknown); one database has one server\n",
+			cfg.db_path);
+	return -1;
+}
+
 /* The instance names this database among servers on one host; workers
  * pass it to command jobs in JOBPOOL_JOB=<instance>/<job id>. */
 static char instance[40];
@@ -520,6 +552,8 @@ int main(int argc, char **argv)
 			"use --worker-bin\n");
 		return 2;
 	}
+	if (lock_db() < 0)
+		return 6;
 	if (store_open(cfg.db_path) < 0)
 		return 3;
 	store_set_rollback_hook(on_rollback);

@@ -3,9 +3,9 @@
  * Each slot holds one jobpool-worker process and the server's end of its
  * SOCK_SEQPACKET channel.  A worker is exec'd from its own binary so it
  * starts with a clean address space: no listen socket, no client sockets,
- * no SQLite handle (every fd here is CLOEXEC; only the channel is dup'ed to
- * fd 3).  A worker is replaced whenever it dies, so the number of live
- * workers stays the configured size.
+ * no SQLite handle, no fd jobpoold inherited (only 0-2 and the channel,
+ * dup'ed to fd 3, stay open).  A worker is replaced whenever it dies, so
+ * the number of live workers stays the configured size.
  *
  * The outcome of a job whose worker died is decided only when the process
  * is reaped, because only wait4() knows the exit status and the rusage.
@@ -48,7 +48,9 @@ static int spawn_worker(struct slot *s)
 	posix_spawnattr_t attr;
 	sigset_t none, dfl;
 	char parent[24];
-	char *argv[] = { (char *)cfg.worker_bin, "--parent", parent, NULL };
+	/* --allow-command last: the worker refuses command jobs without it. */
+	char *argv[] = { (char *)cfg.worker_bin, "--parent", parent,
+			 cfg.allow_command ? "--allow-command" : NULL, NULL };
 	int sv[2], rc, child;
 	pid_t pid;
 
@@ -63,6 +65,9 @@ static int spawn_worker(struct slot *s)
 	snprintf(parent, sizeof(parent), "%d", (int)getpid());
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, child, PROTO_FD);
+	/* Our own fds are CLOEXEC, but not those we inherited (a shell's, a
+	 * supervisor's): a worker, and so a job, gets 0-2 and its channel. */
+	rc = posix_spawn_file_actions_addclosefrom_np(&fa, PROTO_FD + 1);
 	/* The server blocks SIGCHLD/SIGTERM/SIGINT (they go to its signalfd)
 	 * and ignores SIGPIPE; a worker must start with neither, or SIGTERM
 	 * would not stop it. */
@@ -78,7 +83,9 @@ static int spawn_worker(struct slot *s)
 	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK |
 				 POSIX_SPAWN_SETSIGDEF);
 	fflush(NULL);
-	rc = posix_spawn(&pid, cfg.worker_bin, &fa, &attr, argv, environ);
+	if (rc == 0)
+		rc = posix_spawn(&pid, cfg.worker_bin, &fa, &attr, argv,
+				 environ);
 	posix_spawnattr_destroy(&attr);
 	posix_spawn_file_actions_destroy(&fa);
 	close(child);
@@ -417,8 +424,16 @@ static struct slot *slot_by_pid(pid_t pid)
 	return NULL;
 }
 
+/* How many processes the last pool_kill_orphans killed. */
+static int orphans_killed;
+
 /* pool_reap collects every exited child.  Unknown pids are reaped too and
- * ignored: as PID 1 in a container we inherit orphans. */
+ * ignored: as PID 1 in a container we inherit orphans.  /proc is walked
+ * (pool_kill_orphans, O(processes on the host)) only when something of a
+ * job can be left: a worker died during a command job, or an orphan we
+ * killed died and its children came to us.  A worker that dies between
+ * jobs or during a function kind had no child left (the command kind
+ * kills them all at the end of its job), so its death costs no walk. */
 void pool_reap(void)
 {
 	struct rusage ru;
@@ -429,8 +444,9 @@ void pool_reap(void)
 	while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
 		s = slot_by_pid(pid);
 		if (!s) {
-			/* An orphan we killed: its own children are ours now. */
-			orphans = 1;
+			/* An orphan we killed: its own children are ours now,
+			 * and one walk after each kill finds them. */
+			orphans |= orphans_killed > 0;
 			continue;
 		}
 		/* Read what the worker said before it died (a "done" sent
@@ -640,6 +656,7 @@ static int64_t job_of(const char *pid, const char *instance);
 void pool_kill_orphans(void)
 {
 	pid_t me = getpid(), pid;
+	int killed = 0;
 	const char *instance = getenv("JOBPOOL_INSTANCE");
 	struct dirent *e;
 	DIR *d = opendir("/proc");
@@ -659,8 +676,10 @@ void pool_kill_orphans(void)
 			continue;
 		log_info("pool: killing pid %d left by a dead job", (int)pid);
 		kill(pid, SIGKILL);
+		killed++;
 	}
 	closedir(d);
+	orphans_killed = killed;
 }
 
 /* job_of reads the JOBPOOL_JOB=<instance>/<job id> marker the worker puts

@@ -10,11 +10,15 @@
  * replace this file without touching HTTP or scheduling code.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include <sqlite3.h>
 
@@ -558,6 +562,56 @@ static int prepare_many(void)
 				&st[S_JOB_INSERT_MANY], NULL);
 	free(q);
 	return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* lock_holder returns the pid /proc/locks gives for the flock on the inode
+ * of file, preferring a line whose device matches too (some file systems
+ * show another device number there than stat), or 0 when none is found. */
+static pid_t lock_holder(const struct stat *file)
+{
+	FILE *f = fopen("/proc/locks", "re");
+	unsigned maj, min;
+	unsigned long ino;
+	char line[256], type[16];
+	pid_t pid = 0;
+	int p;
+
+	if (!f)
+		return 0;
+	/* "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF"; lines of
+	 * waiters read "1: -> FLOCK ..." and do not scan as a pid. */
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%*d: %15s %*s %*s %d %x:%x:%lu", type, &p,
+			   &maj, &min, &ino) != 5 || strcmp(type, "FLOCK") != 0 ||
+		    ino != (unsigned long)file->st_ino)
+			continue;
+		pid = p;
+		if (maj == major(file->st_dev) && min == minor(file->st_dev))
+			break;
+	}
+	fclose(f);
+	return pid;
+}
+
+int store_lock(const char *path, pid_t *holder)
+{
+	struct stat file;
+	int fd, saved;
+
+	*holder = 0;
+	/* Read-only is enough for flock, and O_CREAT makes the empty file
+	 * SQLite would have made, so the lock exists before the database. */
+	fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+		return fd;
+	saved = errno;
+	if (saved == EWOULDBLOCK && fstat(fd, &file) == 0)
+		*holder = lock_holder(&file);
+	close(fd);
+	errno = saved;
+	return -1;
 }
 
 int store_open(const char *path)

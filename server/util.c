@@ -1,11 +1,15 @@
 /* util.c - clocks, time and id formatting, signal names, logging. */
+#include <errno.h>
 #include <math.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "jobpool.h"
 
@@ -143,16 +147,185 @@ int signal_number(const char *name)
 	return 0;
 }
 
+/* ---- logging ----
+ *
+ * Log lines reach stderr through a bounded buffer and a thread of their own,
+ * so a stderr nobody reads (a full pipe, a stopped terminal) never blocks
+ * the event loop: the loop only copies a line in, and the writer thread
+ * does the waiting, in order.  When LOG_CAP bytes already wait, a new line
+ * is dropped and counted; the count goes out as a line of its own ("N log
+ * lines dropped") as soon as there is room again, and at exit.  At exit the
+ * lines still waiting get LOG_EXIT_MS to go out; then the process leaves
+ * without them rather than hang on a reader that never comes. */
+#define LOG_CAP (1 << 20)
+#define LOG_LINE 1200
+#define LOG_EXIT_MS 2000
+
+static char log_buf[LOG_CAP];           /* ring: bytes [head, head + used) */
+static size_t log_head, log_used;
+static unsigned long log_dropped;
+static int log_threaded;                /* the writer runs */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t log_more = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t log_less = PTHREAD_COND_INITIALIZER;
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+/* log_write writes up to n bytes at p to stderr, waiting while it is full
+ * (also when someone made it non-blocking).  Returns the bytes consumed: on
+ * an error all of them, since there is nowhere else to put them. */
+static size_t log_write(const char *p, size_t n)
+{
+	struct pollfd out = { STDERR_FILENO, POLLOUT, 0 };
+	ssize_t w;
+
+	for (;;) {
+		w = write(STDERR_FILENO, p, n);
+		if (w > 0)
+			return (size_t)w;
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EAGAIN && poll(&out, 1, -1) >= 0)
+			continue;
+		return n;
+	}
+}
+
+/* log_writer is the thread that empties the ring.  Only it moves log_head,
+ * and the loop only writes past head + used, so it may write the bytes at
+ * head without holding the lock. */
+static void *log_writer(void *arg)
+{
+	size_t n;
+
+	pthread_mutex_lock(&log_lock);
+	for (;;) {
+		while (!log_used)
+			pthread_cond_wait(&log_more, &log_lock);
+		n = log_head + log_used <= LOG_CAP ? log_used : LOG_CAP - log_head;
+		pthread_mutex_unlock(&log_lock);
+		n = log_write(log_buf + log_head, n);
+		pthread_mutex_lock(&log_lock);
+		log_head = (log_head + n) % LOG_CAP;
+		log_used -= n;
+		pthread_cond_broadcast(&log_less);
+	}
+	return NULL;
+}
+
+/* log_append copies len bytes into the ring; the caller holds the lock and
+ * checked the room. */
+static void log_append(const char *p, size_t len)
+{
+	size_t tail = (log_head + log_used) % LOG_CAP;
+	size_t first = len < LOG_CAP - tail ? len : LOG_CAP - tail;
+
+	memcpy(log_buf + tail, p, first);
+	memcpy(log_buf, p + first, len - first);
+	log_used += len;
+}
+
+/* log_put queues one line (len bytes with its newline), first the count of
+ * the lines dropped before it when there is room for both; the caller
+ * holds the lock. */
+static void log_put(const char *line, size_t len)
+{
+	char ts[40], note[LOG_LINE];
+	int n;
+
+	if (log_dropped) {
+		fmt_time(ts, sizeof(ts), now_us());
+		n = snprintf(note, sizeof(note), "%s jobpoold warn %lu log "
+			     "lines dropped: stderr was not read\n", ts,
+			     log_dropped);
+		if (n > 0 && log_used + (size_t)n + len > LOG_CAP)
+			goto full;
+		log_append(note, (size_t)n);
+		log_dropped = 0;
+	}
+	if (log_used + len > LOG_CAP)
+		goto full;
+	log_append(line, len);
+	pthread_cond_signal(&log_more);
+	return;
+full:
+	log_dropped++;
+}
+
+/* log_flush gives the lines still waiting, and the count of dropped ones,
+ * LOG_EXIT_MS to go out; it runs at exit. */
+static void log_flush(void)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += LOG_EXIT_MS / 1000;
+	until.tv_nsec += (LOG_EXIT_MS % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&log_lock);
+	while (log_used || log_dropped) {
+		if (log_dropped && log_used < LOG_CAP - LOG_LINE)
+			log_put("", 0);         /* just the count */
+		if (log_used && pthread_cond_timedwait(&log_less, &log_lock,
+						       &until) == ETIMEDOUT)
+			break;
+	}
+	pthread_mutex_unlock(&log_lock);
+}
+
+/* A forked child has no writer thread: it writes its lines itself. */
+static void log_forked(void)
+{
+	log_threaded = 0;
+	pthread_mutex_init(&log_lock, NULL);
+}
+
+/* log_start starts the writer with every signal blocked, so that SIGTERM
+ * or SIGCHLD never lands in it (the loop takes them from a signalfd, and
+ * this thread may start before they are blocked).  Without a thread, lines
+ * are written directly, as before. */
+static void log_start(void)
+{
+	sigset_t all, old;
+	pthread_attr_t attr;
+	pthread_t t;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	log_threaded = pthread_create(&t, &attr, log_writer, NULL) == 0;
+	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (log_threaded) {
+		atexit(log_flush);
+		pthread_atfork(NULL, NULL, log_forked);
+	}
+}
+
 static void log_line(const char *level, const char *fmt, va_list ap)
 {
-	char ts[40];
-	char msg[1024];
+	char ts[40], msg[1024], line[LOG_LINE];
+	size_t len;
+	int n;
 
 	fmt_time(ts, sizeof(ts), now_us());
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	/* One write per line so lines from a crashing worker and the server
-	 * never interleave mid-line on a shared stderr. */
-	fprintf(stderr, "%s jobpoold %s %s\n", ts, level, msg);
+	len = strlen(msg);
+	while (len && msg[len - 1] == '\n')     /* libmicrohttpd ends its own */
+		msg[--len] = 0;
+	n = snprintf(line, sizeof(line), "%s jobpoold %s %s\n", ts, level, msg);
+	len = n < 0 ? 0 : (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
+	pthread_once(&log_once, log_start);
+	if (!log_threaded) {
+		fputs(line, stderr);
+		return;
+	}
+	pthread_mutex_lock(&log_lock);
+	log_put(line, len);
+	pthread_mutex_unlock(&log_lock);
 }
 
 void log_info(const char *fmt, ...)
@@ -182,5 +355,11 @@ void fatal(const char *fmt, ...)
 	va_start(ap, fmt);
 	log_line("fatal", fmt, ap);
 	va_end(ap);
+	log_flush();
 	abort();
+}
+
+void log_vwarn(const char *fmt, va_list ap)
+{
+	log_line("warn", fmt, ap);
 }

@@ -1,7 +1,7 @@
 /* main.c - jobpool-worker: runs jobs for jobpoold, one at a time.
  *
- * The server starts it as `jobpool-worker --parent PID` with the channel on
- * PROTO_FD (see protocol.h).  It says "ready", then answers each "run" with
+ * The server starts it as `jobpool-worker --parent PID [--allow-command]`
+ * with the channel on PROTO_FD (see protocol.h).  It says "ready", then answers each "run" with
  * the job's "out" messages, if any, and one "done" until the server closes
  * the channel.  A job that crashes or exits takes the worker with it; the
  * server sees that in wait4() and starts a new one.  While a command job
@@ -43,14 +43,25 @@ static void die(int status, const char *what)
 	exit(status);
 }
 
-/* parse_parent returns the PID given as `--parent PID`, or exits. */
-static pid_t parse_parent(int argc, char **argv)
+/* Whether the command kind may run here: only when the server says so in
+ * this process's arguments, not in a message, so that no "run" can turn it
+ * on. */
+static int allow_command;
+
+/* parse_args returns the PID given as `--parent PID` and notes a trailing
+ * `--allow-command`, or exits. */
+static pid_t parse_args(int argc, char **argv)
 {
 	char *end;
 	long pid;
 
+	if (argc == 4 && strcmp(argv[3], "--allow-command") == 0) {
+		allow_command = 1;
+		argc--;
+	}
 	if (argc != 3 || strcmp(argv[1], "--parent") != 0)
-		die(EXIT_PROTOCOL, "usage: jobpool-worker --parent PID");
+		die(EXIT_PROTOCOL, "usage: jobpool-worker --parent PID "
+		    "[--allow-command]");
 	errno = 0;
 	pid = strtol(argv[2], &end, 10);
 	/* 1 is a valid parent: jobpoold runs as PID 1 in a container. */
@@ -270,6 +281,15 @@ static json_t *run_job(const char *name, const json_t *args,
 		snprintf(error, size, "unknown kind \"%s\"", name);
 		return NULL;
 	}
+	/* The server refuses command jobs at submission when it runs without
+	 * --allow-command, but a job stored while it ran with the flag is
+	 * still in the database after a restart without it: where programs
+	 * would be started has the last word, and starts nothing. */
+	if (strcmp(name, "command") == 0 && !allow_command) {
+		snprintf(error, size, "the command kind is off: the server runs "
+			 "without --allow-command");
+		return NULL;
+	}
 	kind->validate(args, note_problem, &problem);
 	if (problem.count) {
 		snprintf(error, size, "%s", problem.text);
@@ -416,7 +436,7 @@ int main(int argc, char **argv)
 	static char buf[PROTO_MAX_MSG + 1];
 	ssize_t len;
 
-	setup_process(parse_parent(argc, argv));
+	setup_process(parse_args(argc, argv));
 	if (send_msg(json_pack("{s:s, s:I}", "t", "ready",
 			       "pid", (json_int_t)getpid())) != 0)
 		die(EXIT_CHANNEL, "cannot send ready");

@@ -1,5 +1,13 @@
 /* protocol.h - the one header shared by jobpoold and jobpool-worker.
  *
+ * The server starts each worker as `jobpool-worker --parent PID
+ * [--allow-command]`.  Only with --allow-command does the worker run
+ * command jobs; without it a "run" of kind "command" is answered with a
+ * failed "done" whose error names --allow-command, and nothing is started.
+ * The flag is in the command line, not in a message, so no message can turn
+ * it on: a job stored by a server that had the flag and read again by one
+ * without it (a restart) never runs.
+ *
  * The server and each worker talk over a SOCK_SEQPACKET socketpair that the
  * worker finds as file descriptor 3.  SEQPACKET keeps message boundaries, so
  * one send() is one message and there is no framing to get wrong.  Every

@@ -217,10 +217,11 @@ class Server:
 
     workers=None leaves --workers out (the default pool size).  Pass
     tmpdir=<other server>.tmpdir to reuse another server's database
-    (restart recovery); the directory then belongs to the first server."""
+    (restart recovery); the directory then belongs to the first server.
+    pass_fds: descriptors the server inherits, as from a careless shell."""
 
     def __init__(self, workers=2, args=(), tmpdir=None, env=None,
-                 start_timeout=10.0):
+                 start_timeout=10.0, pass_fds=()):
         self.workers = workers
         self.args = list(args)
         self.own_tmpdir = tmpdir is None
@@ -252,7 +253,8 @@ class Server:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                          stdout=self._errf,
                                          stderr=self._errf, env=e,
-                                         cwd=self.tmpdir)
+                                         cwd=self.tmpdir,
+                                         pass_fds=tuple(pass_fds))
             self.pid = self.proc.pid
             ALL.append(self)
         try:

@@ -2,6 +2,7 @@
  * temporary directory: migrations, submission, claiming and finishing jobs,
  * cancels, paging, recovery after a crash, and deletion.  Times are fixed
  * fake microsecond clocks so rendered times can be compared exactly. */
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -247,6 +248,34 @@ Test(store, newer_schema_is_refused)
 	store_close();
 	sql_exec("PRAGMA user_version = 999");
 	cr_assert_eq(store_open(db_path), -1);
+}
+
+/* One database, one server: the lock is on the file's inode, so a symlink
+ * meets it too, and it names the holder.  On a file of its own: closing a
+ * descriptor of the fixture's database would drop SQLite's locks on it. */
+Test(store, lock_is_exclusive_and_names_its_holder)
+{
+	char path[PATH_MAX], link_path[PATH_MAX];
+	pid_t holder = -1;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/locked.db", dir);
+	snprintf(link_path, sizeof(link_path), "%s/link.db", dir);
+	fd = store_lock(path, &holder);
+	cr_assert_geq(fd, 0, "first lock: %s", strerror(errno));
+	cr_assert_eq(store_lock(path, &holder), -1);
+	cr_assert_eq(errno, EWOULDBLOCK);
+	cr_assert_eq(holder, getpid());
+	cr_assert_eq(symlink(path, link_path), 0);
+	holder = -1;
+	cr_assert_eq(store_lock(link_path, &holder), -1, "lock via a symlink");
+	cr_assert_eq(holder, getpid());
+	close(fd);
+	fd = store_lock(link_path, &holder);
+	cr_assert_geq(fd, 0, "lock after release: %s", strerror(errno));
+	close(fd);
+	unlink(link_path);
+	unlink(path);
 }
 
 /* ---- submission ---- */

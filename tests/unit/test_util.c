@@ -1,9 +1,13 @@
 /* test_util.c - unit tests for util.c: durations, the request hash, times
- * and ids as the API renders them, signal names, millisecond numbers. */
+ * and ids as the API renders them, signal names, millisecond numbers, and
+ * a logger that never blocks. */
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -231,4 +235,78 @@ Test(util, clocks_move_forward)
 	cr_assert_gt(w, T0, "wall clock before 2023");
 	cr_assert_gt(m, 0);
 	cr_assert_geq(mono_us(), m);
+}
+
+/* ---- logging ---- */
+
+/* read_until appends what fd gives to *text (size *len, new) until it
+ * holds want, or, with want NULL, until fd stays silent for quiet_ms. */
+static void read_until(int fd, char **text, size_t *len, const char *want,
+		       int quiet_ms)
+{
+	struct pollfd in = { fd, POLLIN, 0 };
+	int64_t give_up = mono_us() + 10 * SEC;
+	char chunk[65536];
+	ssize_t n;
+
+	while (mono_us() < give_up) {
+		if (want && *text && strstr(*text, want))
+			return;
+		if (poll(&in, 1, want ? 100 : quiet_ms) == 0) {
+			if (!want)
+				return;
+			continue;
+		}
+		n = read(fd, chunk, sizeof(chunk));
+		cr_assert_gt(n, 0, "stderr pipe closed");
+		*text = realloc(*text, *len + (size_t)n + 1);
+		cr_assert_not_null(*text);
+		memcpy(*text + *len, chunk, (size_t)n);
+		*len += (size_t)n;
+		(*text)[*len] = 0;
+	}
+	cr_assert_fail("stderr never said %s", want ? want : "nothing more");
+}
+
+/* Lines go through a bounded buffer: logging into a stderr nobody reads
+ * returns at once, and every line is either written in order or counted in
+ * a "N log lines dropped" line where it would have been. */
+Test(util, log_never_blocks_and_counts_what_it_drops)
+{
+	enum { LINES = 4000 };
+	char pad[901], *text = NULL, *line, *save;
+	size_t len = 0;
+	long expected = 0, n;
+	int p[2], i;
+	int64_t t0;
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(dup2(p[1], STDERR_FILENO), STDERR_FILENO);
+	memset(pad, 'x', sizeof(pad) - 1);
+	pad[sizeof(pad) - 1] = 0;
+	t0 = mono_us();
+	for (i = 0; i < LINES; i++)
+		log_info("line %d %s", i, pad);
+	/* 3.7 MB against a 64 KiB pipe and a 1 MiB buffer: not one wait. */
+	cr_assert_lt(mono_us() - t0, 2 * SEC, "logging blocked");
+	read_until(p[0], &text, &len, NULL, 300);
+	log_info("after");
+	read_until(p[0], &text, &len, "after\n", 0);
+	cr_assert_not_null(strstr(text, " log lines dropped"), "no drop count");
+	for (line = strtok_r(text, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		if (sscanf(line, "%*s jobpoold info line %ld", &n) == 1) {
+			cr_assert_eq(n, expected, "line %ld where %ld was due",
+				     n, expected);
+			expected++;
+		} else if (sscanf(line, "%*s jobpoold warn %ld log lines "
+				  "dropped", &n) == 1) {
+			expected += n;
+		} else {
+			cr_assert(strstr(line, "jobpoold info after"),
+				  "unexpected line: %.80s", line);
+		}
+	}
+	cr_assert_eq(expected, LINES, "lines written plus dropped");
+	free(text);
 }
