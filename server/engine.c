@@ -272,8 +272,8 @@ static int64_t msg_int(const json_t *m, const char *key)
 	return json_is_integer(v) ? json_integer_value(v) : -1;
 }
 
-/* engine_job_done records a "done" message from slot s's worker. */
-void engine_job_done(struct slot *s, const json_t *msg)
+/* job_done records a "done" message from slot s's worker. */
+static void job_done(struct slot *s, const json_t *msg)
 {
 	struct outcome o = { .exit_code = -1 };
 	int ok = json_is_true(json_object_get(msg, "ok"));
@@ -310,9 +310,9 @@ void engine_job_done(struct slot *s, const json_t *msg)
 	json_decref(output);
 }
 
-/* engine_worker_died settles the job of a worker that exited: killed on
+/* worker_died settles the job of a worker that exited: killed on
  * purpose (cancel, timeout, shutdown) or crashed on its own. */
-void engine_worker_died(struct slot *s, int status)
+static void worker_died(struct slot *s, int status)
 {
 	struct outcome o = { .exit_code = -1, .user_us = -1, .sys_us = -1,
 			     .max_rss_kb = s->rss_kb };
@@ -363,12 +363,18 @@ void engine_worker_died(struct slot *s, int status)
 	finish(s, &o);
 }
 
-void engine_timeout(struct slot *s)
+static void timed_out(struct slot *s)
 {
 	log_info("engine: job %lld timed out on slot %d", (long long)s->job_id,
 		 s->index);
 	pool_stop_job(s, KILL_TIMEOUT);
 }
+
+const struct pool_events engine_pool_events = {
+	.job_done = job_done,
+	.worker_died = worker_died,
+	.timeout = timed_out,
+};
 
 static struct slot *slot_of_job(int64_t job_id)
 {

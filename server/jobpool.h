@@ -261,7 +261,16 @@ struct slot {
 
 #define POOL_MAX 1024
 
-int pool_start(int size);
+/* What a worker tells the pool, handed to its owner (the engine):
+ * "done" messages, the death of a worker that ran a job, a job past its
+ * timeout. */
+struct pool_events {
+	void (*job_done)(struct slot *s, const json_t *msg);
+	void (*worker_died)(struct slot *s, int status);
+	void (*timeout)(struct slot *s);
+};
+/* pool_start starts size workers; events is borrowed for the pool's life. */
+int pool_start(int size, const struct pool_events *events);
 int pool_size(void);
 struct slot *pool_slot(int index);
 struct slot *pool_idle(void);
@@ -284,12 +293,10 @@ json_t *pool_json(void);
 
 /* ---- engine.c ---- */
 void engine_dispatch(void);
-void engine_job_done(struct slot *s, const json_t *msg);
-void engine_worker_died(struct slot *s, int status);
+extern const struct pool_events engine_pool_events;
 void engine_batch_added(int64_t batch_id);
 int engine_cancel_job(int64_t job_id);
 int engine_cancel_batch(int64_t batch_id);
-void engine_timeout(struct slot *s);
 int64_t engine_tick(int64_t now_mono);
 int engine_load(void);
 int engine_resync(void);

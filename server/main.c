@@ -579,7 +579,7 @@ int main(int argc, char **argv)
 	}
 	if (http_start() < 0)
 		return 4;
-	if (pool_start(cfg.workers) < 0)
+	if (pool_start(cfg.workers, &engine_pool_events) < 0)
 		return 5;
 	log_info("listening on http://%s:%d (db %s, %d workers, %d unfinished "
 		 "batch(es))", cfg.listen_host, http_port(), cfg.db_path,

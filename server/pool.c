@@ -36,6 +36,10 @@ static struct slot *slots;
 static int nslots;              /* ever used: max of all sizes */
 static int target;              /* configured size */
 
+/* What the pool reports, and to whom: the engine, given at start; the
+ * pool never names it (it sits below). */
+static const struct pool_events *ev;
+
 static void on_channel(int fd, uint32_t events, void *ctx);
 void pool_kill_orphans(void);
 static void respawn(struct slot *s);
@@ -117,10 +121,11 @@ static int spawn_worker(struct slot *s)
 	return 0;
 }
 
-int pool_start(int size)
+int pool_start(int size, const struct pool_events *events)
 {
 	int i;
 
+	ev = events;
 	slots = calloc(POOL_MAX, sizeof(*slots));
 	if (!slots)
 		return -1;
@@ -277,7 +282,7 @@ static void handle_message(struct slot *s, const char *buf, size_t len)
 		 * the truth beats the intent. */
 		s->rss_kb = json_integer_value(json_object_get(m,
 							       "maxrss_kb"));
-		engine_job_done(s, m);
+		ev->job_done(s, m);
 	} else if (!t || strcmp(t, "done") != 0) {
 		/* A worker that says something unexpected cannot be trusted
 		 * with the next job. */
@@ -457,7 +462,7 @@ void pool_reap(void)
 		if (s->job_id && s->is_command)
 			orphans = 1;
 		if (s->job_id)
-			engine_worker_died(s, status);
+			ev->worker_died(s, status);
 		/* A worker that dies before it is ready will likely do so
 		 * again (wrong binary, no memory): retry with a growing
 		 * delay instead of a tight loop of spawns and logs. */
@@ -527,7 +532,7 @@ int64_t pool_tick(int64_t now)
 		if (s->state == SLOT_BUSY && s->deadline_mono &&
 		    now >= s->deadline_mono) {
 			s->deadline_mono = 0;
-			engine_timeout(s);
+			ev->timeout(s);
 		}
 		if (s->kill_at_mono && (!next || s->kill_at_mono < next))
 			next = s->kill_at_mono;
