@@ -452,8 +452,10 @@ int store_resync_begin(void)
 {
 	char q[160];
 
-	if (in_txn)             /* cannot happen: a rollback closed it */
-		store_flush();
+	/* After a failed operation (not a lost transaction) the turn's
+	 * transaction is still open with the good changes: commit them. */
+	if (in_txn && store_flush() < 0)
+		return -1;
 	resyncing = 1;
 	if (store_begin() < 0)
 		goto fail;
