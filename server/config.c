@@ -16,5 +16,8 @@ struct config cfg = {
 	.events_buffer = 100000,
 	.max_jobs_per_batch = 100000,
 	.commit_interval_us = 2000,
+	.max_connections = 1024,
+	.max_connections_per_client = 256,
+	.header_timeout_us = 10 * 1000000,
 };
 volatile int shutting_down;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <microhttpd.h>
 
 #include "http.h"
@@ -31,6 +32,20 @@ static struct request **wbuckets;
 static size_t nwbuckets, nwaiters;
 static struct request **heap;
 static size_t nheap, capheap;
+
+/* Connections waiting for a request's headers, oldest deadline first: a
+ * client that trickles its headers (or opens a connection and says
+ * nothing) is dropped at its deadline, not at MHD's idle timeout, which
+ * each byte would push back.  Deadlines are now + cfg.header_timeout_us
+ * at the time a connection starts waiting, so appending keeps the list
+ * sorted. */
+struct conn_watch {
+	int fd;                         /* borrowed from MHD */
+	int64_t deadline;               /* monotonic us */
+	int listed;
+	struct conn_watch *prev, *next;
+};
+static struct conn_watch *watch_head, *watch_tail;
 
 /* The closed table of client-visible errors (STYLE 8). */
 static const struct {
@@ -389,6 +404,87 @@ static void on_commit(int ok)
 	}
 }
 
+/* ---- header deadlines ---- */
+
+static void watch_unlist(struct conn_watch *w)
+{
+	if (!w || !w->listed)
+		return;
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		watch_head = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	else
+		watch_tail = w->prev;
+	w->prev = w->next = NULL;
+	w->listed = 0;
+}
+
+/* watch_arm gives w's connection cfg.header_timeout_us from now to send
+ * the headers of its next request. */
+static void watch_arm(struct conn_watch *w)
+{
+	watch_unlist(w);
+	w->deadline = mono_us() + cfg.header_timeout_us;
+	w->prev = watch_tail;
+	w->next = NULL;
+	if (watch_tail)
+		watch_tail->next = w;
+	else
+		watch_head = w;
+	watch_tail = w;
+	w->listed = 1;
+}
+
+static struct conn_watch *watch_of(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info;
+
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return info ? info->socket_context : NULL;
+}
+
+/* watch_expire drops the connections whose headers are overdue.  The
+ * socket stays MHD's: shutdown makes MHD read an end of stream and close
+ * it through its own path (and call on_connection to free the watch). */
+static int64_t watch_expire(int64_t now)
+{
+	struct conn_watch *w;
+
+	while ((w = watch_head) && w->deadline <= now) {
+		watch_unlist(w);
+		shutdown(w->fd, SHUT_RDWR);
+		resumed = 1;    /* let MHD_run see it this turn */
+	}
+	return watch_head ? watch_head->deadline : 0;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn,
+			  void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	const union MHD_ConnectionInfo *info;
+	struct conn_watch *w = *socket_context;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		watch_unlist(w);
+		free(w);
+		*socket_context = NULL;
+		return;
+	}
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	w = calloc(1, sizeof(*w));
+	if (!w || !info) {      /* not watched: MHD's idle timeout still is */
+		free(w);
+		return;
+	}
+	w->fd = info->connect_fd;
+	*socket_context = w;
+	watch_arm(w);
+}
+
 /* ---- long-polls ---- */
 
 void http_suspend_wait(struct request *r, int is_batch, int64_t id)
@@ -444,34 +540,33 @@ static const struct subscriber http_sub = {
 	.reset = wake_all,
 };
 
-/* http_tick answers the long-polls whose wait is over.  Returns the next
- * deadline, or 0. */
+/* http_tick answers the long-polls whose wait is over and drops the
+ * connections whose headers are overdue.  Returns the next deadline, or
+ * 0. */
 int64_t http_tick(int64_t now)
 {
+	int64_t next;
+
 	while (nheap && heap[0]->deadline <= now)
 		resume_wait(heap[0]);
-	return nheap ? heap[0]->deadline : 0;
+	next = watch_expire(now);
+	if (nheap && (!next || heap[0]->deadline < next))
+		next = heap[0]->deadline;
+	return next;
 }
 
 /* ---- MHD callbacks ---- */
 
-static int body_method(const char *method)
-{
-	return strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-	       strcmp(method, "PATCH") == 0;
-}
-
+/* append_body adds a piece of the body.  A body that passes the limit
+ * without announcing its length (chunked) is cut there: MHD 0.9 cannot
+ * queue an answer in the middle of an upload, so the connection closes. */
 static enum MHD_Result append_body(struct request *r, const char *data,
 				   size_t size)
 {
 	char *p;
 
-	if (r->too_large)
-		return MHD_YES;
-	if (r->len + size > cfg.max_body_bytes) {
-		r->too_large = 1;
-		return MHD_YES;
-	}
+	if (r->len + size > cfg.max_body_bytes)
+		return MHD_NO;
 	if (r->len + size + 1 > r->cap) {
 		size_t cap = r->cap ? r->cap : 4096;
 
@@ -491,35 +586,68 @@ static enum MHD_Result append_body(struct request *r, const char *data,
 	return MHD_YES;
 }
 
+/* body_length returns the length a request announces for its body: 0
+ * for none, UINT64_MAX for one of unknown length (chunked). */
+static uint64_t body_length(struct request *r)
+{
+	const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+	if (cl)
+		return strtoull(cl, NULL, 10);
+	if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+					MHD_HTTP_HEADER_TRANSFER_ENCODING))
+		return UINT64_MAX;
+	return 0;
+}
+
+/* first_call runs when a request's headers are in.  When a body follows,
+ * a preflight, a request without the right token and a body announced
+ * over the limit are answered now, so that MHD never reads the body (it
+ * closes the connection after the answer instead); without a body they
+ * wait for the last call, which keeps the connection alive. */
+static enum MHD_Result first_call(struct MHD_Connection *conn,
+				  const char *url, const char *method,
+				  void **con_cls)
+{
+	struct request *r = calloc(1, sizeof(*r));
+	uint64_t len;
+	char detail[96];
+
+	if (!r)
+		return MHD_NO;
+	watch_unlist(watch_of(conn));
+	r->conn = conn;
+	r->url = url;
+	r->method = method;
+	*con_cls = r;
+	len = body_length(r);
+	if (!len)
+		return MHD_YES;
+	r->gated = 1;
+	if (http_gate(r) == 0)
+		return MHD_YES;
+	if (len == UINT64_MAX || len <= cfg.max_body_bytes)
+		return MHD_YES;
+	snprintf(detail, sizeof(detail),
+		 "the body exceeds the limit of %zu bytes", cfg.max_body_bytes);
+	return http_problem(r, P_TOO_LARGE, detail, NULL);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 				  const char *url, const char *method,
 				  const char *version, const char *upload_data,
 				  size_t *upload_data_size, void **con_cls)
 {
 	struct request *r = *con_cls;
-	const char *cl;
 
-	if (!r) {
-		r = calloc(1, sizeof(*r));
-		if (!r)
-			return MHD_NO;
-		r->conn = conn;
-		r->url = url;
-		r->method = method;
-		*con_cls = r;
-		/* Refuse an announced oversize body before reading it. */
-		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-						 MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && body_method(method) &&
-		    strtoull(cl, NULL, 10) > cfg.max_body_bytes)
-			r->too_large = 1;
-		return MHD_YES;
-	}
+	if (!r)
+		return first_call(conn, url, method, con_cls);
 	if (*upload_data_size) {
 		size_t n = *upload_data_size;
 
 		*upload_data_size = 0;
-		return append_body(r, upload_data, n);
+		return r->answered ? MHD_YES : append_body(r, upload_data, n);
 	}
 	if (r->answered)
 		return MHD_YES;
@@ -527,16 +655,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		return api_resume(r);
 	if (r->phase != PH_NEW)
 		return MHD_YES;
-	if (http_gate(r) == 0)
+	if (!r->gated && http_gate(r) == 0)
 		return MHD_YES;         /* answered: preflight or 401 */
-	if (r->too_large) {
-		char detail[96];
-
-		snprintf(detail, sizeof(detail),
-			 "the body exceeds the limit of %zu bytes",
-			 cfg.max_body_bytes);
-		return http_problem(r, P_TOO_LARGE, detail, NULL);
-	}
 	return http_route(r);
 }
 
@@ -553,6 +673,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 		waiter_remove(r);
 	else if (r->phase == PH_ACK)
 		ack_forget(r);
+	/* The connection now waits for the headers of its next request (a
+	 * closing one is unlisted again by on_connection). */
+	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && watch_of(conn))
+		watch_arm(watch_of(conn));
 	json_decref(r->job_ids);
 	free(r->body);
 	free(r);
@@ -592,7 +716,12 @@ int http_start(void)
 				   MHD_OPTION_SOCK_ADDR, &sa,
 				   MHD_OPTION_NOTIFY_COMPLETED, on_completed,
 				   NULL,
-				   MHD_OPTION_CONNECTION_LIMIT, 4000,
+				   MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+				   NULL,
+				   MHD_OPTION_CONNECTION_LIMIT,
+				   (unsigned)cfg.max_connections,
+				   MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+				   (unsigned)cfg.max_connections_per_client,
 				   MHD_OPTION_CONNECTION_TIMEOUT, 120,
 				   MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
 				   MHD_OPTION_END);

@@ -24,7 +24,7 @@ struct request {
 	const char *url, *method;       /* borrowed from MHD */
 	char *body;                     /* NUL-terminated, capped */
 	size_t len, cap;
-	int too_large, answered, listed;
+	int gated, answered, listed;
 	unsigned status;                /* of the answer, for /metrics */
 	enum phase phase;
 	const struct route *route;

@@ -37,6 +37,9 @@ struct config {
 	int events_buffer;
 	int max_jobs_per_batch;
 	int commit_interval_us;
+	int max_connections;            /* open HTTP connections in all */
+	int max_connections_per_client; /* from one client address */
+	int64_t header_timeout_us;      /* to send a request's headers */
 };
 extern struct config cfg;
 extern volatile int shutting_down;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -61,6 +62,12 @@ static const char usage[] =
 "  --cors-origin LIST     origins allowed to call from a browser,\n"
 "                         comma-separated, or *          [none]\n"
 "  --events-buffer N      state changes kept for SSE reconnects [100000]\n"
+"  --max-connections N    open HTTP connections, in all [1024]\n"
+"  --max-connections-per-client N  open HTTP connections from one client\n"
+"                         address                        [256]\n"
+"  --header-timeout DURATION  time a connection has to send a request's\n"
+"                         headers, from its opening or from the end of its\n"
+"                         last request; also the keep-alive idle time [10s]\n"
 "  --allow-command        enable the command kind (runs programs as this\n"
 "                         server's user; off by default)\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
@@ -106,7 +113,7 @@ static void set_listen(const char *s)
 enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
 	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
-	   O_OPEN_BATCHES };
+	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -128,6 +135,10 @@ static const struct option options[] = {
 	{"token", required_argument, NULL, O_TOKEN},
 	{"cors-origin", required_argument, NULL, O_CORS},
 	{"events-buffer", required_argument, NULL, O_EVENTS},
+	{"max-connections", required_argument, NULL, O_CONNS},
+	{"max-connections-per-client", required_argument, NULL,
+	 O_CONNS_CLIENT},
+	{"header-timeout", required_argument, NULL, O_HEADER_TIMEOUT},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -197,6 +208,20 @@ static void set_option(int o, const char *v)
 	case O_COMMIT:
 		cfg.commit_interval_us = (int)number("--commit-interval-us", v,
 						     0, 1000000);
+		break;
+	case O_CONNS:
+		cfg.max_connections = (int)number("--max-connections", v, 1,
+						  1000000);
+		break;
+	case O_CONNS_CLIENT:
+		cfg.max_connections_per_client = (int)number(
+			"--max-connections-per-client", v, 1, 1000000);
+		break;
+	case O_HEADER_TIMEOUT:
+		cfg.header_timeout_us = parse_duration(v);
+		if (cfg.header_timeout_us <= 0 ||
+		    cfg.header_timeout_us > 3600LL * 1000000)
+			die_usage("--header-timeout (want e.g. 10s, up to 1h)", v);
 		break;
 	}
 }
@@ -539,6 +564,32 @@ static void wait_children(void)
 	}
 }
 
+/* fit_fd_limit raises the soft limit on open files to the hard one, so
+ * --max-connections can be served, and lowers --max-connections when
+ * even the hard limit cannot hold it (with room for the database, the
+ * workers' channels and the loop's own descriptors). */
+static void fit_fd_limit(void)
+{
+	struct rlimit rl;
+	long room;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	room = rl.rlim_cur == RLIM_INFINITY ? LONG_MAX :
+	       (long)rl.rlim_cur - 64 - 2L * cfg.workers;
+	if (room < cfg.max_connections) {
+		log_warn("--max-connections %d lowered to %ld: the open file "
+			 "limit is %ld", cfg.max_connections, room > 1 ? room : 1,
+			 (long)rl.rlim_cur);
+		cfg.max_connections = room > 1 ? (int)room : 1;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	int64_t dirty_since = 0;
@@ -577,6 +628,7 @@ int main(int argc, char **argv)
 		log_warn("cannot set up the event loop: %s", strerror(errno));
 		return 1;
 	}
+	fit_fd_limit();
 	if (http_start() < 0)
 		return 4;
 	if (pool_start(cfg.workers, &engine_pool_events) < 0)

@@ -2,6 +2,7 @@
 """bench.py - the benchmark suite: speed and timing accuracy, not behaviour.
 
     python3 tests/bench/bench.py [seed] [noop] [accept] [submit] [scale]
+                                [exposure]
 
 submit and scale drive the server with wrk (apt-get install wrk).
 
@@ -201,8 +202,87 @@ def bench_scale(batches=100, per=10000, seconds=5):
         return ok
 
 
+def _flood(port, conns, stop, tries):
+    """conns threads that each send 16 MiB bodies without a token until
+    stop (a monotonic time); the number of uploads goes to tries."""
+    import socket
+    import threading
+    head = (b"POST /v1/batches HTTP/1.1\r\nHost: b\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n" % (16 << 20))
+    chunk = b" " * 65536
+    count = [0]
+
+    def one():
+        while time.monotonic() < stop:
+            s = None
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(head)
+                sent = 0
+                while sent < 16 << 20 and time.monotonic() < stop:
+                    sent += s.send(chunk)
+            except OSError:
+                pass
+            finally:
+                if s:
+                    s.close()
+            count[0] += 1
+            time.sleep(0.05)
+    ts = [threading.Thread(target=one) for _ in range(conns)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    tries.value += count[0]
+
+
+def bench_exposure(conns=200, seconds=10):
+    """conns clients without the token (in two processes of their own), each
+    trying to send 16 MiB bodies over and over for a bounded time, against
+    a server with --token; /healthz is timed meanwhile from another loopback
+    address by this process."""
+    import multiprocessing
+    import socket
+    with Server(workers=1, args=["--token", "bench"]) as srv:
+        rss0 = rss_kb(srv.pid)
+        stop = time.monotonic() + seconds
+        tries = multiprocessing.Value("l", 0)
+        procs = [multiprocessing.Process(target=_flood, args=(
+            srv.port, conns // 2, stop, tries)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        time.sleep(1)
+        lat = []
+        while time.monotonic() < stop - 0.5:
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            t0 = time.monotonic()
+            s.connect(("127.0.0.1", srv.port))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
+            got = s.recv(4096)
+            lat.append((time.monotonic() - t0) * 1000)
+            s.close()
+            assert got.startswith(b"HTTP/1.1 200"), got
+            time.sleep(0.02)
+        for p in procs:
+            p.join(40)
+        with open("/proc/%d/status" % srv.pid) as f:
+            hwm = int(next(x for x in f if x.startswith("VmHWM:")).split()[1])
+        lat.sort()
+        p99 = lat[int(len(lat) * 0.99)]
+        ok = hwm < 64 * 1024 and p99 < 10
+        print("exposure: %d token-less clients trying to send 16 MiB bodies "
+              "for %d s (%d uploads refused): server RSS %d kB, peak %d kB "
+              "(target < 65536); /healthz from another address p50 %.2f ms, "
+              "p99 %.2f ms, max %.2f ms over %d probes (target p99 < 10): %s"
+              % (conns, seconds, tries.value, rss0, hwm, lat[len(lat) // 2],
+                 p99, lat[-1], len(lat), "ok" if ok else "MISSED"))
+        return ok
+
+
 BENCHES = {"seed": bench_seed, "noop": bench_noop, "accept": bench_accept,
-           "submit": bench_submit, "scale": bench_scale}
+           "submit": bench_submit, "scale": bench_scale,
+           "exposure": bench_exposure}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHES)
