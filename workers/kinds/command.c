@@ -600,6 +600,66 @@ static void command_wait(struct command *c, struct kind_job *job)
 	}
 }
 
+/* kill_listed SIGKILLs and tries to reap each pid in a /proc/.../children
+ * list (pids separated by spaces).  Returns how many it found. */
+static int kill_listed(char *list)
+{
+	char *p, *end;
+	long pid;
+	int found = 0;
+
+	for (p = list; *p; p = end) {
+		pid = strtol(p, &end, 10);
+		if (end == p)
+			break;
+		if (pid > 0) {
+			kill((pid_t)pid, SIGKILL);
+			waitpid((pid_t)pid, NULL, WNOHANG);
+			found++;
+		}
+	}
+	return found;
+}
+
+/* kill_children SIGKILLs every child of this process and reaps those
+ * already dead.  Returns how many it found, or -1 when the kernel lists
+ * no children (it lacks CONFIG_PROC_CHILDREN).  The lists are per thread
+ * (/proc/self/task/TID/children): a few small reads, where a walk of all
+ * of /proc cost a millisecond or more after every job on a busy machine. */
+static int kill_children(void)
+{
+	DIR *tasks = opendir("/proc/self/task");
+	struct dirent *e;
+	char path[300], buf[4096], *cut;
+	int found = 0, listed = 0, fd;
+	ssize_t n;
+
+	if (!tasks)
+		return -1;
+	while ((e = readdir(tasks))) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof path, "/proc/self/task/%s/children",
+			 e->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd == -1)
+			continue;
+		listed = 1;
+		/* A list longer than buf is killed a part at a time: the
+		 * caller calls again until none is found. */
+		n = read(fd, buf, sizeof buf - 1);
+		close(fd);
+		if (n <= 0)
+			continue;
+		buf[n] = '\0';
+		if (n == (ssize_t)sizeof buf - 1 && (cut = strrchr(buf, ' ')))
+			*cut = '\0';   /* a cut last pid */
+		found += kill_listed(buf);
+	}
+	closedir(tasks);
+	return listed ? found : -1;
+}
+
 /* parent_of returns the parent pid in /proc/PID/stat (named by its
  * directory name), or -1.  The command name in parentheses may hold
  * anything, so the fields are read after its last ')'. */
@@ -624,9 +684,9 @@ static pid_t parent_of(const char *pid)
 	return (pid_t)ppid;
 }
 
-/* kill_children SIGKILLs every child of this process and reaps those
- * already dead.  Returns how many it found. */
-static int kill_children(void)
+/* kill_children_walk is kill_children for kernels without the children
+ * lists: it reads the parent of every process in /proc. */
+static int kill_children_walk(void)
 {
 	DIR *proc = opendir("/proc");
 	pid_t self = getpid(), pid;
@@ -648,6 +708,13 @@ static int kill_children(void)
 	return found;
 }
 
+static int kill_any_children(void)
+{
+	int found = kill_children();
+
+	return found >= 0 ? found : kill_children_walk();
+}
+
 /* kill_strays kills the job's processes that were reparented to the
  * worker, and their children as they are reparented in turn, until none
  * is left or STRAYS_MS has passed. */
@@ -656,7 +723,7 @@ static void kill_strays(void)
 	long long give_up = now_ms() + STRAYS_MS;
 	struct timespec ms = { 0, 1000000 };
 
-	while (kill_children() > 0) {
+	while (kill_any_children() > 0) {
 		if (now_ms() > give_up) {
 			fprintf(stderr, "jobpool-worker: %s: processes of a "
 				"command job are still alive after %d ms\n",
