@@ -218,6 +218,16 @@ static void retry_after(struct request *r, int seconds)
  * body gets the first batch (after the commit that holds it, like any
  * ack), another body a 409.  Returns 0 when the key is new. */
 static enum MHD_Result reply_created(struct request *r);
+static enum MHD_Result after_commit(struct request *r, api_fn reply);
+static enum MHD_Result not_committed(struct request *r, const char *what);
+
+static enum MHD_Result idem_conflict(struct request *r)
+{
+	if (!r->commit_ok)
+		return not_committed(r, "the submission with this key");
+	return http_problem(r, P_CONFLICT, "this Idempotency-Key was used "
+			    "with a different body", NULL);
+}
 
 static int replay(struct request *r, const char *key, const char *hash,
 		  enum MHD_Result *rc)
@@ -235,8 +245,8 @@ static int replay(struct request *r, const char *key, const char *hash,
 	if (found > 0)
 		return 0;
 	if (strcmp(stored, hash) != 0) {
-		*rc = http_problem(r, P_CONFLICT, "this Idempotency-Key was "
-				   "used with a different body", NULL);
+		/* The key may be this turn's, not committed yet. */
+		*rc = after_commit(r, idem_conflict);
 		return -1;
 	}
 	r->replay = 1;
@@ -440,9 +450,11 @@ static enum MHD_Result api_batch_jobs(struct request *r)
 static enum MHD_Result cancel_reply(struct request *r)
 {
 	/* "/v1/batches/..." or "/v1/jobs/..." */
-	int rc = r->cancel_rc, is_batch = r->route->pattern[4] == 'b';
+	int rc = r->op_rc, is_batch = r->route->pattern[4] == 'b';
 	json_t *obj;
 
+	if (!r->commit_ok)
+		return not_committed(r, "the cancel");
 	if (rc == -404)
 		return http_problem(r, P_NOT_FOUND, is_batch ?
 				    "no such batch" : "no such job", NULL);
@@ -450,19 +462,21 @@ static enum MHD_Result cancel_reply(struct request *r)
 		return http_problem(r, P_CONFLICT, is_batch ?
 				    "the batch has already finished" :
 				    "the job has already finished", NULL);
-	if (rc < 0 || !r->commit_ok)
+	if (rc < 0)
 		return not_committed(r, "the cancel");
 	obj = is_batch ? store_batch_json(r->ids[0]) : store_job_json(r->ids[0]);
 	return obj ? http_json(r, 200, obj) :
 		     http_problem(r, P_INTERNAL, "object vanished", NULL);
 }
 
-/* after_commit answers with reply(r) once what the request changed is
- * committed: at once when it changed nothing. */
+/* after_commit answers with reply(r) once the turn's transaction is
+ * committed: at once when nothing is pending.  Refusals (404, 409) wait
+ * too, since they were decided on what the open transaction holds: a job
+ * that "already finished" in it may be running again if it is lost. */
 static enum MHD_Result after_commit(struct request *r, api_fn reply)
 {
 	r->commit_ok = 1;
-	if (!store_dirty() || r->cancel_rc < 0)
+	if (!store_dirty())
 		return reply(r);
 	http_suspend_commit(r, reply);
 	return MHD_YES;
@@ -470,13 +484,13 @@ static enum MHD_Result after_commit(struct request *r, api_fn reply)
 
 static enum MHD_Result api_batch_cancel(struct request *r)
 {
-	r->cancel_rc = engine_cancel_batch(r->ids[0]);
+	r->op_rc = engine_cancel_batch(r->ids[0]);
 	return after_commit(r, cancel_reply);
 }
 
 static enum MHD_Result api_job_cancel(struct request *r)
 {
-	r->cancel_rc = engine_cancel_job(r->ids[0]);
+	r->op_rc = engine_cancel_job(r->ids[0]);
 	return after_commit(r, cancel_reply);
 }
 
@@ -484,6 +498,11 @@ static enum MHD_Result deleted_reply(struct request *r)
 {
 	if (!r->commit_ok)
 		return not_committed(r, "the delete");
+	if (r->op_rc == -404)
+		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
+	if (r->op_rc == -409)
+		return http_problem(r, P_CONFLICT,
+				    "the batch has unfinished jobs; cancel it first", NULL);
 	return http_empty(r, 204);
 }
 
@@ -492,11 +511,10 @@ static enum MHD_Result api_batch_delete(struct request *r)
 	struct batch_info b;
 
 	if (store_batch_info(r->ids[0], &b) < 0)
-		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
-	if (b.queued + b.running > 0)
-		return http_problem(r, P_CONFLICT,
-				    "the batch has unfinished jobs; cancel it first", NULL);
-	if (store_batch_delete(r->ids[0]) < 0)
+		r->op_rc = -404;
+	else if (b.queued + b.running > 0)
+		r->op_rc = -409;
+	else if (store_batch_delete(r->ids[0]) < 0)
 		return http_problem(r, P_UNAVAILABLE, "the batch could not be deleted", NULL);
 	return after_commit(r, deleted_reply);
 }

@@ -467,8 +467,10 @@ void engine_batch_added(int64_t batch_id)
 
 	if (store_batch_info(batch_id, &info) < 0)
 		return;
-	/* Canceled before its commit was acknowledged: nothing to run. */
-	if (info.queued + info.running > 0)
+	/* Canceled before its commit was acknowledged: nothing to run.  A
+	 * resync that committed it (and loaded what is unfinished) already
+	 * put it on the schedule. */
+	if (info.queued + info.running > 0 && !sched_find(batch_id))
 		sched_add(&info);
 	publish_batch(batch_id);
 }

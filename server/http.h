@@ -32,7 +32,7 @@ struct request {
 	/* a reply that waits for the commit of its change */
 	api_fn on_commit;
 	int commit_ok;
-	int cancel_rc;                  /* of a cancel, for its reply */
+	int op_rc;                      /* of a cancel or delete, for its reply */
 	/* ack of a submission */
 	int64_t ack_batch;
 	json_t *job_ids;

@@ -40,6 +40,7 @@ struct config {
 	int max_connections;            /* open HTTP connections in all */
 	int max_connections_per_client; /* from one client address */
 	int64_t header_timeout_us;      /* to send a request's headers */
+	int64_t child_nofile;           /* workers' open-file limit, 0: ours */
 };
 extern struct config cfg;
 extern volatile int shutting_down;

@@ -575,6 +575,10 @@ static void fit_fd_limit(void)
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
+	/* Workers, and the programs they run, keep the limit we were given:
+	 * some size tables by it or loop up to it. */
+	cfg.child_nofile = rl.rlim_cur == RLIM_INFINITY ? 0 :
+			   (int64_t)rl.rlim_cur;
 	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);

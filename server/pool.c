@@ -110,6 +110,16 @@ static int spawn_worker(struct slot *s)
 		s->failures = failures;
 		s->retire = retire;
 	}
+	if (cfg.child_nofile > 0) {
+		/* Before its first job (it has none until "ready"), so every
+		 * command it starts inherits this. */
+		struct rlimit rl;
+
+		if (prlimit(pid, RLIMIT_NOFILE, NULL, &rl) == 0) {
+			rl.rlim_cur = (rlim_t)cfg.child_nofile;
+			prlimit(pid, RLIMIT_NOFILE, &rl, NULL);
+		}
+	}
 	s->state = SLOT_STARTING;
 	s->was_ready = 0;
 	s->pid = pid;

@@ -391,12 +391,15 @@ void store_bind_opt(sqlite3_stmt *s, int i, int64_t v, int present)
  * degraded only the resync may write. */
 int store_begin(void)
 {
-	if (in_txn)
-		return 0;
+	/* Degraded, even the open transaction takes nothing more: what it
+	 * holds is committed by the resync, which must not carry along
+	 * operations started after the failure. */
 	if (degraded && !resyncing) {
 		last_error = SQLITE_FULL;
 		return -1;
 	}
+	if (in_txn)
+		return 0;
 	if (store_exec("BEGIN IMMEDIATE") < 0)
 		return -1;
 	in_txn = 1;
@@ -450,7 +453,7 @@ static int load_totals(void)
  * out, so an id of a rolled-back batch is never given twice. */
 int store_resync_begin(void)
 {
-	char q[160];
+	char q[512];
 
 	/* After a failed operation (not a lost transaction) the turn's
 	 * transaction is still open with the good changes: commit them. */
@@ -459,10 +462,18 @@ int store_resync_begin(void)
 	resyncing = 1;
 	if (store_begin() < 0)
 		goto fail;
+	/* The rows may be missing: a lost first-ever transaction takes the
+	 * table's sqlite_sequence row with it. */
 	snprintf(q, sizeof(q), "UPDATE sqlite_sequence SET seq = max(seq, "
 		 "CASE name WHEN 'batches' THEN %lld WHEN 'jobs' THEN %lld "
-		 "ELSE 0 END)", (long long)top_batch_id,
-		 (long long)top_job_id);
+		 "ELSE 0 END); "
+		 "INSERT INTO sqlite_sequence(name, seq) SELECT 'batches', %lld "
+		 "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = "
+		 "'batches'); "
+		 "INSERT INTO sqlite_sequence(name, seq) SELECT 'jobs', %lld "
+		 "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = "
+		 "'jobs')", (long long)top_batch_id, (long long)top_job_id,
+		 (long long)top_batch_id, (long long)top_job_id);
 	if (store_exec(q) < 0)
 		goto fail;
 	return 0;

@@ -266,3 +266,24 @@ def test_stalled_event_reader_costs_no_cpu():
 
 test_stalled_event_reader_costs_no_cpu.timeout = 90
 test_metrics_scrape_is_o1_in_stored_rows.timeout = 180
+
+
+def test_a_refusal_decided_on_uncommitted_state_waits_for_the_commit():
+    """A job ends; its outcome waits (--commit-interval-us 1 s) for company
+    in the group commit.  A cancel arriving meanwhile is refused (409: it
+    has finished), and that answer must not come before the finish is
+    committed: a GET right after it sees the job ended.  Before, the 409
+    came at once while every reader still saw the job running."""
+    with Server(workers=1, args=["--commit-interval-us", "1000000"]) as srv:
+        t0 = time.monotonic()
+        b = srv.submit([{"kind": "sleep", "args": {"seconds": 1.5}}])
+        jid = b["job_ids"][0]
+        srv.wait_job_state(jid, ("running",), 5)
+        # ended at 1.5 s; its outcome is committed about 1 s later
+        time.sleep(max(0, t0 + 1.8 - time.monotonic()))
+        st, _, body = srv.post("/v1/jobs/%s/cancel" % jid)
+        assert st == 409, (st, body)
+        st, _, job = srv.get("/v1/jobs/" + jid)
+        assert job["state"] == "succeeded", \
+            "409 'already finished' answered while the job reads %s" % \
+            job["state"]

@@ -8,6 +8,7 @@ header byte a second kept its connection for as long as it liked.
 """
 
 import http.client
+import resource
 import socket
 import threading
 import time
@@ -211,3 +212,31 @@ def test_connection_limits_in_all_and_per_client():
         waiting.settimeout(10)
         assert read_reply(waiting).startswith(b"HTTP/1.1 200")
         waiting.close()
+
+
+def _soft_nofile(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise AssertionError("no open-file limit for %d" % pid)
+
+
+def test_the_raised_open_file_limit_stays_in_the_server():
+    """The server raises its soft open-file limit to serve its connections;
+    workers and the programs they run keep the one it was started with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(512, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        srv = Server(workers=1, args=["--allow-command"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with srv:
+        assert _soft_nofile(srv.pid) == hard
+        worker = srv.wait_pool_ready(1)["workers"][0]["pid"]
+        assert _soft_nofile(worker) == low
+        b = srv.submit([{"kind": "command",
+                         "args": {"argv": ["sh", "-c", "ulimit -n"]}}])
+        j = srv.wait_job(b["job_ids"][0], 10)
+        assert j["output"]["stdout"].strip() == str(low), j
