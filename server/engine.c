@@ -59,12 +59,15 @@ void engine_dispatch(void)
 	struct sbatch *b;
 	struct slot *s;
 	struct claim c;
-	int64_t now;
+	int64_t now, mono;
 	int rc;
 
 	while (!shutting_down && !store_degraded() && (s = pool_idle()) &&
 	       (b = sched_pick())) {
+		/* The job's start, on both clocks at once: started_at is
+		 * stored, run_ms is measured from the monotonic one. */
 		now = now_us();
+		mono = mono_us();
 		rc = store_job_claim(sched_id(b), s->index, s->pid, now, 0, &c);
 		if (rc == 1) {
 			/* The scheduler's (monotonic) backoff says a job is
@@ -95,7 +98,7 @@ void engine_dispatch(void)
 			continue;
 		}
 		metrics_queue_wait(now - c.queued_at);
-		pool_send_run(s, &c);
+		pool_send_run(s, &c, mono);
 		free(c.args);
 	}
 }

@@ -278,7 +278,10 @@ int pool_start(int size, const struct pool_events *events);
 int pool_size(void);
 struct slot *pool_slot(int index);
 struct slot *pool_idle(void);
-int pool_send_run(struct slot *s, const struct claim *c);
+/* pool_send_run hands claim c to idle slot s; started_mono is the
+ * monotonic time read with the claim's wall-clock start, so run_ms and
+ * finished_at - started_at agree. */
+int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono);
 void pool_reap(void);
 void pool_kill(struct slot *s, enum kill_reason why, int grace_ms);
 void pool_stop_job(struct slot *s, enum kill_reason why);

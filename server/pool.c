@@ -215,7 +215,7 @@ static void close_channel(struct slot *s)
 
 /* pool_send_run hands claim c to idle slot s.  Returns 0, or -1 when the
  * channel is broken (the worker is dying; its reap will settle the job). */
-int pool_send_run(struct slot *s, const struct claim *c)
+int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono)
 {
 	char id[32], *msg;
 	json_t *args, *m;
@@ -240,7 +240,7 @@ int pool_send_run(struct slot *s, const struct claim *c)
 	s->cancel_requested = 0;
 	s->kill = KILL_NONE;
 	s->kill_at_mono = 0;
-	s->started_mono = mono_us();
+	s->started_mono = started_mono;
 	s->deadline_mono = c->timeout_s > 0 ?
 		s->started_mono + (int64_t)(c->timeout_s * 1e6) : 0;
 	n = msg ? send(s->fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT) :
