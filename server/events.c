@@ -2,10 +2,16 @@
  * Server-Sent Events.
  *
  * Changes go into a ring of the last --events-buffer events, each already
- * formatted.  Every stream is an MHD callback response whose reader copies
- * the events after the client's cursor; when there is nothing to send the
- * reader suspends its connection (MHD's prescribed pattern) and the next
- * event resumes it.  No thread, no per-client queue: a slow client only
+ * formatted, holding at most --events-buffer-bytes (texts and slots): the
+ * oldest go first when either bound is reached.  The ring's slots grow
+ * with use, so a small window costs little.  (Bounded in entries alone,
+ * the default window held about 20 MB of event text, and RSS kept rising
+ * for minutes under steady load until it was full.)
+ *
+ * Every stream is an MHD callback response whose reader copies the events
+ * after the client's cursor; when there is nothing to send the reader
+ * suspends its connection (MHD's prescribed pattern) and the next event
+ * resumes it.  No thread, no per-client queue: a slow client only
  * holds a cursor, and one that falls out of the window gets a "reset".
  *
  * Ids are wall-clock microseconds, bumped to stay strictly increasing, so
@@ -42,6 +48,7 @@ struct stream {
 
 static struct event *ring;
 static size_t cap, count, first;        /* first: index of the oldest */
+static size_t text_bytes;               /* the texts, NULs included */
 static int64_t last_id;
 static int64_t start_id;        /* no event of this process is older */
 static int64_t evicted;         /* id of the newest event dropped */
@@ -69,6 +76,71 @@ static size_t oldest_after(int64_t id)
 	return lo;
 }
 
+/* held is what --events-buffer-bytes bounds: the texts and the slots. */
+static size_t held(void)
+{
+	return text_bytes + cap * sizeof(*ring);
+}
+
+static void evict_oldest(void)
+{
+	struct event *e = at(0);
+
+	evicted = e->id;
+	text_bytes -= e->len + 1;
+	free(e->text);
+	first = (first + 1) % cap;
+	count--;
+}
+
+/* grow gives the ring n slots, the events moved to the front in order.
+ * Returns 0, or -1 (out of memory) with the ring as it was. */
+static int grow(size_t n)
+{
+	struct event *p = malloc(n * sizeof(*p));
+	size_t i;
+
+	if (!p)
+		return -1;
+	for (i = 0; i < count; i++)
+		p[i] = *at(i);
+	free(ring);
+	ring = p;
+	cap = n;
+	first = 0;
+	return 0;
+}
+
+/* make_room evicts the oldest events until one more, of len bytes with
+ * its NUL, fits under both bounds, and finds it a slot: a new one when
+ * that fits too, else the oldest event's.  The newest event is always
+ * kept, however large.  Returns 0, or -1 when the ring is empty and
+ * cannot grow (out of memory). */
+static int make_room(size_t len)
+{
+	size_t max = (size_t)cfg.events_buffer, budget = cfg.events_buffer_bytes;
+	size_t n;
+
+	for (;;) {
+		if (count && (count >= max || held() + len > budget)) {
+			evict_oldest();
+			continue;
+		}
+		if (count < cap)
+			return 0;
+		n = cap ? cap * 2 : 64;
+		if (n > max)
+			n = max;
+		if (n > cap && (!count || held() + len +
+				(n - cap) * sizeof(*ring) <= budget) &&
+		    grow(n) == 0)
+			return 0;
+		if (!count)
+			return -1;
+		evict_oldest();
+	}
+}
+
 static void wake_all(void)
 {
 	struct stream *s;
@@ -85,30 +157,31 @@ static void wake_all(void)
 static void emit(const char *type, int64_t batch_id, json_t *data)
 {
 	char *json = json_dumps(data, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	char *text = NULL;
 	struct event *e;
 	int64_t id = now_us();
+	int len;
 
 	json_decref(data);
-	if (!json || !cap)
+	if (!json || !cfg.events_buffer)
 		goto out;
 	if (id <= last_id)
 		id = last_id + 1;
 	last_id = id;
-	if (count == cap) {
-		evicted = at(0)->id;
-		free(at(0)->text);
-		first = (first + 1) % cap;
-		count--;
+	len = asprintf(&text, "id: %lld\nevent: %s\ndata: %s\n\n",
+		       (long long)id, type, json);
+	if (len < 0 || make_room((size_t)len + 1) < 0) {
+		if (len >= 0)
+			free(text);
+		evicted = id;   /* a reader past it must hear it missed one */
+		goto out;
 	}
 	e = at(count++);
 	e->id = id;
 	e->batch_id = batch_id;
-	e->len = (size_t)asprintf(&e->text, "id: %lld\nevent: %s\ndata: %s\n\n",
-				  (long long)id, type, json);
-	if (!e->text) {
-		count--;
-		goto out;
-	}
+	e->text = text;
+	e->len = (size_t)len;
+	text_bytes += e->len + 1;
 	if (streams)
 		wake_all();
 out:
@@ -162,11 +235,15 @@ static const struct subscriber events_sub = {
 
 int events_init(void)
 {
-	cap = (size_t)cfg.events_buffer;
-	ring = calloc(cap, sizeof(*ring));
 	start_id = last_id = now_us();
 	publish_subscribe(&events_sub);
-	return ring ? 0 : -1;
+	return 0;
+}
+
+void events_held(size_t *entries, size_t *bytes)
+{
+	*entries = count;
+	*bytes = held();
 }
 
 /* copy_rest continues an event that did not fit in one write. */
@@ -357,5 +434,5 @@ void events_free(void)
 		free(at(i)->text);
 	free(ring);
 	ring = NULL;
-	count = first = cap = 0;
+	count = first = cap = text_bytes = 0;
 }

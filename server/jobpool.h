@@ -35,6 +35,7 @@ struct config {
 	const char *token;              /* bearer token, NULL: none */
 	const char *cors_origins;       /* comma-separated, "*", or NULL */
 	int events_buffer;
+	size_t events_buffer_bytes;
 	int max_jobs_per_batch;
 	int commit_interval_us;
 };
@@ -338,6 +339,9 @@ void metrics_free(void);
 /* ---- events.c ---- */
 int events_init(void);          /* subscribes to the publisher */
 int64_t events_tick(int64_t now_mono);
+/* events_held reports the window: events kept and the bytes they hold
+ * (texts and ring slots), which --events-buffer-bytes bounds. */
+void events_held(size_t *entries, size_t *bytes);
 void events_close(void);
 void events_free(void);
 
