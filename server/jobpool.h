@@ -204,6 +204,9 @@ int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 		       void *ctx);
 int store_batch_delete(int64_t batch_id);
 int store_ping(void);
+/* store_memory_bytes is what SQLite holds now, all connections together
+ * (page caches, statements, schema). */
+int64_t store_memory_bytes(void);
 
 /* ---- sched.c ---- */
 struct sbatch;
@@ -223,6 +226,7 @@ void sched_ready(struct sbatch *b);
 void sched_drop_queued(struct sbatch *b, int n);
 void sched_remove(struct sbatch *b);
 int sched_queued_total(void);
+size_t sched_bytes(void);       /* memory held for the batches, hash included */
 void sched_clear(void);
 
 /* ---- pool.c ---- */
