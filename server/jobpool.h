@@ -343,8 +343,8 @@ void metrics_free(void);
 /* ---- events.c ---- */
 int events_init(void);          /* subscribes to the publisher */
 int64_t events_tick(int64_t now_mono);
-/* events_held reports the window: events kept and the bytes they hold
- * (texts and ring slots), which --events-buffer-bytes bounds. */
+/* events_held reports the window: events kept, and the bytes allocated
+ * for them (text buffer and slots), which --events-buffer-bytes bounds. */
 void events_held(size_t *entries, size_t *bytes);
 void events_close(void);
 void events_free(void);
