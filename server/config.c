@@ -14,6 +14,7 @@ struct config cfg = {
 	.max_open_batches = 100000,
 	.idempotency_ttl_us = 86400LL * 1000000,
 	.events_buffer = 100000,
+	.events_buffer_bytes = 8 << 20,
 	.max_jobs_per_batch = 100000,
 	.commit_interval_us = 2000,
 	.max_connections = 1024,

@@ -35,6 +35,7 @@ struct config {
 	const char *token;              /* bearer token, NULL: none */
 	const char *cors_origins;       /* comma-separated, "*", or NULL */
 	int events_buffer;
+	size_t events_buffer_bytes;
 	int max_jobs_per_batch;
 	int commit_interval_us;
 	int max_connections;            /* open HTTP connections in all */
@@ -207,6 +208,9 @@ int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 		       void *ctx);
 int store_batch_delete(int64_t batch_id);
 int store_ping(void);
+/* store_memory_bytes is what SQLite holds now, all connections together
+ * (page caches, statements, schema). */
+int64_t store_memory_bytes(void);
 
 /* ---- sched.c ---- */
 struct sbatch;
@@ -226,6 +230,7 @@ void sched_ready(struct sbatch *b);
 void sched_drop_queued(struct sbatch *b, int n);
 void sched_remove(struct sbatch *b);
 int sched_queued_total(void);
+size_t sched_bytes(void);       /* memory held for the batches, hash included */
 void sched_clear(void);
 
 /* ---- pool.c ---- */
@@ -345,6 +350,9 @@ void metrics_free(void);
 /* ---- events.c ---- */
 int events_init(void);          /* subscribes to the publisher */
 int64_t events_tick(int64_t now_mono);
+/* events_held reports the window: events kept, and the bytes allocated
+ * for them (text buffer and slots), which --events-buffer-bytes bounds. */
+void events_held(size_t *entries, size_t *bytes);
 void events_close(void);
 void events_free(void);
 

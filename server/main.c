@@ -62,6 +62,7 @@ static const char usage[] =
 "  --cors-origin LIST     origins allowed to call from a browser,\n"
 "                         comma-separated, or *          [none]\n"
 "  --events-buffer N      state changes kept for SSE reconnects [100000]\n"
+"  --events-buffer-bytes N  memory those changes may hold [8388608]\n"
 "  --max-connections N    open HTTP connections, in all [1024]\n"
 "  --max-connections-per-client N  open HTTP connections from one client\n"
 "                         address                        [256]\n"
@@ -113,7 +114,8 @@ static void set_listen(const char *s)
 enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
 	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
-	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT };
+	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT,
+	   O_EVENTS_BYTES };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -135,6 +137,7 @@ static const struct option options[] = {
 	{"token", required_argument, NULL, O_TOKEN},
 	{"cors-origin", required_argument, NULL, O_CORS},
 	{"events-buffer", required_argument, NULL, O_EVENTS},
+	{"events-buffer-bytes", required_argument, NULL, O_EVENTS_BYTES},
 	{"max-connections", required_argument, NULL, O_CONNS},
 	{"max-connections-per-client", required_argument, NULL,
 	 O_CONNS_CLIENT},
@@ -204,6 +207,10 @@ static void set_option(int o, const char *v)
 	case O_EVENTS:
 		cfg.events_buffer = (int)number("--events-buffer", v, 16,
 						10000000);
+		break;
+	case O_EVENTS_BYTES:
+		cfg.events_buffer_bytes = (size_t)number("--events-buffer-bytes",
+							 v, 65536, 1L << 40);
 		break;
 	case O_COMMIT:
 		cfg.commit_interval_us = (int)number("--commit-interval-us", v,

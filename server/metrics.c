@@ -133,6 +133,36 @@ static void render_histogram(FILE *f, const char *name, const char *help,
 		(unsigned long long)h->count);
 }
 
+/* render_memory shows what each bounded in-memory structure holds, so an
+ * operator (and the memory test) can see it stay under its bound. */
+static void render_memory(FILE *f)
+{
+	size_t entries, bytes;
+
+	events_held(&entries, &bytes);
+	fprintf(f, "# HELP jobpool_events_buffered Events kept for SSE "
+		"reconnects (at most --events-buffer).\n"
+		"# TYPE jobpool_events_buffered gauge\n"
+		"jobpool_events_buffered %zu\n", entries);
+	fprintf(f, "# HELP jobpool_events_buffered_bytes Memory those events "
+		"hold (at most --events-buffer-bytes).\n"
+		"# TYPE jobpool_events_buffered_bytes gauge\n"
+		"jobpool_events_buffered_bytes %zu\n", bytes);
+	fprintf(f, "# HELP jobpool_scheduler_batches Unfinished batches the "
+		"scheduler holds (at most --max-open-batches).\n"
+		"# TYPE jobpool_scheduler_batches gauge\n"
+		"jobpool_scheduler_batches %d\n", sched_count());
+	fprintf(f, "# HELP jobpool_scheduler_bytes Memory the scheduler "
+		"holds for them.\n"
+		"# TYPE jobpool_scheduler_bytes gauge\n"
+		"jobpool_scheduler_bytes %zu\n", sched_bytes());
+	fprintf(f, "# HELP jobpool_sqlite_memory_bytes Memory SQLite holds: "
+		"page caches, statements, schema.\n"
+		"# TYPE jobpool_sqlite_memory_bytes gauge\n"
+		"jobpool_sqlite_memory_bytes %lld\n",
+		(long long)store_memory_bytes());
+}
+
 char *metrics_render(void)
 {
 	static const char *const states[] = {
@@ -164,6 +194,7 @@ char *metrics_render(void)
 	fprintf(f, "# HELP jobpool_workers_live Worker processes alive.\n"
 		"# TYPE jobpool_workers_live gauge\n"
 		"jobpool_workers_live %d\n", pool_live());
+	render_memory(f);
 	render_histogram(f, "jobpool_job_run_seconds",
 			 "Run time of finished job attempts.", &run_hist);
 	render_histogram(f, "jobpool_job_queue_wait_seconds",

@@ -215,6 +215,15 @@ int sched_queued_total(void)
 	return queued_total;
 }
 
+/* sched_bytes is what the scheduler holds: one entry per unfinished batch
+ * (at most --max-open-batches) and the hash, which never shrinks below
+ * the largest count seen. */
+size_t sched_bytes(void)
+{
+	return (size_t)nbatches * sizeof(struct sbatch) +
+	       nbuckets * sizeof(*buckets);
+}
+
 void sched_clear(void)
 {
 	while (head)

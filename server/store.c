@@ -642,6 +642,7 @@ int store_open(const char *path)
 	/* FULL: a commit is on disk (WAL fsync'ed) when COMMIT returns, which
 	 * is what a 201 promises.  Group commit keeps this cheap. */
 	if (store_exec("PRAGMA journal_mode = WAL") < 0 ||
+	    store_exec(STORE_CACHE_PRAGMA) < 0 ||
 	    store_exec("PRAGMA synchronous = FULL") < 0 ||
 	    store_exec("PRAGMA foreign_keys = ON") < 0 || migrate() < 0)
 		return -1;
@@ -665,6 +666,11 @@ int store_open(const char *path)
 		return -1;
 	}
 	sqlite3_busy_timeout(store_rdb, 5000);
+	if (sqlite3_exec(store_rdb, STORE_CACHE_PRAGMA, NULL, NULL, NULL)) {
+		log_warn("store: %s: %s", STORE_CACHE_PRAGMA,
+			 sqlite3_errmsg(store_rdb));
+		return -1;
+	}
 	return cfg.max_db_bytes ? cap_size(cfg.max_db_bytes) : 0;
 }
 

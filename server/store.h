@@ -25,6 +25,13 @@ enum stmt_id {
 	"       WHEN cancel_req THEN 'canceled' ELSE 'failed' END " \
 	"WHEN started_at IS NULL THEN 'queued' ELSE 'running' END"
 
+/* Page cache per connection, set explicitly rather than left to the
+ * build's default: the writer's and the reader's hold the hot pages (the
+ * queue's head, recent batches), the checkpointer copies WAL frames and
+ * needs little.  Memory stays flat however large the database grows. */
+#define STORE_CACHE_PRAGMA "PRAGMA cache_size = -2048"        /* KiB */
+#define STORE_CKPT_CACHE_PRAGMA "PRAGMA cache_size = -256"
+
 extern sqlite3 *store_db;
 
 /* store_exec runs SQL without results; logs and returns -1 on error. */

@@ -40,6 +40,7 @@ static void *checkpointer(void *arg)
 		return NULL;
 	}
 	sqlite3_busy_timeout(c, 1000);
+	sqlite3_exec(c, STORE_CKPT_CACHE_PRAGMA, NULL, NULL, NULL);
 	while (!stop) {
 		pthread_mutex_lock(&ckpt_lock);
 		while (!ckpt_due && !ckpt_stop)
@@ -109,6 +110,11 @@ void store_checkpointer_stop(void)
 	}
 	free(ckpt_path);
 	ckpt_path = NULL;
+}
+
+int64_t store_memory_bytes(void)
+{
+	return sqlite3_memory_used();
 }
 
 /* store_size_bytes is the space the data uses (free pages excluded). */

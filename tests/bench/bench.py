@@ -2,9 +2,9 @@
 """bench.py - the benchmark suite: speed and timing accuracy, not behaviour.
 
     python3 tests/bench/bench.py [seed] [noop] [accept] [submit] [scale]
-                                [exposure]
+                                [exposure] [memory]
 
-submit and scale drive the server with wrk (apt-get install wrk).
+submit, scale and memory drive the server with wrk (apt-get install wrk).
 
 Each benchmark starts its own jobpoold (JOBPOOLD, default build/server/
 jobpoold) on a free loopback port with a temp database, prints what it
@@ -148,6 +148,86 @@ def bench_submit(seconds=10):
         return ok
 
 
+MIXED_LUA = """
+-- 10% POST /v1/batches with 2 noop jobs, 90% GET of a batch or a job seen
+local maxb, maxj = 0, 0
+local body = '{"jobs":[{"kind":"noop"},{"kind":"noop"}]}'
+request = function()
+  local r = math.random(100)
+  if r <= 10 or maxb == 0 then
+    return wrk.format("POST", "/v1/batches",
+                      {["Content-Type"] = "application/json"}, body)
+  elseif r <= 55 then
+    return wrk.format("GET", string.format("/v1/batches/b_%012d",
+                                           math.random(1, maxb)))
+  end
+  return wrk.format("GET", string.format("/v1/jobs/j_%012d",
+                                         math.random(1, maxj)))
+end
+response = function(status, headers, body)
+  if status == 201 then
+    local b = tonumber(string.match(body, '"id":"b_(%d+)"'))
+    if b and b > maxb then maxb = b end
+    for j in string.gmatch(body, 'j_(%d+)') do
+      if tonumber(j) > maxj then maxj = tonumber(j) end
+    end
+  end
+end
+"""
+
+
+def rss_anon_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return -1
+
+
+def gauges(srv):
+    text = srv.get("/metrics")[2]
+    return {m.group(1): int(m.group(2)) for m in
+            re.finditer(r"^(jobpool_[a-z_]+) (\d+)$", text, re.M)}
+
+
+def bench_memory(rounds=7, warmup=3, seconds=15):
+    """Steady mixed load in consecutive rounds: wrk, 50 connections, 10%
+    POST of 2-job batches, 90% GET of batches and jobs; the server's
+    anonymous RSS after each round.  --max-open-batches 2000: on two cores
+    wrk submits faster than the jobs run, and the backlog would grow (up to
+    the default 100,000 open batches, 64 bytes each in the scheduler) and
+    hide whether anything else grows; with it, batches are accepted as
+    fast as they finish (the rest get 429), a steady state.  Target: after
+    the warm-up rounds, each round's RSS within 5% of the one before."""
+    with Server(workers=None, args=["--max-open-batches", "2000"]) as srv:
+        rss = []
+        before = gauges(srv).get("jobpool_batches_submitted_total", 0)
+        for r in range(rounds):
+            rps, ms, bad = wrk(srv.url, MIXED_LUA, seconds, 50)
+            time.sleep(1)
+            g = gauges(srv)
+            rss.append(rss_anon_kb(srv.pid))
+            done = g.get("jobpool_batches_submitted_total", 0)
+            print("memory: round %d%s: %.0f req/s, %d batches accepted, "
+                  "%d refused; RssAnon %d kB; event window %s events, %s "
+                  "bytes; SQLite %s bytes; scheduler %s batches"
+                  % (r + 1, " (warm-up)" if r < warmup else "", rps,
+                     done - before, bad, rss[-1],
+                     g.get("jobpool_events_buffered", "?"),
+                     g.get("jobpool_events_buffered_bytes", "?"),
+                     g.get("jobpool_sqlite_memory_bytes", "?"),
+                     g.get("jobpool_scheduler_batches", "?")))
+            before = done
+        steps = [rss[i] / rss[i - 1] - 1 for i in range(warmup, rounds)]
+        ok = all(abs(x) <= 0.05 for x in steps)
+        print("memory: RssAnon %s kB; after warm-up, round to round %s "
+              "(target within 5%%): %s"
+              % (" -> ".join(str(x) for x in rss),
+                 ", ".join("%+.1f%%" % (x * 100) for x in steps),
+                 "ok" if ok else "MISSED"))
+        return ok
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -282,7 +362,7 @@ def bench_exposure(conns=200, seconds=10):
 
 BENCHES = {"seed": bench_seed, "noop": bench_noop, "accept": bench_accept,
            "submit": bench_submit, "scale": bench_scale,
-           "exposure": bench_exposure}
+           "exposure": bench_exposure, "memory": bench_memory}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHES)
