@@ -11,7 +11,12 @@
 # and exits non-zero when anything failed.  Needs Node.js >= 20 and npm.
 set -uo pipefail
 cd "$(dirname "$0")"
-bin=$(realpath "${JOBPOOLD:-../../build/server/jobpoold}")
+bin=$(realpath -m "${JOBPOOLD:-../../build/server/jobpoold}")
+if [ ! -x "$bin" ]; then
+	echo "FAIL no jobpoold binary at $bin (set JOBPOOLD)"
+	echo "client: 0 passed, 1 failed"
+	exit 1
+fi
 
 # step WHAT CMD...: runs CMD; on failure shows its output and gives up.
 step() {
