@@ -63,6 +63,25 @@ static int parse_long(const char *s, long lo, long hi, long *out)
 	return 0;
 }
 
+/* parse_count reads a query integer such as ?limit.  An integral decimal
+ * ("5.0") counts as that integer, as JSON Schema's "integer" and our JSON
+ * bodies have it. */
+static int parse_count(const char *s, long lo, long hi, long *out)
+{
+	char digits[16];
+	size_t n = strspn(s, "0123456789");
+
+	if (n == 0 || n >= sizeof(digits))
+		return -1;
+	if (s[n] == '.' && strspn(s + n + 1, "0") != strlen(s + n + 1))
+		return -1;
+	if (s[n] && s[n] != '.')
+		return -1;
+	memcpy(digits, s, n);
+	digits[n] = 0;
+	return parse_long(digits, lo, hi, out);
+}
+
 /* The wait parameter of long-polls: seconds, 0..60, decimals allowed. */
 static int parse_wait(struct request *r, double *out)
 {
@@ -113,7 +132,7 @@ static int parse_page(struct request *r, char cursor_prefix,
 		return -1;
 	}
 	s = param(r, "limit");
-	if (s && parse_long(s, 1, 1000, &p->limit) < 0) {
+	if (s && parse_count(s, 1, 1000, &p->limit) < 0) {
 		*rc = http_invalid(r, "?limit", "must be an integer from 1 to 1000");
 		return -1;
 	}
@@ -296,6 +315,27 @@ static int refuse_load(struct request *r, int njobs, enum MHD_Result *rc)
 	return 0;
 }
 
+/* drop_nulls removes the null members of a valid batch and of its jobs:
+ * validation let null through only where it means "absent" (name,
+ * concurrency, timeout_s), so the store sees them as not sent.  The
+ * Idempotency-Key hash is taken before, of the body as sent, so keys
+ * stored by an older server still match their replays. */
+static void drop_nulls(json_t *obj)
+{
+	const char *key;
+	json_t *v, *job;
+	void *tmp;
+	size_t i;
+
+	json_object_foreach_safe(obj, tmp, key, v) {
+		if (json_is_null(v))
+			json_object_del(obj, key);
+	}
+	json_array_foreach(json_object_get(obj, "jobs"), i, job)
+		if (json_is_object(job))
+			drop_nulls(job);
+}
+
 static enum MHD_Result api_batch_create(struct request *r)
 {
 	const char *key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
@@ -332,6 +372,7 @@ static enum MHD_Result api_batch_create(struct request *r)
 			return rc;
 		}
 	}
+	drop_nulls(body);
 	n = (int)json_array_size(json_object_get(body, "jobs"));
 	if (refuse_load(r, n, &rc)) {
 		json_decref(body);
@@ -703,7 +744,11 @@ static void options(struct request *r)
 	}
 	strcat(allow, ", OPTIONS");
 	http_header(r, "Allow", allow);
-	if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+	/* Preflight headers only for an origin http_send will also give
+	 * Access-Control-Allow-Origin: alone they grant nothing and read as
+	 * if CORS were configured. */
+	if (http_cors_allowed(r) &&
+	    MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 					"Access-Control-Request-Method")) {
 		http_header(r, "Access-Control-Allow-Methods",
 			    "GET, POST, PUT, DELETE");

@@ -117,6 +117,11 @@ static const char *cors_origin(struct request *r)
 	return NULL;
 }
 
+int http_cors_allowed(struct request *r)
+{
+	return cors_origin(r) != NULL;
+}
+
 /* http_send queues resp (borrowed) with the request's extra headers and
  * the CORS headers of an allowed origin. */
 enum MHD_Result http_send(struct request *r, unsigned status,

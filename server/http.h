@@ -60,6 +60,9 @@ struct route {
 };
 
 /* http.c */
+/* http_cors_allowed tells whether the request's Origin may be given CORS
+ * headers (--cors-origin lists it, or is "*"). */
+int http_cors_allowed(struct request *r);
 void http_header(struct request *r, const char *name, const char *value);
 enum MHD_Result http_send(struct request *r, unsigned status,
 			  struct MHD_Response *resp);

@@ -59,14 +59,16 @@ static int is_int(const json_t *j, double *out)
 	return 1;
 }
 
+/* check_int and check_number take null as absent when null_ok: a field a
+ * read shows as null can be sent back as read. */
 static void check_int(struct verr *v, const json_t *obj, const char *field,
-		      double lo, double hi)
+		      double lo, double hi, int null_ok)
 {
 	const json_t *j = json_object_get(obj, field);
 	char msg[96];
 	double d;
 
-	if (!j)
+	if (!j || (null_ok && json_is_null(j)))
 		return;
 	if (!is_int(j, &d) || d < lo || d > hi) {
 		snprintf(msg, sizeof(msg), "must be an integer between %g and %g",
@@ -76,13 +78,13 @@ static void check_int(struct verr *v, const json_t *obj, const char *field,
 }
 
 static void check_number(struct verr *v, const json_t *obj, const char *field,
-			 double lo, double hi, int lo_open)
+			 double lo, double hi, int lo_open, int null_ok)
 {
 	const json_t *j = json_object_get(obj, field);
 	char msg[96];
 	double d;
 
-	if (!j)
+	if (!j || (null_ok && json_is_null(j)))
 		return;
 	d = json_is_number(j) ? json_number_value(j) : NAN;
 	if (!isfinite(d) || d < lo || (lo_open && d == lo) || d > hi) {
@@ -216,9 +218,9 @@ static void check_job(struct verr *v, const json_t *job)
 	}
 	check_args(v, job, k);
 	check_name(v, job);
-	check_number(v, job, "timeout_s", 0, 604800, 1);
-	check_int(v, job, "max_attempts", 1, 100);
-	check_number(v, job, "retry_backoff_s", 0, 3600, 0);
+	check_number(v, job, "timeout_s", 0, 604800, 1, 1);
+	check_int(v, job, "max_attempts", 1, 100, 0);
+	check_number(v, job, "retry_backoff_s", 0, 3600, 0, 0);
 	check_retry_on(v, job);
 }
 
@@ -238,8 +240,8 @@ int validate_batch(const json_t *body, json_t *errors)
 	}
 	kind_check_only(body, allowed, kind_err, &v);
 	check_name(&v, body);
-	check_int(&v, body, "concurrency", 1, 10000);
-	check_int(&v, body, "priority", -1000, 1000);
+	check_int(&v, body, "concurrency", 1, 10000, 1);
+	check_int(&v, body, "priority", -1000, 1000, 0);
 	jobs = json_object_get(body, "jobs");
 	if (!jobs) {
 		add(&v, "jobs", "is required");

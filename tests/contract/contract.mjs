@@ -512,6 +512,7 @@ async function main() {
 	await call(S, 'POST', '/v1/batches', {
 		expect: 400, json: { jobs: [] }, label: 'POST /v1/batches 400 (no jobs)',
 	});
+
 	await call(S, 'POST', '/v1/batches', {
 		expect: 415, body: '{"jobs":[{"kind":"noop"}]}', headers: { 'Content-Type': 'text/plain' }, label: 'POST /v1/batches 415',
 		check: (r) => want(r.json?.type === 'urn:jobpool:problem:unsupported-media-type', `type ${r.json?.type}`),
@@ -590,6 +591,8 @@ async function main() {
 		],
 	});
 	await call(S, 'GET', '/v1/batches?state=failed', { expect: 200, label: 'GET /v1/batches?state=failed 200' });
+	await call(S, 'GET', '/v1/batches?limit=1.0', { expect: 200, label: 'GET /v1/batches?limit=1.0 200 (an integral decimal is an integer)', check: (r) => want(r.json?.items?.length === 1, `items ${r.json?.items?.length}`) });
+	await call(S, 'GET', '/v1/batches?limit=1.5', { expect: 400, label: 'GET /v1/batches?limit=1.5 400', check: (r) => want(r.json?.errors?.some((e) => e.path === '?limit'), 'no error at ?limit') });
 	await call(S, 'GET', '/v1/batches?limit=0', { expect: 400, label: 'GET /v1/batches?limit=0 400', check: (r) => want(r.json?.errors?.some((e) => e.path === '?limit'), 'no error at ?limit') });
 	await call(S, 'GET', '/v1/batches?state=bogus', { expect: 400, label: 'GET /v1/batches?state=bogus 400' });
 	const j1 = await call(S, 'GET', `/v1/batches/${A_ID}/jobs?limit=4`, {
@@ -609,6 +612,16 @@ async function main() {
 	});
 	await call(S, 'GET', `/v1/batches/${A_ID}/jobs?limit=1001`, { expect: 400, label: 'GET /v1/batches/{id}/jobs?limit=1001 400' });
 
+	// The nulls a read shows are accepted back (as absent).
+	const nulls = await call(S, 'POST', '/v1/batches', {
+		expect: 201, label: 'POST /v1/batches 201 (the nulls a read returns)',
+		json: { name: null, concurrency: null, jobs: [{ kind: 'noop', name: null, timeout_s: null }] },
+		check: (r) => want(r.json?.name === null && r.json?.concurrency === null, `name ${r.json?.name}, concurrency ${r.json?.concurrency}`),
+	});
+	await call(S, 'GET', `/v1/jobs/${nulls.json?.job_ids?.[0]}?wait=10`, {
+		expect: 200, label: 'GET /v1/jobs/{id}?wait=10 200 (submitted with nulls)',
+		check: (r) => want(r.json?.name === null && r.json?.timeout_s === null && r.json?.state === 'succeeded', `name ${r.json?.name}, timeout_s ${r.json?.timeout_s}, state ${r.json?.state}`),
+	});
 	// -- cancel and delete
 	const hang = await call(S, 'POST', '/v1/batches', {
 		expect: 201, label: 'POST /v1/batches 201 (hanging jobs)',
@@ -663,7 +676,16 @@ async function main() {
 	await call(S, 'GET', '/v1/events', { expect: 400, headers: { 'Last-Event-ID': 'x' }, label: 'GET /v1/events 400 (bad Last-Event-ID)', check: (r) => want(r.json?.errors?.some((e) => e.path === 'Last-Event-ID'), 'no error at Last-Event-ID') });
 	await call(S, 'POST', '/v1/events', { expect: 405, json: {}, label: 'POST /v1/events 405' });
 
+	// -- HEAD: every GET path answers it with the GET's status and headers, no body
+	for (const path of ['/healthz', '/readyz', '/openapi.yaml', '/metrics', '/', '/v1/batches', '/v1/pool', `/v1/batches/${H_ID}`, `/v1/batches/${H_ID}/jobs`, `/v1/jobs/${H_JOBS[0]}`])
+		await call(S, 'HEAD', path, { expect: 200, label: `HEAD ${findTemplate(path)} 200`, check: (r) => want(r.body === '', 'HEAD answered a body') });
+	await call(S, 'HEAD', '/v1/jobs/j_999999999999', { expect: 404, label: 'HEAD /v1/jobs/{id} 404', check: (r) => want(r.body === '', 'HEAD answered a body') });
+
 	// -- OPTIONS (no CORS origin configured on the main server)
+	await call(S, 'OPTIONS', '/v1/batches', {
+		expect: 204, headers: { Origin: ORIGIN, 'Access-Control-Request-Method': 'POST' }, label: 'OPTIONS /v1/batches 204 (preflight, no --cors-origin)',
+		check: (r) => Object.keys(r.headers).filter((h) => h.startsWith('access-control-')).map((h) => `${h} sent without --cors-origin`),
+	});
 	await call(S, 'OPTIONS', '/v1/batches', {
 		expect: 204, label: 'OPTIONS /v1/batches 204',
 		check: (r) => want(/GET/.test(r.headers.allow ?? '') && /POST/.test(r.headers.allow ?? ''), `Allow ${r.headers.allow}`),
@@ -715,6 +737,12 @@ async function main() {
 		],
 	});
 
+	await call(A, 'OPTIONS', '/v1/batches', {
+		expect: 204, headers: { Origin: 'http://evil.example.test', 'Access-Control-Request-Method': 'POST' },
+		label: 'OPTIONS /v1/batches 204 (preflight, other Origin)',
+		check: (r) => Object.keys(r.headers).filter((h) => h.startsWith('access-control-')).map((h) => `${h} sent to a disallowed origin`),
+	});
+
 	clearTimeout(overall);
 	await stopServers();
 	finish();
@@ -743,14 +771,13 @@ async function eventsChecks(S) {
 	if (h.status === 200) {
 		if (!(await h.waitFor(1, 5000))) problems.push(`no event within 5 s of submitting a batch (sub ${sub.status})`);
 		await h.waitFor(4, 1500); // a few more: the noop runs and ends at once
-		const schemas = spec.paths['/v1/events']?.get?.responses?.['200']?.content?.['text/event-stream']?.['x-event-data'] ?? {};
+		// Each parsed event {event, id, data} must be a ServerSentEvent, the schema the
+		// stream's x-item-schema names.
+		const item = spec.paths['/v1/events']?.get?.responses?.['200']?.content?.['text/event-stream']?.['x-item-schema'];
+		if (!item) problems.push('the event stream has no x-item-schema');
+		const v = validatorFor(item ?? {});
 		let prevId = -1n;
 		for (const ev of h.events) {
-			const s = schemas[ev.event];
-			if (!s) {
-				problems.push(`event type "${ev.event}" is not documented`);
-				continue;
-			}
 			if (!/^[0-9]+$/.test(ev.id ?? '')) problems.push(`event without a numeric id: ${ev.id}`);
 			else {
 				if (BigInt(ev.id) <= prevId) problems.push(`event ids do not increase: ${ev.id} after ${prevId}`);
@@ -763,8 +790,7 @@ async function eventsChecks(S) {
 				problems.push(`event ${ev.id} data is not JSON: ${e.message}`);
 				continue;
 			}
-			const v = validatorFor(s);
-			if (!v(data)) problems.push(`event ${ev.id} (${ev.event}) data: ${ajvErrors(v)}`);
+			if (!v({ event: ev.event, id: ev.id, data })) problems.push(`event ${ev.id} (${ev.event}): ${ajvErrors(v)}`);
 		}
 		if (batchId && h.events.length && !h.events.some((e) => e.data.includes(batchId)))
 			problems.push(`no event names batch ${batchId}`);
