@@ -657,6 +657,9 @@ const SEED_SECONDS = [2.92, 1.08, 1.83, 1.67, 3.21, 3.03, 3.68, 1.26, 2.27, 1.09
 const SEED = '{"name": "seed", "concurrency": 5, "jobs": [\n' +
   SEED_SECONDS.map((s) => '  {"kind": "sleep", "args": {"seconds": ' + s.toFixed(2) + "}}").join(",\n") + "\n]}\n";
 $("editor").value = SEED;
+$("editor").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); $("editor-form").requestSubmit(); }
+});
 $("editor-reset").addEventListener("click", () => { $("editor").value = SEED; showProblems(null, []); });
 // locate finds the span of the value at a JSON Pointer in text (valid JSON), or of its
 // nearest ancestor that exists, so that a field error can select what it is about.
