@@ -398,7 +398,9 @@ function tickLabel(t, step) {
   if (step < 60000) return (t / 1000).toFixed(step < 10000 && step % 1000 ? 1 : 0) + " s";
   return (t / 60000).toFixed(step % 60000 ? 1 : 0) + " min";
 }
-const TL = {LEFT: 58, RIGHT: 14, TOP: 22, LANE: 34, BAR_Y: 12, BAR_H: 20};
+// Up to 12 lanes are roomy; more (a big pool) are thin, so the picture stays on screen.
+const ROOMY = {LANE: 34, BAR_Y: 12, BAR_H: 20, WAIT: 3}, THIN = {LANE: 15, BAR_Y: 4, BAR_H: 10, WAIT: 1};
+const TL = Object.assign({LEFT: 58, RIGHT: 14, TOP: 22}, ROOMY);
 let tl = null;                    // what the timeline of view shows
 function tlFor(v) {
   if (tl && tl.v === v) return tl;
@@ -488,7 +490,7 @@ function drawWaits(t, bars, t0) {
     l.dirty = false;
     xs.sort((p, q) => p.s - q.s);
     const d = [];
-    xs.forEach((x, k) => { if (x.s > x.w) d.push("M" + (x.w - t0) + " " + (3 + (k % 3) * 3) + "H" + (x.s - t0) + "V" + TL.BAR_Y); });
+    xs.forEach((x, k) => { if (x.s > x.w) d.push("M" + (x.w - t0) + " " + (1 + k % 3) * TL.WAIT + "H" + (x.s - t0) + "V" + TL.BAR_Y); });
     l.path.setAttribute("d", d.join(""));
   }
 }
@@ -497,7 +499,7 @@ function drawGrid(t, slots, span, W, height, t0, bars, running, now) {
   slots.forEach((s, i) => {
     const y = TL.TOP + i * TL.LANE;
     out.push('<rect class="lane-bg" x="' + TL.LEFT + '" y="' + (y + 1) + '" width="' + W + '" height="' + (TL.LANE - 2) + '"/>' +
-      '<text class="lane-label" x="6" y="' + (y + TL.BAR_Y + 14) + '">slot ' + s + "</text>");
+      '<text class="lane-label" x="6" y="' + (y + TL.BAR_Y + TL.BAR_H / 2 + 4) + '">slot ' + s + "</text>");
   });
   const step = niceStep(span, W);
   for (let k = 0; k * step <= span + 1e-9; k++) {
@@ -509,7 +511,7 @@ function drawGrid(t, slots, span, W, height, t0, bars, running, now) {
   const over = [];
   if (!bars.length)
     over.push('<text class="empty" x="' + TL.LEFT + '" y="' + (TL.TOP + 20) + '">' + (t.v.done ? "No attempt has started." : "loading…") + "</text>");
-  if (bars.length <= 300) {
+  if (bars.length <= 300 && TL.LANE === ROOMY.LANE) {
     // the job's index on its bar, where it fits
     const laneOf = new Map(slots.map((s, i) => [s, i]));
     for (const x of bars) {
@@ -535,7 +537,8 @@ function setAttr(el, name, value) {
 function renderTimeline() {
   const v = view, b = batches.get(v.id), svg = $("timeline");
   if (!b) return;
-  const t = tlFor(v), now = Date.now(), t0 = Date.parse(b.created_at);
+  let t = tlFor(v);
+  const now = Date.now(), t0 = Date.parse(b.created_at);
   v.tlVersion = v.version;
   const bars = collectBars(v, t0, now);
   let tEnd = b.finished_at ? Date.parse(b.finished_at) : t0, running = 0;
@@ -547,6 +550,11 @@ function renderTimeline() {
   if (!t.width) t.width = Math.max(600, $("timeline-wrap").clientWidth - 2);
   const width = t.width;
   const slots = [...new Set(bars.map((x) => x.slot))].sort((x, y) => x - y);
+  const geo = slots.length > 12 ? THIN : ROOMY;
+  if (t.geo && t.geo !== geo) { tl = null; t = tlFor(v); t.width = width; }  // every rect's y and height change
+  t.geo = geo;
+  Object.assign(TL, geo);
+  svg.classList.toggle("thin", geo === THIN);
   const span = Math.max(tEnd - t0, 1), W = width - TL.LEFT - TL.RIGHT;
   const height = TL.TOP + Math.max(1, slots.length) * TL.LANE + 4;
   drawBars(t, bars, t0, 0.75 * span / W);
