@@ -9,6 +9,15 @@
 
 extern const char *const openapi_yaml[];
 extern const char *const dashboard_html[];
+extern const char *const dashboard_js[];
+extern const char *const dashboard_css[];
+
+/* The dashboard's script and style come from its own origin as files, never
+ * inline, so an injected <script> or style="" in a job's name or output
+ * cannot run or restyle the page. */
+#define DASHBOARD_CSP "default-src 'self'; script-src 'self'; " \
+	"style-src 'self'; img-src 'self' data:; connect-src 'self'; " \
+	"base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 
 /* ---- query parameters ---- */
 
@@ -200,9 +209,32 @@ static enum MHD_Result api_openapi(struct request *r)
 	return http_text(r, "application/yaml", openapi_yaml[0]);
 }
 
+/* dashboard_file answers one of the dashboard's embedded files; no-cache
+ * makes a browser revalidate, so a new binary's page is never mixed with
+ * the old one's script. */
+static enum MHD_Result dashboard_file(struct request *r, const char *type,
+				      const char *text)
+{
+	http_header(r, "X-Content-Type-Options", "nosniff");
+	http_header(r, "Cache-Control", "no-cache");
+	return http_text(r, type, text);
+}
+
 static enum MHD_Result api_dashboard(struct request *r)
 {
-	return http_text(r, "text/html; charset=utf-8", dashboard_html[0]);
+	http_header(r, "Content-Security-Policy", DASHBOARD_CSP);
+	return dashboard_file(r, "text/html; charset=utf-8", dashboard_html[0]);
+}
+
+static enum MHD_Result api_dashboard_js(struct request *r)
+{
+	return dashboard_file(r, "text/javascript; charset=utf-8",
+			      dashboard_js[0]);
+}
+
+static enum MHD_Result api_dashboard_css(struct request *r)
+{
+	return dashboard_file(r, "text/css; charset=utf-8", dashboard_css[0]);
 }
 
 static int is_json_type(const char *ct)
@@ -654,6 +686,8 @@ static enum MHD_Result api_pool_put(struct request *r)
 
 static const struct route routes[] = {
 	{"/", "GET", api_dashboard},
+	{"/dashboard.js", "GET", api_dashboard_js},
+	{"/dashboard.css", "GET", api_dashboard_css},
 	{"/healthz", "GET", api_healthz},
 	{"/readyz", "GET", api_readyz},
 	{"/openapi.yaml", "GET", api_openapi},
@@ -773,6 +807,14 @@ static int token_ok(const char *given)
 	return d == 0;
 }
 
+/* is_public_page says whether url is the dashboard or one of its files:
+ * they hold no data, and the API calls the page makes carry the token. */
+static int is_public_page(const char *url)
+{
+	return strcmp(url, "/") == 0 || strcmp(url, "/dashboard.js") == 0 ||
+	       strcmp(url, "/dashboard.css") == 0;
+}
+
 int http_gate(struct request *r)
 {
 	const char *auth;
@@ -783,9 +825,8 @@ int http_gate(struct request *r)
 	}
 	if (!cfg.token || strcmp(r->url, "/healthz") == 0)
 		return 1;
-	/* The dashboard page is public; the API calls it makes carry the token. */
-	if (strcmp(r->url, "/") == 0 && (strcmp(r->method, "GET") == 0 ||
-					 strcmp(r->method, "HEAD") == 0))
+	if (is_public_page(r->url) && (strcmp(r->method, "GET") == 0 ||
+				       strcmp(r->method, "HEAD") == 0))
 		return 1;
 	auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 					   "Authorization");

@@ -37,6 +37,35 @@ def test_token_guards_everything_but_healthz():
         assert st == 201, (st, b)
 
 
+def test_dashboard_files_are_public_and_locked_down():
+    """The page and its two files need no token; the page forbids inline
+    script and style, so markup from a job cannot run in it."""
+    with Server(workers=1, env={"JOBPOOL_TOKEN": TOKEN}) as srv:
+        for path, ctype in (("/", "text/html"),
+                            ("/dashboard.js", "text/javascript"),
+                            ("/dashboard.css", "text/css")):
+            for method in ("GET", "HEAD"):
+                st, h, b = srv.request(method, path)
+                assert st == 200, (method, path, st)
+                assert h.get("content-type", "").startswith(ctype), h
+                assert h.get("x-content-type-options") == "nosniff", h
+        st, h, b = srv.request("GET", "/")
+        csp = h.get("content-security-policy", "")
+        for part in ("default-src 'self'", "script-src 'self';",
+                     "style-src 'self';", "frame-ancestors 'none'"):
+            assert part in csp, csp
+        assert "unsafe" not in csp, csp
+        assert '<script src="/dashboard.js"' in b, b[:300]
+        assert "<style" not in b and " style=" not in b, b[:300]
+        st, h, b = srv.request("POST", "/dashboard.js", body={})
+        assert_problem(st, h, b, 401)
+        st, h, b = srv.request("GET", "/dashboard.jsx")
+        assert_problem(st, h, b, 401)
+        st, h, b = srv.request("POST", "/dashboard.css", headers=AUTH,
+                               body={})
+        assert_problem(st, h, b, 405)
+
+
 def test_refuses_public_listen_without_token():
     p = subprocess.run([server_binary(), "--listen", "0.0.0.0:0", "--db",
                         "/nonexistent/never-opened.db"], capture_output=True,
