@@ -185,16 +185,22 @@ def test_command_timeout_with_term_ignored():
         assert sleepers(srv.pid) == []
 
 
+def _sleep300():
+    return {p for p in os.listdir("/proc") if p.isdigit()
+            and cmdline(int(p)) == "sleep 300 "}
+
+
 def test_command_escaped_grandchild_does_not_survive():
+    # other tests' (or other runs') sleeps are not this job's
+    foreign = _sleep300()
     with Server(workers=1, args=["--allow-command"]) as srv:
         b = srv.submit([{"kind": "command", "args": {
             "argv": ["sh", "-c", "setsid sleep 300 & exit 0"]}}])
         j = srv.wait_job(b["job_ids"][0])
         assert j["state"] == "succeeded", j
         assert sleepers(srv.pid) == [], "escaped grandchild survived its job"
-        mine = [p for p in os.listdir("/proc") if p.isdigit()
-                and cmdline(int(p)) == "sleep 300 "]
-        assert mine == [], "a sleep 300 still runs: %r" % mine
+        mine = _sleep300() - foreign
+        assert not mine, "a sleep 300 still runs: %r" % sorted(mine)
 
 
 def test_command_cpu_is_the_commands_own():
