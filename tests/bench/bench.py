@@ -307,7 +307,7 @@ def _flood(port, conns, stop, tries):
                 if s:
                     s.close()
             count[0] += 1
-            time.sleep(0.05)
+            time.sleep(0.5)     # then tries again, like a retrying client
     ts = [threading.Thread(target=one) for _ in range(conns)]
     for t in ts:
         t.start()
