@@ -286,7 +286,8 @@ struct child_error {
 };
 
 /* child_fail reports errno at stage to the parent and leaves.  Only
- * async-signal-safe calls from here on: the caller may have threads. */
+ * async-signal-safe calls from here on: the caller may have threads, and
+ * the child of vfork shares the parent's memory (see command_spawn). */
 __attribute__((noreturn))
 static void child_fail(int err_fd, int stage)
 {
@@ -319,11 +320,14 @@ static int child_fds(int fds[3], int *err_fd)
 	return 0;
 }
 
-/* child_main becomes the command; it never returns. */
+/* child_main becomes the command; it never returns.  It runs in the
+ * parent's memory (vfork): it writes only its own locals and environ,
+ * which command_spawn puts back. */
 __attribute__((noreturn))
-static void child_main(const struct command *c, int fds[3], int err_fd,
-		       pid_t parent)
+static void child_main(const struct command *c, const int parent_fds[3],
+		       int err_fd, pid_t parent)
 {
+	int fds[3] = { parent_fds[0], parent_fds[1], parent_fds[2] };
 	sigset_t none;
 	int sig;
 
@@ -345,6 +349,28 @@ static void child_main(const struct command *c, int fds[3], int err_fd,
 	environ = c->envp;
 	execvp(c->argv[0], c->argv);
 	child_fail(err_fd, STAGE_EXEC);
+}
+
+/* start_child starts the child that becomes the command.  Returns its pid,
+ * or -1 with errno set.  vfork, not fork: no page tables to copy and no
+ * copy-on-write faults in the worker afterwards, the larger part of a
+ * short command's cost.  Signals stay blocked until the child has reset
+ * every handler, so none runs in the child on our memory. */
+static pid_t start_child(const struct command *c, const int ends[5],
+			 pid_t parent)
+{
+	char **const our_environ = environ;
+	sigset_t all, old;
+	pid_t pid;
+
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, &old);
+	pid = vfork();
+	if (pid == 0)
+		child_main(c, ends, ends[4], parent);
+	environ = our_environ;          /* the child set the job's for exec */
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	return pid;
 }
 
 /* spawn_failed sets job->error from what the child reported, and reaps it. */
@@ -405,14 +431,13 @@ static int command_spawn(struct command *c, struct kind_job *job)
 	ssize_t n;
 	int i, rc = -1;
 
+
 	if (open_pipes(c, ends) == -1)
 		goto fail;
 	fflush(NULL);
-	c->pid = fork();
+	c->pid = start_child(c, ends, parent);
 	if (c->pid == -1)
 		goto fail;
-	if (c->pid == 0)
-		child_main(c, ends, ends[4], parent);
 	/* Both sides call setpgid so the group exists whoever runs first. */
 	setpgid(c->pid, c->pid);
 	for (i = 0; i < 5; i++)
