@@ -44,6 +44,13 @@ static void on_channel(int fd, uint32_t events, void *ctx);
 void pool_kill_orphans(void);
 static void respawn(struct slot *s);
 
+/* Every worker starts through this pointer: a test replaces it to make
+ * spawning fail (a fuzzer must start no process at all). */
+int (*pool_spawn)(pid_t *pid, const char *path,
+		  const posix_spawn_file_actions_t *fa,
+		  const posix_spawnattr_t *attr, char *const argv[],
+		  char *const envp[]) = posix_spawn;
+
 /* spawn_worker starts one worker process for slot s.  Returns 0, or -1 with
  * errno set (the slot stays empty and is retried on the next reap). */
 static int spawn_worker(struct slot *s)
@@ -88,8 +95,8 @@ static int spawn_worker(struct slot *s)
 				 POSIX_SPAWN_SETSIGDEF);
 	fflush(NULL);
 	if (rc == 0)
-		rc = posix_spawn(&pid, cfg.worker_bin, &fa, &attr, argv,
-				 environ);
+		rc = pool_spawn(&pid, cfg.worker_bin, &fa, &attr, argv,
+				environ);
 	posix_spawnattr_destroy(&attr);
 	posix_spawn_file_actions_destroy(&fa);
 	close(child);
