@@ -77,6 +77,7 @@ for t in $targets; do
 	timeout -k 10 $((seconds + 120)) "$exe" -max_total_time="$seconds" \
 		-max_len=16384 -rss_limit_mb=2048 -timeout=20 \
 		-print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" \
+		-dict="tests/fuzz/$t.dict" \
 		"${extra[@]}" "$build/corpus/$t" "$build/seeds/$t" \
 		</dev/null >"$log" 2>&1
 	rc=$?
