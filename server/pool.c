@@ -408,8 +408,14 @@ int pool_resize(int size)
 		struct slot *s = &slots[i];
 
 		s->retire = 0;
-		if (s->state == SLOT_EMPTY && !shutting_down)
-			spawn_worker(s);
+		/* A spawn that fails (EAGAIN at the process limit, ENOMEM) is
+		 * retried by pool_tick, as after a death; ignoring it left the
+		 * slot empty for good while /v1/pool counted it. */
+		if (s->state == SLOT_EMPTY && !shutting_down &&
+		    spawn_worker(s) < 0) {
+			s->failures++;
+			s->respawn_mono = mono_us() + 1000000;
+		}
 	}
 	for (i = size; i < nslots; i++) {
 		struct slot *s = &slots[i];
