@@ -82,7 +82,7 @@ for t in $targets; do
 		</dev/null >"$log" 2>&1
 	rc=$?
 	grep -E '^#[0-9]+[[:space:]]+(DONE|INITED)|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
-		"$log" | sed 's/^/  /'
+		"$log" | awk '!seen[$0]++ { print "  " $0 }'
 	crash=$(ls "$build/artifacts/$t-"* 2>/dev/null | head -1)
 	if [ "$rc" -eq 0 ] && [ -z "$crash" ]; then
 		echo "$t: passed"
