@@ -750,6 +750,13 @@ int http_port(void)
 	return info ? info->port : -1;
 }
 
+/* http_daemon returns the running daemon (borrowed), for tests that hand
+ * it connections with MHD_add_connection instead of over the network. */
+struct MHD_Daemon *http_daemon(void)
+{
+	return daemon_;
+}
+
 /* http_resumed notes a resume made outside this file (event streams). */
 void http_resumed(void)
 {

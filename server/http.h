@@ -82,6 +82,9 @@ void http_suspend_ack(struct request *r, int64_t batch_id, json_t *job_ids,
 void http_suspend_wait(struct request *r, int is_batch, int64_t id);
 
 void http_resumed(void);
+/* http_daemon: the daemon of http_start (borrowed), or NULL; for tests
+ * that feed it sockets of their own. */
+struct MHD_Daemon *http_daemon(void);
 
 /* events.c */
 enum MHD_Result events_open(struct request *r, int64_t batch_id,

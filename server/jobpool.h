@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <jansson.h>
@@ -278,6 +279,12 @@ struct pool_events {
 	void (*worker_died)(struct slot *s, int status);
 	void (*timeout)(struct slot *s);
 };
+/* pool_spawn starts a worker process; it is posix_spawn, and returns what
+ * posix_spawn does.  Tests replace it to fail spawns without forking. */
+extern int (*pool_spawn)(pid_t *pid, const char *path,
+			 const posix_spawn_file_actions_t *fa,
+			 const posix_spawnattr_t *attr, char *const argv[],
+			 char *const envp[]);
 /* pool_start starts size workers; events is borrowed for the pool's life. */
 int pool_start(int size, const struct pool_events *events);
 int pool_size(void);

@@ -44,6 +44,13 @@ static void on_channel(int fd, uint32_t events, void *ctx);
 void pool_kill_orphans(void);
 static void respawn(struct slot *s);
 
+/* Every worker starts through this pointer: a test replaces it to make
+ * spawning fail (a fuzzer must start no process at all). */
+int (*pool_spawn)(pid_t *pid, const char *path,
+		  const posix_spawn_file_actions_t *fa,
+		  const posix_spawnattr_t *attr, char *const argv[],
+		  char *const envp[]) = posix_spawn;
+
 /* spawn_worker starts one worker process for slot s.  Returns 0, or -1 with
  * errno set (the slot stays empty and is retried on the next reap). */
 static int spawn_worker(struct slot *s)
@@ -88,8 +95,8 @@ static int spawn_worker(struct slot *s)
 				 POSIX_SPAWN_SETSIGDEF);
 	fflush(NULL);
 	if (rc == 0)
-		rc = posix_spawn(&pid, cfg.worker_bin, &fa, &attr, argv,
-				 environ);
+		rc = pool_spawn(&pid, cfg.worker_bin, &fa, &attr, argv,
+				environ);
 	posix_spawnattr_destroy(&attr);
 	posix_spawn_file_actions_destroy(&fa);
 	close(child);
@@ -411,8 +418,14 @@ int pool_resize(int size)
 		struct slot *s = &slots[i];
 
 		s->retire = 0;
-		if (s->state == SLOT_EMPTY && !shutting_down)
-			spawn_worker(s);
+		/* A spawn that fails (EAGAIN at the process limit, ENOMEM) is
+		 * retried by pool_tick, as after a death; ignoring it left the
+		 * slot empty for good while /v1/pool counted it. */
+		if (s->state == SLOT_EMPTY && !shutting_down &&
+		    spawn_worker(s) < 0) {
+			s->failures++;
+			s->respawn_mono = mono_us() + 1000000;
+		}
 	}
 	for (i = size; i < nslots; i++) {
 		struct slot *s = &slots[i];

@@ -81,6 +81,9 @@ int store_checkpointer_start(const char *path)
 	ckpt_path = strdup(path);
 	if (!ckpt_path || store_exec("PRAGMA wal_autocheckpoint = 0") < 0)
 		return -1;
+	/* The stop of a store closed before must not stop this one's thread
+	 * as soon as it starts. */
+	ckpt_stop = ckpt_due = 0;
 	/* The thread must never take a signal: SIGTERM and SIGCHLD belong
 	 * to the loop's signalfd, and an unblocked thread would let SIGTERM
 	 * kill the process.  It inherits this full mask. */

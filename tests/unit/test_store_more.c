@@ -3,6 +3,7 @@
  * retention (purge), counts and size, job pages by id range, and the
  * history recovery writes.  Each test opens its own SQLite file in a
  * temporary directory; times are fixed fake microsecond clocks. */
+#include <dirent.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -797,4 +798,33 @@ Test(store_more, recover_history_times_read_like_fmt_time)
 	fmt_time(want, sizeof(want), started2);
 	cr_expect_str_eq(h2_start, want, "history says attempt 1 of j2 started "
 			 "at %s, fmt_time %s", h2_start, want);
+}
+
+/* tasks counts the threads of this process. */
+static int tasks(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	cr_assert_not_null(d, "cannot read /proc/self/task");
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* Regression: the checkpointer's stop flag outlived store_close, so the
+ * thread of a store opened again in the same process ended at once and
+ * the WAL was no longer checkpointed behind the writer. */
+Test(store_more, checkpointer_runs_after_reopen)
+{
+	int before;
+
+	usleep(100000);
+	before = tasks();
+	store_close();
+	cr_assert_eq(store_open(db_path), 0);
+	usleep(300000);
+	cr_assert_eq(tasks(), before, "the checkpointer thread is gone");
 }
