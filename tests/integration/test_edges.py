@@ -149,6 +149,9 @@ def test_metrics_parse_and_add_up():
                   'route="/v1/batches",method="POST",status="201"')] == 1
         assert s[("jobpool_http_requests_total",
                   'route="other",method="GET",status="404"')] == 1
+        # the fail job's worker is being replaced; on a slow machine (ASan)
+        # it may have been the only one up, and /readyz says so until then
+        srv.wait_pool_ready(2)
         st, h, b = srv.get("/readyz")
         assert st == 200 and b == {"status": "ready"}, b
 
