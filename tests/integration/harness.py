@@ -63,6 +63,15 @@ def server_binary():
 
 # ---------------------------------------------------------------- processes
 
+def proc_status_kb(pid, field):
+    """A kB field of /proc/PID/status (VmRSS, VmHWM, RssAnon, ...)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
+
+
 def proc_stat(pid):
     """(state, ppid, starttime) of pid from /proc, or None if it is gone."""
     try:

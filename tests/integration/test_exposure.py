@@ -13,18 +13,10 @@ import socket
 import threading
 import time
 
-from harness import Server, wait_until
+from harness import Server, proc_status_kb, wait_until
 
 JSON_HDR = b"Content-Type: application/json\r\n"
 MIB = 1 << 20
-
-
-def status_kb(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
 
 
 def connect(srv, source="127.0.0.1"):
@@ -83,7 +75,7 @@ def upload(srv, size, headers=b"", results=None, i=0):
 
 def test_token_less_uploads_are_refused_before_their_bodies():
     with Server(workers=1, args=["--token", "s3cret"]) as srv:
-        before = status_kb(srv.pid, "VmRSS")
+        before = proc_status_kb(srv.pid, "VmRSS")
         n, size = 24, 16 * MIB
         results = [None] * n
         ts = [threading.Thread(target=upload, args=(srv, size, b"", results,
@@ -97,7 +89,7 @@ def test_token_less_uploads_are_refused_before_their_bodies():
         # Nothing but the socket buffers took the bodies: before, each was
         # read to the end (16 MiB) and held until the reply.
         assert sum(r[0] for r in results) < n * size // 2, results
-        grown = status_kb(srv.pid, "VmHWM") - before
+        grown = proc_status_kb(srv.pid, "VmHWM") - before
         assert grown < 32 * 1024, "peak RSS grew by %d kB" % grown
         st, _, _ = srv.get("/healthz")
         assert st == 200

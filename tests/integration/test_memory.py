@@ -20,7 +20,7 @@ import re
 import threading
 import time
 
-from harness import Server, wait_until
+from harness import Server, proc_status_kb, wait_until
 from test_edges import SSE
 
 EVENTS_BYTES = 8 << 20          # the default --events-buffer-bytes
@@ -35,11 +35,7 @@ RSS_GROWTH_KB = 4096            # the old window grew 8.6 MB in 3 rounds
 
 
 def rss_anon_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    raise AssertionError("no RssAnon for pid %d" % pid)
+    return proc_status_kb(pid, "RssAnon")
 
 
 def sanitized(srv):
