@@ -431,6 +431,8 @@ static void watch_unlist(struct conn_watch *w)
  * the headers of its next request. */
 static void watch_arm(struct conn_watch *w)
 {
+	if (!w)                 /* a connection MHD started without one */
+		return;
 	watch_unlist(w);
 	w->deadline = mono_us() + cfg.header_timeout_us;
 	w->prev = watch_tail;
@@ -680,7 +682,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 		ack_forget(r);
 	/* The connection now waits for the headers of its next request (a
 	 * closing one is unlisted again by on_connection). */
-	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && watch_of(conn))
+	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
 		watch_arm(watch_of(conn));
 	json_decref(r->job_ids);
 	free(r->body);
