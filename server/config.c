@@ -20,5 +20,6 @@ struct config cfg = {
 	.max_connections = 1024,
 	.max_connections_per_client = 256,
 	.header_timeout_us = 10 * 1000000,
+	.group_max = GROUP_MAX,
 };
 volatile int shutting_down;

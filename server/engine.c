@@ -51,6 +51,208 @@ static void refuse_command(struct slot *s, const struct claim *c)
 	finish(s, &o);
 }
 
+/* ---- jobs workers hold in groups ----
+ *
+ * A job handed in a group keeps its queued row until its worker reports
+ * it (see protocol.h), so claims must skip the ones held: their ids are
+ * in this set.  Open addressing, linear probing, deletion by shifting back
+ * (no tombstones); at most pool size x GROUP_MAX ids. */
+static int64_t *held;
+static size_t held_cap, held_count;
+
+static size_t held_slot(int64_t id)
+{
+	size_t i = (size_t)id * 0x9E3779B97F4A7C15ULL;
+
+	return (i >> 17) & (held_cap - 1);
+}
+
+static int held_has(int64_t id)
+{
+	size_t i;
+
+	if (!held_count)
+		return 0;
+	for (i = held_slot(id); held[i]; i = (i + 1) & (held_cap - 1))
+		if (held[i] == id)
+			return 1;
+	return 0;
+}
+
+static int held_add(int64_t id)
+{
+	size_t i;
+
+	if ((held_count + 1) * 2 > held_cap) {
+		int64_t *old = held;
+		size_t n = held_cap, j;
+
+		held_cap = held_cap ? held_cap * 2 : 256;
+		held = calloc(held_cap, sizeof(*held));
+		if (!held) {
+			held = old;
+			held_cap = n;
+			return -1;
+		}
+		for (j = 0; j < n; j++)
+			if (old[j]) {
+				for (i = held_slot(old[j]); held[i];
+				     i = (i + 1) & (held_cap - 1))
+					;
+				held[i] = old[j];
+			}
+		free(old);
+	}
+	for (i = held_slot(id); held[i]; i = (i + 1) & (held_cap - 1))
+		if (held[i] == id)
+			return 0;
+	held[i] = id;
+	held_count++;
+	return 0;
+}
+
+static void held_del(int64_t id)
+{
+	size_t i, j, k;
+
+	if (!held_count)
+		return;
+	for (i = held_slot(id); held[i] && held[i] != id;
+	     i = (i + 1) & (held_cap - 1))
+		;
+	if (!held[i])
+		return;
+	held[i] = 0;
+	held_count--;
+	/* Move back every later entry of the run that may now be cut off
+	 * from its home slot. */
+	for (j = (i + 1) & (held_cap - 1); held[j]; j = (j + 1) & (held_cap - 1)) {
+		k = held_slot(held[j]);
+		if ((j > i && (k <= i || k > j)) || (j < i && k <= i && k > j)) {
+			held[i] = held[j];
+			held[j] = 0;
+			i = j;
+		}
+	}
+}
+
+/* take reads up to want due, unheld queued jobs of batch b in index order
+ * into out (args to free).  The batch's cursor says where the unheld ones
+ * start; when nothing is after it, the batch is read once from its start
+ * (a job went back to the queue behind it).  Returns how many, or -1. */
+static int take(struct sbatch *b, int want, int64_t now, int any_due,
+		struct claim *out)
+{
+	struct claim buf[GROUP_MAX];
+	int64_t after = sched_cursor(b);
+	int got = 0, n, i, ask, rescanned = after < 0;
+
+	for (;;) {
+		ask = want - got;
+		n = store_jobs_peek(sched_id(b), now, any_due, after, ask, buf);
+		if (n < 0) {
+			while (got > 0)
+				free(out[--got].args);
+			return -1;
+		}
+		for (i = 0; i < n; i++) {
+			after = buf[i].idx;
+			if (held_has(buf[i].job_id))
+				free(buf[i].args);
+			else
+				out[got++] = buf[i];
+		}
+		if (got == want)
+			return got;
+		if (n == ask)
+			continue;       /* some were held: look further */
+		if (got || rescanned)
+			return got;
+		rescanned = 1;
+		after = -1;
+	}
+}
+
+/* start_one gives one job of b to idle slot s, marked running now.
+ * Returns 0, 1 when b has no due job, -1 when the store failed. */
+static int start_one(struct slot *s, struct sbatch *b)
+{
+	struct claim c;
+	/* The job's start, on both clocks at once: started_at is stored,
+	 * run_ms is measured from the monotonic one. */
+	int64_t now = now_us(), mono = mono_us();
+	int n = take(b, 1, now, 0, &c);
+
+	if (n == 0) {
+		/* The scheduler's (monotonic) backoff says a job is due but
+		 * the store's (wall-clock) not_before disagrees: the clock
+		 * stepped back.  Take the batch's first queued job anyway. */
+		n = take(b, 1, now, 1, &c);
+	}
+	if (n <= 0)
+		return n < 0 ? -1 : 1;
+	if (store_job_start(&c, s->index, s->pid, now) < 0) {
+		free(c.args);
+		return -1;
+	}
+	sched_set_cursor(b, c.idx);
+	sched_started(b);
+	publish_job(c.job_id, c.batch_id, JS_RUNNING, c.attempts);
+	if (sched_first_start(b))
+		publish_batch(c.batch_id);
+	s->started_at = now;
+	if (strcmp(c.kind, "command") == 0 && !cfg.allow_command) {
+		refuse_command(s, &c);
+		free(c.args);
+		return 0;
+	}
+	metrics_queue_wait(now - c.queued_at);
+	pool_send_run(s, &c, mono);
+	free(c.args);
+	return 0;
+}
+
+/* groupable tells whether a job may travel in a group: a function kind (a
+ * command's cancel and output go through its worker one job at a time)
+ * with no timeout (which needs the server to know the job's start). */
+static int groupable(const struct claim *c)
+{
+	return strcmp(c->kind, "command") != 0 && c->timeout_s <= 0;
+}
+
+/* start_group gives up to k jobs of b to idle slot s in one group; their
+ * rows stay queued until the worker reports them.  Returns 0, 1 when b has
+ * no due job, -1 when the store failed; falls back to one job when fewer
+ * than two can go. */
+static int start_group(struct slot *s, struct sbatch *b, int k)
+{
+	struct claim c[GROUP_MAX];
+	int n = take(b, k, now_us(), 0, c), m = 0, sent, i;
+
+	if (n < 0)
+		return -1;
+	while (m < n && groupable(&c[m]))
+		m++;
+	if (m < 2) {
+		for (i = 0; i < n; i++)
+			free(c[i].args);
+		return start_one(s, b);
+	}
+	sent = pool_send_group(s, c, m);
+	for (i = 0; i < sent; i++) {
+		held_add(c[i].job_id);
+		sched_started(b);
+		sched_handed(b, 1);
+	}
+	if (sent > 0) {
+		sched_set_cursor(b, c[sent - 1].idx);
+		metrics_grouped(sent);
+	}
+	for (i = 0; i < n; i++)
+		free(c[i].args);
+	return 0;
+}
+
 /* engine_dispatch gives queued jobs to idle workers until one side runs
  * out.  Called at the end of every loop turn, so a worker freed by a
  * finished job gets its next job in the same turn. */
@@ -58,48 +260,21 @@ void engine_dispatch(void)
 {
 	struct sbatch *b;
 	struct slot *s;
-	struct claim c;
-	int64_t now, mono;
-	int rc;
+	int k, rc;
 
 	while (!shutting_down && !store_degraded() && (s = pool_idle()) &&
 	       (b = sched_pick())) {
-		/* The job's start, on both clocks at once: started_at is
-		 * stored, run_ms is measured from the monotonic one. */
-		now = now_us();
-		mono = mono_us();
-		rc = store_job_claim(sched_id(b), s->index, s->pid, now, 0, &c);
-		if (rc == 1) {
-			/* The scheduler's (monotonic) backoff says a job is
-			 * due but the store's (wall-clock) not_before
-			 * disagrees: the clock stepped back.  Take the
-			 * batch's first queued job anyway. */
-			rc = store_job_claim(sched_id(b), s->index, s->pid,
-					     now, 1, &c);
-		}
+		k = sched_group_size(b);
+		rc = k > 1 ? start_group(s, b, k) : start_one(s, b);
 		if (rc == 1) {
 			/* The counters said queued but the store has none:
 			 * trust the store. */
 			log_warn("engine: batch %lld has no queued job",
 				 (long long)sched_id(b));
 			sched_drop_queued(b, 1);
-			continue;
 		}
 		if (rc < 0)
 			return;
-		sched_started(b);
-		publish_job(c.job_id, c.batch_id, JS_RUNNING, c.attempts);
-		if (sched_first_start(b))
-			publish_batch(c.batch_id);
-		s->started_at = now;
-		if (strcmp(c.kind, "command") == 0 && !cfg.allow_command) {
-			refuse_command(s, &c);
-			free(c.args);
-			continue;
-		}
-		metrics_queue_wait(now - c.queued_at);
-		pool_send_run(s, &c, mono);
-		free(c.args);
 	}
 }
 
@@ -232,6 +407,10 @@ static void finish(struct slot *s, struct outcome *o)
 
 	s->jobs_done++;
 	metrics_job_run(o->run_us);
+	/* The worker's own timing when there is one: the server's includes
+	 * the hand-off, which says nothing about how long the job is. */
+	if (b && (o->state == JS_SUCCEEDED || o->state == JS_FAILED))
+		sched_note_run(b, o->busy_us > 0 ? o->busy_us : o->run_us);
 	/* A client's cancel wins over whatever else stopped the job (a
 	 * timeout kill already under way, a failure racing the signal). */
 	if (s->cancel_requested && o->state != JS_SUCCEEDED) {
@@ -275,8 +454,11 @@ static int64_t msg_int(const json_t *m, const char *key)
 	return json_is_integer(v) ? json_integer_value(v) : -1;
 }
 
-/* job_done records a "done" message from slot s's worker. */
-static void job_done(struct slot *s, const json_t *msg)
+/* done_at records the outcome msg (a "done" message, or one entry of
+ * "results") of slot s's job, which ended at finished_at after run_us. */
+static void outcome_of(const struct slot *s, const json_t *msg,
+		       int64_t finished_at, int64_t run_us, struct outcome *out,
+		       json_t **output_out)
 {
 	struct outcome o = { .exit_code = -1 };
 	int ok = json_is_true(json_object_get(msg, "ok"));
@@ -293,8 +475,9 @@ static void job_done(struct slot *s, const json_t *msg)
 	o.exit_code = (int)msg_int(msg, "exit_code");
 	o.signal = (int)(msg_int(msg, "signal") > 0 ? msg_int(msg, "signal") :
 			 0);
-	o.finished_at = now_us();
-	o.run_us = mono_us() - s->started_mono;
+	o.finished_at = finished_at;
+	o.run_us = run_us;
+	o.busy_us = msg_int(msg, "run_us");
 	o.user_us = msg_int(msg, "user_us");
 	o.sys_us = msg_int(msg, "sys_us");
 	o.max_rss_kb = msg_int(msg, "maxrss_kb");
@@ -309,8 +492,251 @@ static void job_done(struct slot *s, const json_t *msg)
 	if (s->is_command)
 		o.output = output = captured_output(s, json_is_true(
 			json_object_get(msg, "truncated")));
+	*out = o;
+	*output_out = output;
+}
+
+static void done_at(struct slot *s, const json_t *msg, int64_t finished_at,
+		    int64_t run_us)
+{
+	struct outcome o;
+	json_t *output;
+
+	outcome_of(s, msg, finished_at, run_us, &o, &output);
 	finish(s, &o);
 	json_decref(output);
+}
+
+/* job_done records a "done" message from slot s's worker. */
+static void job_done(struct slot *s, const json_t *msg)
+{
+	done_at(s, msg, now_us(), mono_us() - s->started_mono);
+}
+
+/* group_start stores that s's head job of a group started at started_us
+ * (the worker's clock).  Returns 0, or -1 when the store refused. */
+static int group_start(struct slot *s, struct handed *h, int64_t started_us)
+{
+	struct claim c = { .job_id = h->job_id, .batch_id = h->batch_id };
+	struct sbatch *b = sched_find(h->batch_id);
+
+	if (store_job_start(&c, s->index, s->pid, started_us) < 0) {
+		log_warn("engine: job j_%012lld: start not stored",
+			 (long long)h->job_id);
+		return -1;
+	}
+	h->running = 1;
+	s->started_at = started_us;
+	publish_job(h->job_id, h->batch_id, JS_RUNNING, h->attempts);
+	if (b && sched_first_start(b))
+		publish_batch(h->batch_id);
+	metrics_queue_wait(started_us - h->queued_at);
+	return 0;
+}
+
+/* release forgets that a worker holds job h: its row is no longer one a
+ * claim must skip. */
+static void release(const struct handed *h)
+{
+	struct sbatch *b = sched_find(h->batch_id);
+
+	held_del(h->job_id);
+	if (b)
+		sched_handed(b, -1);
+}
+
+/* group_dropped settles a group job the worker did not start because it
+ * was canceled: queued -> canceled. */
+static void group_dropped(struct slot *s, const struct handed *h)
+{
+	struct sbatch *b = sched_find(h->batch_id);
+	int done = 0, rc;
+
+	if (b)
+		sched_finished(b);
+	rc = store_job_cancel_queued(h->job_id, h->batch_id, now_us(), &done);
+	if (rc == 0)
+		publish_job(h->job_id, h->batch_id, JS_CANCELED,
+			    h->attempts - 1);
+	pool_job_ended(s);
+	if (rc == 0)
+		settle_batch(b, h->batch_id, done);
+}
+
+/* Fast-path outcomes of one "results" message, gathered until a job that
+ * needs the slow path (a retry, a cancel, a job shown running) or the end. */
+struct pending {
+	int64_t batch_id;
+	int n;
+	struct group_done d[GROUP_MAX];
+};
+
+/* flush_done stores the gathered jobs, which slot s's worker ran, in one
+ * write, then tells the scheduler, the metrics and the publisher what
+ * finish() tells for one job. */
+static void flush_done(struct slot *s, struct pending *p)
+{
+	struct sbatch *b = sched_find(p->batch_id);
+	int done = 0, i;
+
+	if (!p->n)
+		return;
+	if (store_jobs_done(p->batch_id, p->d, p->n, s->index, s->pid,
+			    &done) < 0) {
+		/* The store is degraded now; the resync recovers them. */
+		log_warn("engine: %d outcome(s) of batch %lld not stored",
+			 p->n, (long long)p->batch_id);
+		p->n = 0;
+		return;
+	}
+	if (b && sched_first_start(b))
+		publish_batch(p->batch_id);
+	for (i = 0; i < p->n; i++) {
+		const struct group_done *d = &p->d[i];
+
+		s->jobs_done++;
+		metrics_job_run(d->o.run_us);
+		if (b) {
+			sched_finished(b);
+			sched_note_run(b, d->o.run_us);
+		}
+		publish_job(d->job_id, p->batch_id, JS_RUNNING, d->attempt);
+		publish_job(d->job_id, p->batch_id, d->o.state, d->attempt);
+	}
+	p->n = 0;
+	settle_batch(b, p->batch_id, done);
+}
+
+/* group_results records a "results" message: the outcomes of the jobs at
+ * the head of s's group, in order. */
+static void group_results(struct slot *s, const json_t *msg)
+{
+	const json_t *list = json_object_get(msg, "jobs"), *r;
+	static struct pending p;
+	struct handed h;
+	struct outcome o;
+	json_t *output;
+	int64_t started, run;
+	size_t i;
+
+	p.n = 0;
+	json_array_foreach(list, i, r) {
+		if (s->group_len <= 0 || parse_id(json_string_value(
+			json_object_get(r, "job")), 'j') !=
+		    s->group[s->group_pos].job_id) {
+			flush_done(s, &p);
+			log_warn("pool: slot %d pid %d: results out of order",
+				 s->index, (int)s->pid);
+			pool_kill(s, KILL_NONE, 0);
+			return;
+		}
+		h = s->group[s->group_pos];
+		release(&h);
+		if (json_is_true(json_object_get(r, "dropped"))) {
+			flush_done(s, &p);
+			pool_group_pop(s);
+			pool_slot_load(s, &h);
+			group_dropped(s, &h);
+			continue;
+		}
+		started = msg_int(r, "started_us");
+		run = msg_int(r, "run_us");
+		if (started <= 0 || run < 0) {
+			run = run < 0 ? 0 : run;
+			started = now_us() - run;
+		}
+		/* The slot's fields are h's here (the head). */
+		s->started_at = started;
+		s->rss_kb = msg_int(r, "maxrss_kb");
+		outcome_of(s, r, started + run, run, &o, &output);
+		if (!h.running && !h.cancel && !output &&
+		    (o.state == JS_SUCCEEDED ||
+		     (o.state == JS_FAILED && !retry_allowed(s, &o))) &&
+		    (!p.n || p.batch_id == h.batch_id)) {
+			struct group_done *d = &p.d[p.n++];
+
+			p.batch_id = h.batch_id;
+			d->job_id = h.job_id;
+			d->attempt = h.attempts;
+			d->started_at = started;
+			d->o = o;
+			metrics_queue_wait(started - h.queued_at);
+			pool_group_pop(s);
+			continue;
+		}
+		json_decref(output);
+		flush_done(s, &p);
+		pool_group_pop(s);
+		pool_slot_load(s, &h);
+		s->started_at = started;
+		if (!h.running && group_start(s, &h, started) < 0) {
+			pool_job_ended(s);      /* the resync recovers it */
+			continue;
+		}
+		done_at(s, r, started + run, run);
+	}
+	flush_done(s, &p);
+	if (!json_is_array(list))
+		pool_kill(s, KILL_NONE, 0);
+	else if (s->group_len <= 0 && s->job_id)
+		pool_job_ended(s);      /* the last ones went the fast way */
+}
+
+/* group_started records a "started": the head of s's group has run for a
+ * while.  It is shown running from its real start, and a cancel that came
+ * for it meanwhile now stops it. */
+static void group_started(struct slot *s, const json_t *msg)
+{
+	struct handed *h = &s->group[s->group_pos];
+	int64_t run = msg_int(msg, "run_us");
+
+	if (parse_id(json_string_value(json_object_get(msg, "job")), 'j') !=
+	    h->job_id || h->running)
+		return;
+	if (group_start(s, h, msg_int(msg, "started_us")) < 0)
+		return;
+	s->started_mono = mono_us() - (run > 0 ? run : 0);
+	if (h->cancel)
+		pool_stop_job(s, KILL_CANCEL);
+}
+
+/* group_lost settles the group of a worker that died: a job it said it
+ * started stays the slot's job for worker_died to settle; every other job
+ * goes back to the queue (its row never left it), or ends canceled when a
+ * client canceled it.  Which of them ran is not known (their results died
+ * with the worker), so the batch runs one job at a time from now on and a
+ * job that kills its worker gets its own outcome.  Returns whether the
+ * head was started. */
+static int group_lost(struct slot *s)
+{
+	struct sbatch *b = sched_find(s->batch_id);
+	int first = s->group_pos, last = s->group_pos + s->group_len, i;
+	int started = s->group[first].running;
+	int done = 0;
+
+	if (b)
+		sched_no_groups(b);
+	for (i = started ? first + 1 : first; i < last; i++) {
+		struct handed *h = &s->group[i];
+		struct sbatch *hb = sched_find(h->batch_id);
+
+		release(h);
+		if (h->cancel &&
+		    store_job_cancel_queued(h->job_id, h->batch_id, now_us(),
+					    &done) == 0) {
+			if (hb)
+				sched_finished(hb);
+			publish_job(h->job_id, h->batch_id, JS_CANCELED,
+				    h->attempts - 1);
+			settle_batch(hb, h->batch_id, done);
+		} else if (hb) {
+			sched_requeued(hb);
+		}
+	}
+	if (started)
+		release(&s->group[first]);
+	s->group_len = 0;
+	return started;
 }
 
 /* worker_died settles the job of a worker that exited: killed on
@@ -322,6 +748,10 @@ static void worker_died(struct slot *s, int status)
 	struct sbatch *b;
 	char error[160];
 
+	if (s->group_len > 0 && !group_lost(s)) {
+		s->job_id = 0;
+		return;
+	}
 	o.finished_at = now_us();
 	o.run_us = mono_us() - s->started_mono;
 	if (s->kill == KILL_SHUTDOWN) {
@@ -377,6 +807,8 @@ const struct pool_events engine_pool_events = {
 	.job_done = job_done,
 	.worker_died = worker_died,
 	.timeout = timed_out,
+	.group_results = group_results,
+	.group_started = group_started,
 };
 
 static struct slot *slot_of_job(int64_t job_id)
@@ -388,6 +820,34 @@ static struct slot *slot_of_job(int64_t job_id)
 		if (s->job_id == job_id && s->pid > 0)
 			return s;
 	return NULL;
+}
+
+/* held_job finds the group entry of job_id, a job some worker holds
+ * while its row is queued; NULL when none does. */
+static struct handed *held_job(int64_t job_id, struct slot **slot)
+{
+	struct slot *s;
+	int i, j;
+
+	if (!held_has(job_id))
+		return NULL;
+	for (i = 0; (s = pool_slot(i)); i++)
+		for (j = 0; j < s->group_len; j++)
+			if (s->group[s->group_pos + j].job_id == job_id) {
+				*slot = s;
+				return &s->group[s->group_pos + j];
+			}
+	return NULL;
+}
+
+/* cancel_held asks the worker holding h not to start it; its answer (or
+ * its outcome, when it started first) settles the job. */
+static void cancel_held(struct slot *s, struct handed *h)
+{
+	h->cancel = 1;
+	if (h == &s->group[s->group_pos])
+		s->cancel_requested = 1;
+	pool_send_drop(s, h->job_id);
 }
 
 static void canceled_event(int64_t job_id, int attempts, void *ctx)
@@ -407,8 +867,17 @@ int engine_cancel_job(int64_t job_id)
 	struct slot *s;
 	int done = 0, rc, attempts;
 
+	struct handed *h;
+
 	if (store_job_batch(job_id, &batch_id, &state, &attempts) < 0)
 		return -404;
+	if (state == JS_QUEUED && (h = held_job(job_id, &s))) {
+		/* Stored first, so a restart does not run it again. */
+		if (store_job_cancel_req(job_id) < 0)
+			return -500;
+		cancel_held(s, h);
+		return 0;
+	}
 	if (state == JS_RUNNING) {
 		if (store_job_cancel_req(job_id) < 0)
 			return -500;
@@ -441,22 +910,51 @@ int engine_cancel_batch(int64_t batch_id)
 	struct slot *s;
 	int canceled = 0, done = 0, i;
 
+	int64_t *keep = NULL;
+	size_t nkeep = 0;
+	int j, rc;
+
 	if (store_batch_info(batch_id, &info) < 0)
 		return -404;
 	if (info.queued + info.running == 0)
 		return -409;
 	forget_backoffs(batch_id, 0);
-	if (store_batch_cancel(batch_id, now_us(), &canceled, &done,
-			       canceled_event, &batch_id) < 0)
+	/* Jobs workers hold in groups stay queued here: the worker says
+	 * whether each one was dropped or had started. */
+	if (held_count) {
+		keep = malloc(held_count * sizeof(*keep));
+		if (!keep)
+			return -500;
+		for (i = 0; (s = pool_slot(i)); i++)
+			for (j = 0; j < s->group_len; j++) {
+				struct handed *h = &s->group[s->group_pos + j];
+
+				if (h->batch_id == batch_id && !h->running &&
+				    nkeep < held_count)
+					keep[nkeep++] = h->job_id;
+			}
+	}
+	rc = store_batch_cancel_except(batch_id, now_us(), &canceled, &done,
+				       canceled_event, &batch_id, keep, nkeep);
+	free(keep);
+	if (rc < 0)
 		return -500;
 	b = sched_find(batch_id);
 	if (b) {
 		sched_drop_queued(b, canceled);
 		sched_cancel(b);
 	}
-	for (i = 0; (s = pool_slot(i)); i++)
-		if (s->job_id && s->batch_id == batch_id && s->pid > 0)
+	for (i = 0; (s = pool_slot(i)); i++) {
+		for (j = 0; j < s->group_len; j++) {
+			struct handed *h = &s->group[s->group_pos + j];
+
+			if (h->batch_id == batch_id && !h->running)
+				cancel_held(s, h);
+		}
+		if (pool_job_started(s) && s->batch_id == batch_id &&
+		    s->pid > 0)
 			pool_stop_job(s, KILL_CANCEL);
+	}
 	if (canceled && !done)
 		publish_batch(batch_id);        /* its counts changed */
 	settle_batch(b, batch_id, done);
@@ -505,7 +1003,7 @@ int engine_resync(void)
 	if (!live)
 		return -1;
 	for (i = 0; (s = pool_slot(i)); i++)
-		if (s->job_id && s->pid > 0 && n < POOL_MAX) {
+		if (pool_job_started(s) && s->pid > 0 && n < POOL_MAX) {
 			live[n].job_id = s->job_id;
 			live[n].started_at = s->started_at;
 			live[n].attempts = s->job_attempts;
@@ -527,6 +1025,21 @@ int engine_resync(void)
 	}
 	sched_clear();
 	engine_load();
+	/* Jobs held in groups are queued in the database but not to be
+	 * claimed: count them as the hand-off did. */
+	for (i = 0; (s = pool_slot(i)); i++) {
+		int j;
+
+		for (j = 0; j < s->group_len; j++) {
+			struct handed *h = &s->group[s->group_pos + j];
+			struct sbatch *b = sched_find(h->batch_id);
+
+			if (b && !h->running) {
+				sched_started(b);
+				sched_handed(b, 1);
+			}
+		}
+	}
 	log_info("engine: resynced with the database: %d job(s) re-queued, "
 		 "%d ended as interrupted", requeued, interrupted);
 	publish_reset();

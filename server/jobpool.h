@@ -43,6 +43,7 @@ struct config {
 	int max_connections_per_client; /* from one client address */
 	int64_t header_timeout_us;      /* to send a request's headers */
 	int64_t child_nofile;           /* workers' open-file limit, 0: ours */
+	int group_max;                  /* short jobs per group, <= 1: none */
 };
 extern struct config cfg;
 extern volatile int shutting_down;
@@ -107,6 +108,7 @@ struct claim {
 	int max_attempts;
 	double backoff_s;
 	struct retry_policy retry;
+	int64_t idx;            /* its index in the batch */
 };
 
 /* An attempt's outcome, written by store_job_finish. */
@@ -119,6 +121,7 @@ struct outcome {
 	const char *error;      /* borrowed, may be NULL */
 	json_t *result;         /* borrowed, may be NULL */
 	json_t *output;         /* borrowed, may be NULL */
+	int64_t busy_us;        /* the run as the worker timed it, -1: unknown */
 };
 
 /* Scheduler view of one unfinished batch, filled by store_load_active. */
@@ -187,9 +190,34 @@ int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *st,
 json_t *store_batch_list(const char *state, int64_t after, int limit);
 json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
 		       int limit);
+/* store_jobs_peek reads up to limit queued jobs of a batch that are due
+ * (all of them with any_due), in index order from after_idx on, into out
+ * without changing them; the caller frees each args.  Returns how many, or
+ * -1. */
+int store_jobs_peek(int64_t batch_id, int64_t now, int any_due,
+		    int64_t after_idx, int limit, struct claim *out);
+/* store_job_start records that peeked job c started at started_at on a
+ * worker: it becomes running, attempts + 1. */
+int store_job_start(const struct claim *c, int slot, pid_t pid,
+		    int64_t started_at);
+/* store_job_claim peeks the batch's first due job and starts it.  Returns
+ * 0, 1 when there is none, -1. */
 int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 		    int any_due, struct claim *c);
 struct slot;
+/* A job of a group that ran and ends without a retry: its row goes from
+ * queued to its end in one write. */
+struct group_done {
+	int64_t job_id;
+	int attempt;
+	int64_t started_at;
+	struct outcome o;       /* failed or succeeded */
+};
+/* store_jobs_done records n such jobs of one batch, run by the worker in
+ * slot (pid), with the batch's counters once.  Sets *batch_done when the
+ * batch has ended. */
+int store_jobs_done(int64_t batch_id, const struct group_done *d, int n,
+		    int slot, pid_t pid, int *batch_done);
 int store_job_finish(int64_t job_id, int64_t batch_id,
 		     const struct outcome *o, const struct slot *w,
 		     int *batch_done);
@@ -207,6 +235,14 @@ int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 		       int *batch_done,
 		       void (*fn)(int64_t job_id, int attempts, void *ctx),
 		       void *ctx);
+/* store_batch_cancel_except cancels the queued jobs of a batch except the
+ * nkeep ids of keep (queued jobs a worker holds: their cancel is the
+ * worker's to settle). */
+int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
+			      int *batch_done,
+			      void (*fn)(int64_t job_id, int attempts,
+					 void *ctx),
+			      void *ctx, const int64_t *keep, size_t nkeep);
 int store_batch_delete(int64_t batch_id);
 int store_ping(void);
 /* store_memory_bytes is what SQLite holds now, all connections together
@@ -233,6 +269,20 @@ void sched_remove(struct sbatch *b);
 int sched_queued_total(void);
 size_t sched_bytes(void);       /* memory held for the batches, hash included */
 void sched_clear(void);
+/* Groups: a batch whose jobs run short is handed to workers many jobs at a
+ * time.  sched_note_run learns a finished job's run time; sched_group_size
+ * is how many jobs to hand in one group now (1: one at a time);
+ * sched_no_groups turns groups off for the batch for good (a worker died
+ * during one).  sched_handed counts jobs of the batch that workers hold
+ * while their rows are still queued, and sched_cursor/sched_set_cursor
+ * keep the index after which its next unheld job is. */
+void sched_note_run(struct sbatch *b, int64_t run_us);
+int sched_group_size(const struct sbatch *b);
+void sched_no_groups(struct sbatch *b);
+void sched_handed(struct sbatch *b, int n);
+int sched_handed_count(const struct sbatch *b);
+int64_t sched_cursor(const struct sbatch *b);
+void sched_set_cursor(struct sbatch *b, int64_t idx);
 
 /* ---- pool.c ---- */
 enum slot_state { SLOT_EMPTY, SLOT_STARTING, SLOT_IDLE, SLOT_BUSY,
@@ -267,9 +317,28 @@ struct slot {
 	/* captured output of a command job ("out" messages), NUL-terminated */
 	char *out[2];
 	size_t out_len[2];
+	/* Jobs handed in groups and not settled yet, in the order the worker
+	 * runs them: group[group_pos .. group_pos + group_len).  Their rows
+	 * stay queued until the worker reports them; the head is also the
+	 * slot's job_id above. */
+	struct handed *group;
+	int group_pos, group_len;
+};
+
+/* A job of a group (see protocol.h), from its claim. */
+struct handed {
+	int64_t job_id, batch_id, idx, queued_at;
+	int attempts;                   /* this attempt's number */
+	int max_attempts;
+	double backoff_s;
+	struct retry_policy retry;
+	int cancel;                     /* a client canceled it */
+	int running;                    /* its start is stored ("started") */
 };
 
 #define POOL_MAX 1024
+/* Most jobs in one group (PROTO_GROUP_MAX, which pool.c checks). */
+#define GROUP_MAX 64
 
 /* What a worker tells the pool, handed to its owner (the engine):
  * "done" messages, the death of a worker that ran a job, a job past its
@@ -278,6 +347,9 @@ struct pool_events {
 	void (*job_done)(struct slot *s, const json_t *msg);
 	void (*worker_died)(struct slot *s, int status);
 	void (*timeout)(struct slot *s);
+	/* "results" and "started" of a slot that holds a group */
+	void (*group_results)(struct slot *s, const json_t *msg);
+	void (*group_started)(struct slot *s, const json_t *msg);
 };
 /* pool_spawn starts a worker process; it is posix_spawn, and returns what
  * posix_spawn does.  Tests replace it to fail spawns without forking. */
@@ -294,6 +366,20 @@ struct slot *pool_idle(void);
  * monotonic time read with the claim's wall-clock start, so run_ms and
  * finished_at - started_at agree. */
 int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono);
+/* pool_send_group hands the n claims of c to idle slot s as one group and
+ * records them in s->group; only as many as fit in one message go.
+ * Returns how many went (>= 1), or -1 when the channel is broken. */
+int pool_send_group(struct slot *s, const struct claim *c, int n);
+/* pool_send_drop asks s's worker not to start job_id of its group. */
+void pool_send_drop(struct slot *s, int64_t job_id);
+/* pool_group_pop removes the head of s's group; the next one (if any)
+ * becomes the slot's job. */
+void pool_group_pop(struct slot *s);
+/* pool_slot_load makes group job h the slot's job (its fields above). */
+void pool_slot_load(struct slot *s, const struct handed *h);
+/* pool_job_started tells whether s's job is stored as running (a single
+ * job, or the head of a group the worker said it started). */
+int pool_job_started(const struct slot *s);
 void pool_reap(void);
 void pool_kill(struct slot *s, enum kill_reason why, int grace_ms);
 void pool_stop_job(struct slot *s, enum kill_reason why);
@@ -350,6 +436,7 @@ void publish_free(void);
 void metrics_http(const char *route, const char *method, unsigned status);
 void metrics_job_run(int64_t run_us);
 void metrics_queue_wait(int64_t wait_us);
+void metrics_grouped(int n);            /* jobs handed in a group */
 void metrics_batch_submitted(void);
 char *metrics_render(void);     /* new text; the caller frees */
 void metrics_free(void);

@@ -69,6 +69,9 @@ static const char usage[] =
 "  --header-timeout DURATION  time a connection has to send a request's\n"
 "                         headers, from its opening or from the end of its\n"
 "                         last request; also the keep-alive idle time [10s]\n"
+"  --group-max N          short jobs (averaging under 1 ms) handed to a\n"
+"                         worker in one message; 1: one job at a time\n"
+"                         [64]\n"
 "  --allow-command        enable the command kind (runs programs as this\n"
 "                         server's user; off by default)\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
@@ -115,7 +118,7 @@ enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
 	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
 	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT,
-	   O_EVENTS_BYTES };
+	   O_EVENTS_BYTES, O_GROUP_MAX };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -142,6 +145,7 @@ static const struct option options[] = {
 	{"max-connections-per-client", required_argument, NULL,
 	 O_CONNS_CLIENT},
 	{"header-timeout", required_argument, NULL, O_HEADER_TIMEOUT},
+	{"group-max", required_argument, NULL, O_GROUP_MAX},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -223,6 +227,9 @@ static void set_option(int o, const char *v)
 	case O_CONNS_CLIENT:
 		cfg.max_connections_per_client = (int)number(
 			"--max-connections-per-client", v, 1, 1000000);
+		break;
+	case O_GROUP_MAX:
+		cfg.group_max = (int)number("--group-max", v, 1, GROUP_MAX);
 		break;
 	case O_HEADER_TIMEOUT:
 		cfg.header_timeout_us = parse_duration(v);

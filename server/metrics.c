@@ -24,7 +24,7 @@ struct histogram {
 };
 
 static struct histogram run_hist, wait_hist;
-static uint64_t batches_submitted;
+static uint64_t batches_submitted, jobs_grouped;
 
 struct http_count {
 	const char *route;              /* static pattern, or "other" */
@@ -61,6 +61,11 @@ void metrics_queue_wait(int64_t wait_us)
 void metrics_batch_submitted(void)
 {
 	batches_submitted++;
+}
+
+void metrics_grouped(int n)
+{
+	jobs_grouped += (uint64_t)n;
 }
 
 static int known_method(const char *m)
@@ -204,6 +209,11 @@ char *metrics_render(void)
 		"since start.\n# TYPE jobpool_batches_submitted_total counter\n"
 		"jobpool_batches_submitted_total %llu\n",
 		(unsigned long long)batches_submitted);
+	fprintf(f, "# HELP jobpool_jobs_grouped_total Jobs handed to workers in "
+		"groups (short jobs, many per message) since start.\n"
+		"# TYPE jobpool_jobs_grouped_total counter\n"
+		"jobpool_jobs_grouped_total %llu\n",
+		(unsigned long long)jobs_grouped);
 	fprintf(f, "# HELP jobpool_http_requests_total HTTP requests answered "
 		"since start.\n# TYPE jobpool_http_requests_total counter\n");
 	for (i = 0; i < nhttp; i++)

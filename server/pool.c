@@ -111,11 +111,13 @@ static int spawn_worker(struct slot *s)
 		/* Clear the per-process fields; the respawn backoff and the
 		 * retirement survive a new process. */
 		int failures = s->failures, retire = s->retire;
+		struct handed *group = s->group;
 
 		memset(&s->job_id, 0, sizeof(*s) - offsetof(struct slot,
 							   job_id));
 		s->failures = failures;
 		s->retire = retire;
+		s->group = group;
 	}
 	if (cfg.child_nofile > 0) {
 		/* Before its first job (it has none until "ready"), so every
@@ -220,10 +222,42 @@ static void close_channel(struct slot *s)
 	s->fd = -1;
 }
 
+_Static_assert(GROUP_MAX == PROTO_GROUP_MAX, "one group size");
+
+void pool_slot_load(struct slot *s, const struct handed *h)
+{
+	s->job_id = h->job_id;
+	s->batch_id = h->batch_id;
+	s->job_attempts = h->attempts;
+	s->max_attempts = h->max_attempts;
+	s->backoff_s = h->backoff_s;
+	s->retry = h->retry;
+	s->is_command = 0;
+	s->cancel_requested = h->cancel;
+	s->started_mono = 0;
+	s->deadline_mono = 0;
+}
+
+/* handed_of fills h, a job as a slot holds it, from its claim. */
+static void handed_of(struct handed *h, const struct claim *c)
+{
+	h->job_id = c->job_id;
+	h->batch_id = c->batch_id;
+	h->idx = c->idx;
+	h->queued_at = c->queued_at;
+	h->attempts = c->attempts;
+	h->max_attempts = c->max_attempts;
+	h->backoff_s = c->backoff_s;
+	h->retry = c->retry;
+	h->cancel = 0;
+	h->running = 0;
+}
+
 /* pool_send_run hands claim c to idle slot s.  Returns 0, or -1 when the
  * channel is broken (the worker is dying; its reap will settle the job). */
 int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono)
 {
+	struct handed h;
 	char id[32], *msg;
 	json_t *args, *m;
 	ssize_t n;
@@ -236,15 +270,10 @@ int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono)
 		      "output_cap", (json_int_t)cfg.max_output_bytes);
 	msg = json_dumps(m, JSON_COMPACT);
 	json_decref(m);
+	handed_of(&h, c);
+	pool_slot_load(s, &h);
 	s->state = SLOT_BUSY;
-	s->job_id = c->job_id;
-	s->batch_id = c->batch_id;
-	s->job_attempts = c->attempts;
-	s->max_attempts = c->max_attempts;
-	s->backoff_s = c->backoff_s;
-	s->retry = c->retry;
 	s->is_command = strcmp(c->kind, "command") == 0;
-	s->cancel_requested = 0;
 	s->kill = KILL_NONE;
 	s->kill_at_mono = 0;
 	s->started_mono = started_mono;
@@ -259,6 +288,118 @@ int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono)
 		return -1;
 	}
 	return 0;
+}
+
+/* load_head makes the head of s's group the slot's job. */
+static void load_head(struct slot *s)
+{
+	pool_slot_load(s, &s->group[s->group_pos]);
+}
+
+/* A group message is built as text: the args are stored as JSON text
+ * already, and parsing them only to print them again is most of what a
+ * short job would cost. */
+struct text {
+	char *p;
+	size_t len, cap;
+};
+
+static int text_add(struct text *t, const char *s, size_t n)
+{
+	if (t->len + n + 1 > t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 4096;
+		char *p;
+
+		while (cap < t->len + n + 1)
+			cap *= 2;
+		p = realloc(t->p, cap);
+		if (!p)
+			return -1;
+		t->p = p;
+		t->cap = cap;
+	}
+	memcpy(t->p + t->len, s, n);
+	t->len += n;
+	t->p[t->len] = 0;
+	return 0;
+}
+
+int pool_send_group(struct slot *s, const struct claim *c, int n)
+{
+	static const char open[] = "{\"t\":\"group\",\"jobs\":[";
+	static struct text t;
+	char head[96];
+	size_t mark;
+	int i, len, sent = 0;
+	ssize_t rc;
+
+	if (!s->group) {
+		s->group = calloc(GROUP_MAX, sizeof(*s->group));
+		if (!s->group)
+			return -1;
+	}
+	t.len = 0;
+	if (text_add(&t, open, sizeof(open) - 1) < 0)
+		return -1;
+	for (i = 0; i < n && i < GROUP_MAX; i++) {
+		mark = t.len;
+		len = snprintf(head, sizeof(head), "%s{\"job\":\"j_%012lld\","
+			       "\"kind\":\"%s\",\"args\":", i ? "," : "",
+			       (long long)c[i].job_id, c[i].kind);
+		if (text_add(&t, head, (size_t)len) < 0 ||
+		    text_add(&t, c[i].args, strlen(c[i].args)) < 0 ||
+		    text_add(&t, "}", 1) < 0)
+			return -1;
+		if (t.len + 2 > PROTO_MAX_MSG) {
+			t.len = mark;   /* the rest waits for the next group */
+			break;
+		}
+	}
+	if (i == 0 || text_add(&t, "]}", 2) < 0)
+		return -1;
+	for (sent = 0; sent < i; sent++)
+		handed_of(&s->group[sent], &c[sent]);
+	s->group_pos = 0;
+	s->group_len = sent;
+	s->state = SLOT_BUSY;
+	s->kill = KILL_NONE;
+	s->kill_at_mono = 0;
+	load_head(s);
+	rc = send(s->fd, t.p, t.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (rc < 0) {
+		log_warn("pool: slot %d: send: %s", s->index, strerror(errno));
+		pool_kill(s, KILL_NONE, 0);
+		return -1;
+	}
+	return sent;
+}
+
+void pool_send_drop(struct slot *s, int64_t job_id)
+{
+	char msg[64];
+	int n = snprintf(msg, sizeof(msg), "{\"t\":\"drop\",\"job\":"
+			 "\"j_%012lld\"}", (long long)job_id);
+
+	if (s->fd >= 0 &&
+	    send(s->fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		pool_kill(s, KILL_NONE, 0);     /* its reap settles the group */
+}
+
+void pool_group_pop(struct slot *s)
+{
+	if (s->group_len <= 0)
+		return;
+	s->group_pos++;
+	s->group_len--;
+	if (s->group_len > 0)
+		load_head(s);
+}
+
+int pool_job_started(const struct slot *s)
+{
+	if (!s->job_id)
+		return 0;
+	return s->group_len <= 0 || s->group[s->group_pos].running;
 }
 
 /* append_output keeps a chunk of a command's captured output.  The worker
@@ -294,7 +435,12 @@ static void handle_message(struct slot *s, const char *buf, size_t len)
 	} else if (t && strcmp(t, "out") == 0 && s->job_id) {
 		append_output(s, json_integer_value(json_object_get(m, "fd")),
 			      json_object_get(m, "data"));
-	} else if (t && strcmp(t, "done") == 0 && s->job_id) {
+	} else if (t && strcmp(t, "results") == 0 && s->group_len > 0) {
+		ev->group_results(s, m);
+	} else if (t && strcmp(t, "started") == 0 && s->group_len > 0) {
+		ev->group_started(s, m);
+	} else if (t && strcmp(t, "done") == 0 && s->job_id &&
+		   s->group_len <= 0) {
 		/* Also when a kill is on its way: the job did finish, and
 		 * the truth beats the intent. */
 		s->rss_kb = json_integer_value(json_object_get(m,
@@ -393,6 +539,10 @@ void pool_job_ended(struct slot *s)
 	}
 	s->job_id = 0;
 	s->deadline_mono = 0;
+	if (s->group_len > 0) {
+		load_head(s);   /* the group goes on */
+		return;
+	}
 	if (s->state != SLOT_BUSY)
 		return;         /* being killed: the reap replaces it */
 	s->kill = KILL_NONE;

@@ -16,6 +16,12 @@ struct sbatch {
 	struct batch_info b;
 	struct sbatch *hnext;   /* next in its hash bucket */
 	int delayed;            /* queued but waiting out a retry backoff */
+	/* groups */
+	int runs;               /* finished runs seen, up to RUNS_KNOWN */
+	double run_us;          /* their moving average */
+	int no_groups;
+	int handed;             /* jobs workers hold, rows still queued */
+	int64_t cursor;         /* next unheld job is after this index */
 	struct sbatch *prev, *next;
 };
 
@@ -80,6 +86,7 @@ void sched_add(const struct batch_info *b)
 	if (!n)
 		abort();
 	n->b = *b;
+	n->cursor = -1;
 	queued_total += b->queued;
 	nbatches++;
 	if ((size_t)nbatches > nbuckets)
@@ -168,11 +175,14 @@ void sched_finished(struct sbatch *b)
 	b->b.running--;
 }
 
+/* A job back in the queue may sit behind the cursor: the next claim reads
+ * the batch from its start. */
 void sched_requeued(struct sbatch *b)
 {
 	b->b.running--;
 	b->b.queued++;
 	queued_total++;
+	b->cursor = -1;
 }
 
 void sched_delayed(struct sbatch *b)
@@ -186,6 +196,7 @@ void sched_ready(struct sbatch *b)
 	b->delayed--;
 	b->b.queued++;
 	queued_total++;
+	b->cursor = -1;
 }
 
 void sched_drop_queued(struct sbatch *b, int n)
@@ -231,4 +242,61 @@ void sched_clear(void)
 	free(buckets);
 	buckets = NULL;
 	nbuckets = 0;
+}
+
+/* A batch hands groups once this many of its jobs ran, and only while their
+ * average run is under GROUP_RUN_US: a group's last job then waits at most
+ * about that long for the first, and a job that is not short runs alone,
+ * shown running from its start. */
+#define RUNS_KNOWN 8
+#define GROUP_RUN_US 1000.0
+
+void sched_note_run(struct sbatch *b, int64_t run_us)
+{
+	if (run_us < 0)
+		return;
+	if (b->runs < RUNS_KNOWN) {
+		b->runs++;
+		b->run_us += ((double)run_us - b->run_us) / b->runs;
+	} else {
+		b->run_us += ((double)run_us - b->run_us) / RUNS_KNOWN;
+	}
+}
+
+int sched_group_size(const struct sbatch *b)
+{
+	double n;
+
+	/* A concurrency limit counts jobs, and a group's jobs all count:
+	 * such a batch runs one job at a time per worker. */
+	if (b->no_groups || b->b.concurrency > 0 || b->runs < RUNS_KNOWN ||
+	    cfg.group_max <= 1 || b->run_us >= GROUP_RUN_US)
+		return 1;
+	n = GROUP_RUN_US / (b->run_us > 1 ? b->run_us : 1);
+	return n >= cfg.group_max ? cfg.group_max : n < 1 ? 1 : (int)n;
+}
+
+void sched_no_groups(struct sbatch *b)
+{
+	b->no_groups = 1;
+}
+
+void sched_handed(struct sbatch *b, int n)
+{
+	b->handed += n;
+}
+
+int sched_handed_count(const struct sbatch *b)
+{
+	return b->handed;
+}
+
+int64_t sched_cursor(const struct sbatch *b)
+{
+	return b->cursor;
+}
+
+void sched_set_cursor(struct sbatch *b, int64_t idx)
+{
+	b->cursor = idx;
 }

@@ -76,10 +76,10 @@ static const char *const sql[S__COUNT] = {
 	[S_JOB_BATCH] = "SELECT batch_id, state, attempts FROM jobs "
 		"WHERE id = ?",
 	[S_NEXT_QUEUED] = "SELECT id, created_at, attempts, timeout_s, kind, "
-		"args, max_attempts, retry_on, retry_backoff_s, queued_at "
+		"args, max_attempts, retry_on, retry_backoff_s, queued_at, idx "
 		"FROM jobs "
 		"WHERE batch_id = ? AND state = 'queued' AND not_before <= ? "
-		"ORDER BY idx LIMIT 1",
+		"AND idx > ? ORDER BY idx LIMIT ?",
 	[S_JOB_START] = "UPDATE jobs SET state = 'running', "
 		"attempts = attempts + 1, started_at = ?, finished_at = NULL, "
 		"worker_slot = ?, worker_pid = ?, run_us = NULL, "
@@ -95,6 +95,18 @@ static const char *const sql[S__COUNT] = {
 		"exit_code = ?, signal = ?, error = ?, result = ?, "
 		"history = json_insert(history, '$[#]', json(?)), output = ? "
 		"WHERE id = ?",
+	/* A job of a group, queued -> ended in one step (see store_jobs_done). */
+	[S_JOB_DONE] = "UPDATE jobs SET state = ?1, attempts = attempts + 1, "
+		"started_at = ?2, finished_at = ?3, worker_slot = ?4, "
+		"worker_pid = ?5, run_us = ?6, user_us = ?7, sys_us = ?8, "
+		"max_rss_kb = ?9, exit_code = ?10, signal = ?11, error = ?12, "
+		"result = ?13, history = json_insert(history, '$[#]', json(?14)), "
+		"output = NULL WHERE id = ?15 AND state = 'queued'",
+	[S_BATCH_DONE] = "UPDATE batches SET n_queued = n_queued - ?1 - ?2, "
+		"n_succeeded = n_succeeded + ?1, n_failed = n_failed + ?2, "
+		"total_run_us = total_run_us + ?3, "
+		"total_cpu_us = total_cpu_us + ?4, "
+		"started_at = coalesce(started_at, ?5) WHERE id = ?6",
 	[S_BATCH_FINISH] = "UPDATE batches SET n_running = n_running - 1, "
 		"n_succeeded = n_succeeded + ?, n_failed = n_failed + ?, "
 		"n_timed_out = n_timed_out + ?, n_canceled = n_canceled + ?, "

@@ -68,23 +68,10 @@ static int settle(int64_t batch_id, int64_t now, int *done)
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
-static int job_claim_(int64_t batch_id, int slot, pid_t pid, int64_t now,
-		    int any_due, struct claim *c)
+/* claim_row reads one row of S_NEXT_QUEUED into c.  Returns 0, or -1 when
+ * out of memory. */
+static int claim_row(sqlite3_stmt *s, int64_t batch_id, struct claim *c)
 {
-	sqlite3_stmt *s = store_get(S_NEXT_QUEUED);
-	int rc;
-
-	if (store_begin() < 0)
-		return -1;
-	sqlite3_bind_int64(s, 1, batch_id);
-	/* A little slack: the scheduler's backoff timer is monotonic and this
-	 * is wall time; a job due "now" must not be missed by microseconds. */
-	sqlite3_bind_int64(s, 2, any_due ? INT64_MAX : now + 5000);
-	rc = sqlite3_step(s);
-	if (rc != SQLITE_ROW) {
-		sqlite3_reset(s);
-		return rc == SQLITE_DONE ? 1 : -1;
-	}
 	c->job_id = store_col_i64(s, 0);
 	c->batch_id = batch_id;
 	c->created_at = store_col_i64(s, 1);
@@ -96,39 +83,73 @@ static int job_claim_(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	retry_parse((const char *)sqlite3_column_text(s, 7), &c->retry);
 	c->backoff_s = sqlite3_column_double(s, 8);
 	c->queued_at = store_col_i64(s, 9);
-	sqlite3_reset(s);
-	if (!c->args)
-		return -1;
+	c->idx = store_col_i64(s, 10);
+	return c->args ? 0 : -1;
+}
 
+int store_jobs_peek(int64_t batch_id, int64_t now, int any_due,
+		    int64_t after_idx, int limit, struct claim *out)
+{
+	sqlite3_stmt *s = store_get(S_NEXT_QUEUED);
+	int n = 0, rc = SQLITE_DONE;
+
+	sqlite3_bind_int64(s, 1, batch_id);
+	/* A little slack: the scheduler's backoff timer is monotonic and this
+	 * is wall time; a job due "now" must not be missed by microseconds. */
+	sqlite3_bind_int64(s, 2, any_due ? INT64_MAX : now + 5000);
+	sqlite3_bind_int64(s, 3, after_idx);
+	sqlite3_bind_int(s, 4, limit);
+	while (n < limit && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if (claim_row(s, batch_id, &out[n]) < 0)
+			break;
+		n++;
+	}
+	sqlite3_reset(s);
+	if (n < limit && rc != SQLITE_DONE) {
+		while (n > 0)
+			free(out[--n].args);
+		return -1;
+	}
+	return n;
+}
+
+static int job_start_(const struct claim *c, int slot, pid_t pid,
+		      int64_t started_at)
+{
+	sqlite3_stmt *s;
+
+	if (store_begin() < 0)
+		return -1;
 	s = store_get(S_JOB_START);
-	sqlite3_bind_int64(s, 1, now);
+	sqlite3_bind_int64(s, 1, started_at);
 	sqlite3_bind_int(s, 2, slot);
 	sqlite3_bind_int(s, 3, pid);
 	sqlite3_bind_int64(s, 4, c->job_id);
 	if (store_step(s) < 0)
-		goto fail;
+		return -1;
 	s = store_get(S_BATCH_START);
-	sqlite3_bind_int64(s, 1, now);
-	sqlite3_bind_int64(s, 2, batch_id);
+	sqlite3_bind_int64(s, 1, started_at);
+	sqlite3_bind_int64(s, 2, c->batch_id);
 	if (store_step(s) < 0)
-		goto fail;
+		return -1;
 	store_count(JS_QUEUED, JS_RUNNING, 1);
 	return 0;
-fail:
-	free(c->args);
-	c->args = NULL;
-	return -1;
 }
 
 /* retry_parse reads a job's retry_on list into a policy: empty means any
  * failure may be retried. */
 void retry_parse(const char *text, struct retry_policy *p)
 {
-	json_t *list = json_loads(text ? text : "[]", 0, NULL), *e;
+	json_t *list, *e;
 	size_t i;
 	int sig;
 
 	memset(p, 0, sizeof(*p));
+	if (!text || strcmp(text, "[]") == 0) {
+		p->any = 1;     /* the usual case, without a parse */
+		return;
+	}
+	list = json_loads(text, 0, NULL);
 	p->any = json_array_size(list) == 0;
 	json_array_foreach(list, i, e) {
 		if (json_is_string(e) &&
@@ -232,6 +253,133 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	return 0;
 }
 
+/* history_text writes the history entry of one attempt as history_entry
+ * would, without building it in jansson first (a group's jobs are many and
+ * their entries alike).  Returns the length, or -1 when it did not fit. */
+static int history_text(char *buf, size_t size, const struct outcome *o,
+			int64_t started_at, int attempt, int slot, pid_t pid)
+{
+	char start[40], end[40], ms[40], code[16] = "null", sig[24] = "null";
+	char *error = NULL;
+	const char *name = o->signal ? signal_name(o->signal) : NULL;
+	int n;
+
+	fmt_time(start, sizeof(start), started_at);
+	fmt_time(end, sizeof(end), o->finished_at);
+	/* jansson's form of a real: %.15g, and ".0" when that reads as an
+	 * integer. */
+	n = snprintf(ms, sizeof(ms), "%.15g", (double)o->run_us / 1000.0);
+	if (!strpbrk(ms, ".eE") && n < (int)sizeof(ms) - 2)
+		strcat(ms, ".0");
+	if (o->exit_code >= 0)
+		snprintf(code, sizeof(code), "%d", o->exit_code);
+	if (name)
+		snprintf(sig, sizeof(sig), "\"%s\"", name);
+	if (o->error) {
+		json_t *e = json_string(o->error);
+
+		error = e ? json_dumps(e, JSON_ENCODE_ANY) : NULL;
+		json_decref(e);
+		if (!error)
+			return -1;
+	}
+	n = snprintf(buf, size, "{\"attempt\":%d,\"state\":\"%s\","
+		     "\"started_at\":\"%s\",\"finished_at\":\"%s\","
+		     "\"run_ms\":%s,\"exit_code\":%s,\"signal\":%s,"
+		     "\"error\":%s,\"worker\":{\"slot\":%d,\"pid\":%d}}",
+		     attempt, job_state_name(o->state), start, end, ms, code,
+		     sig, error ? error : "null", slot, (int)pid);
+	free(error);
+	return n > 0 && (size_t)n < size ? n : -1;
+}
+
+static int jobs_done_(int64_t batch_id, const struct group_done *d, int n,
+		      int slot, pid_t pid, int *batch_done)
+{
+	sqlite3_stmt *s;
+	char htext[1024], *rtext;
+	int64_t run = 0, cpu = 0, first = 0, last = 0;
+	int i, ok = 0, bad = 0, len;
+
+	if (store_begin() < 0)
+		return -1;
+	for (i = 0; i < n; i++) {
+		const struct outcome *o = &d[i].o;
+		const char *error = o->error;
+
+		rtext = o->result ? json_dumps(o->result, JSON_COMPACT |
+					       JSON_REAL_PRECISION(17)) : NULL;
+		if (rtext && !store_room(strlen(rtext) + 1024)) {
+			free(rtext);
+			rtext = NULL;
+			error = "finished, but its result did not fit in the "
+				"database (--max-db-bytes)";
+		}
+		{
+			struct outcome h = *o;
+
+			h.error = error;
+			len = history_text(htext, sizeof(htext), &h,
+					   d[i].started_at, d[i].attempt, slot,
+					   pid);
+		}
+		if (len < 0) {
+			free(rtext);
+			return -1;
+		}
+		s = store_get(S_JOB_DONE);
+		store_bind_text(s, 1, job_state_name(o->state));
+		sqlite3_bind_int64(s, 2, d[i].started_at);
+		sqlite3_bind_int64(s, 3, o->finished_at);
+		sqlite3_bind_int(s, 4, slot);
+		sqlite3_bind_int(s, 5, pid);
+		sqlite3_bind_int64(s, 6, o->run_us);
+		store_bind_opt(s, 7, o->user_us, o->user_us >= 0);
+		store_bind_opt(s, 8, o->sys_us, o->sys_us >= 0);
+		store_bind_opt(s, 9, o->max_rss_kb, o->max_rss_kb >= 0);
+		store_bind_opt(s, 10, o->exit_code, o->exit_code >= 0);
+		store_bind_text(s, 11, o->signal ? signal_name(o->signal) : NULL);
+		store_bind_text(s, 12, error);
+		store_bind_text(s, 13, rtext);
+		sqlite3_bind_text(s, 14, htext, len, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 15, d[i].job_id);
+		if (store_step(s) < 0 || sqlite3_changes(store_db) != 1) {
+			free(rtext);
+			return -1;
+		}
+		free(rtext);
+		ok += o->state == JS_SUCCEEDED;
+		bad += o->state != JS_SUCCEEDED;
+		run += o->run_us;
+		cpu += (o->user_us > 0 ? o->user_us : 0) +
+		       (o->sys_us > 0 ? o->sys_us : 0);
+		if (!first || d[i].started_at < first)
+			first = d[i].started_at;
+		if (o->finished_at > last)
+			last = o->finished_at;
+	}
+	s = store_get(S_BATCH_DONE);
+	sqlite3_bind_int(s, 1, ok);
+	sqlite3_bind_int(s, 2, bad);
+	sqlite3_bind_int64(s, 3, run);
+	sqlite3_bind_int64(s, 4, cpu);
+	sqlite3_bind_int64(s, 5, first);
+	sqlite3_bind_int64(s, 6, batch_id);
+	if (store_step(s) < 0)
+		return -1;
+	store_count(JS_QUEUED, JS_SUCCEEDED, ok);
+	store_count(JS_QUEUED, JS_FAILED, bad);
+	return settle(batch_id, last, batch_done);
+}
+
+int store_jobs_done(int64_t batch_id, const struct group_done *d, int n,
+		    int slot, pid_t pid, int *batch_done)
+{
+	if (store_sp_begin() < 0)
+		return -1;
+	return store_sp_end(jobs_done_(batch_id, d, n, slot, pid, batch_done));
+}
+
 static int job_finish_(int64_t job_id, int64_t batch_id,
 		     const struct outcome *o, const struct slot *w,
 		     int *batch_done)
@@ -307,27 +455,85 @@ static int job_cancel_queued_(int64_t job_id, int64_t batch_id, int64_t now,
 	return cancel_counted(batch_id, 1, now, batch_done);
 }
 
+/* keep_clause returns " AND id NOT IN (…)" for the n ids of keep, or ""
+ * when n is 0; NULL when out of memory.  The caller frees it. */
+static char *keep_clause(const int64_t *keep, size_t n)
+{
+	char *q = malloc(32 + n * 21), *p = q;
+	size_t i;
+
+	if (!q)
+		return NULL;
+	*p = 0;
+	for (i = 0; i < n; i++)
+		p += sprintf(p, "%s%lld", i ? "," : " AND id NOT IN (",
+			     (long long)keep[i]);
+	if (n)
+		strcpy(p, ")");
+	return q;
+}
+
+/* batch_stmt returns the statement id with keep's clause appended
+ * (prepared now, finalized by the caller) or, without one, the cached
+ * one. */
+static sqlite3_stmt *batch_stmt(enum stmt_id id, const char *sql,
+				const char *keep, const char *tail)
+{
+	sqlite3_stmt *s = NULL;
+	char *q;
+
+	if (!*keep)
+		return store_get(id);
+	if (asprintf(&q, "%s%s%s", sql, keep, tail) < 0)
+		return NULL;
+	if (sqlite3_prepare_v2(store_db, q, -1, &s, NULL) != SQLITE_OK)
+		s = NULL;
+	free(q);
+	return s;
+}
+
+static void batch_stmt_done(sqlite3_stmt *s, const char *keep)
+{
+	if (*keep)
+		sqlite3_finalize(s);
+	else if (s)
+		sqlite3_reset(s);
+}
+
 static int batch_cancel_(int64_t batch_id, int64_t now, int *canceled,
 		       int *batch_done,
 		       void (*fn)(int64_t job_id, int attempts, void *ctx),
-		       void *ctx)
+		       void *ctx, const char *keep)
 {
 	sqlite3_stmt *s;
+	int rc;
 
 	if (store_begin() < 0)
 		return -1;
 	/* Tell the caller which jobs are about to be canceled (events). */
-	s = store_get(S_QUEUED_IDS);
+	s = batch_stmt(S_QUEUED_IDS, "SELECT id, attempts FROM jobs WHERE "
+		       "batch_id = ? AND state = 'queued'", keep,
+		       " ORDER BY idx");
+	if (!s)
+		return -1;
 	sqlite3_bind_int64(s, 1, batch_id);
 	while (fn && sqlite3_step(s) == SQLITE_ROW)
 		fn(store_col_i64(s, 0), sqlite3_column_int(s, 1), ctx);
-	sqlite3_reset(s);
+	batch_stmt_done(s, keep);
 	if (store_step_one(S_BATCH_CANCEL_REQ, batch_id) < 0)
 		return -1;
-	s = store_get(S_BATCH_CANCEL_JOBS);
+	s = batch_stmt(S_BATCH_CANCEL_JOBS, "UPDATE jobs SET state = "
+		       "'canceled', finished_at = ?, error = 'canceled before "
+		       "it started' WHERE batch_id = ? AND state = 'queued'",
+		       keep, "");
+	if (!s)
+		return -1;
 	sqlite3_bind_int64(s, 1, now);
 	sqlite3_bind_int64(s, 2, batch_id);
-	if (store_step(s) < 0)
+	rc = store_step(s);
+	if (*keep)
+		sqlite3_finalize(s);
+	if (rc < 0)
 		return -1;
 	*canceled = sqlite3_changes(store_db);
 	return cancel_counted(batch_id, *canceled, now, batch_done);
@@ -379,12 +585,27 @@ int store_sp_end(int rc)
 	return rc;
 }
 
-int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
-		    int any_due, struct claim *c)
+int store_job_start(const struct claim *c, int slot, pid_t pid,
+		    int64_t started_at)
 {
 	if (store_sp_begin() < 0)
 		return -1;
-	return store_sp_end(job_claim_(batch_id, slot, pid, now, any_due, c));
+	return store_sp_end(job_start_(c, slot, pid, started_at));
+}
+
+int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		    int any_due, struct claim *c)
+{
+	int n = store_jobs_peek(batch_id, now, any_due, -1, 1, c);
+
+	if (n <= 0)
+		return n < 0 ? -1 : 1;
+	if (store_job_start(c, slot, pid, now) < 0) {
+		free(c->args);
+		c->args = NULL;
+		return -1;
+	}
+	return 0;
 }
 
 int store_job_finish(int64_t job_id, int64_t batch_id,
@@ -421,14 +642,32 @@ int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 	return store_sp_end(job_cancel_queued_(job_id, batch_id, now, batch_done));
 }
 
+int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
+			      int *batch_done,
+			      void (*fn)(int64_t job_id, int attempts,
+					 void *ctx),
+			      void *ctx, const int64_t *keep, size_t nkeep)
+{
+	char *clause = keep_clause(keep, nkeep);
+	int rc;
+
+	if (!clause || store_sp_begin() < 0) {
+		free(clause);
+		return -1;
+	}
+	rc = store_sp_end(batch_cancel_(batch_id, now, canceled, batch_done,
+					fn, ctx, clause));
+	free(clause);
+	return rc;
+}
+
 int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 		       int *batch_done,
 		       void (*fn)(int64_t job_id, int attempts, void *ctx),
 		       void *ctx)
 {
-	if (store_sp_begin() < 0)
-		return -1;
-	return store_sp_end(batch_cancel_(batch_id, now, canceled, batch_done, fn, ctx));
+	return store_batch_cancel_except(batch_id, now, canceled, batch_done,
+					 fn, ctx, NULL, 0);
 }
 
 static int job_cancel_req_(int64_t job_id)

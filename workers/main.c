@@ -12,6 +12,7 @@
  * memory failed.  Jobs of kind "fail" exit with their own status.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,11 +102,23 @@ static void setup_process(pid_t parent)
 
 /* send_msg sends msg (stolen) as one message.  Returns 0, or -1 when it
  * would be larger than PROTO_MAX_MSG; exits when the channel fails. */
+/* send_text sends len bytes of text as one message; exits when the channel
+ * fails. */
+static void send_text(const char *text, size_t len)
+{
+	ssize_t sent;
+
+	do
+		sent = send(PROTO_FD, text, len, MSG_NOSIGNAL);
+	while (sent == -1 && errno == EINTR);
+	if (sent == -1)
+		die(EXIT_CHANNEL, strerror(errno));
+}
+
 static int send_msg(json_t *msg)
 {
 	char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
 	size_t len = text ? strlen(text) : 0;
-	ssize_t sent;
 
 	json_decref(msg);
 	if (!text)
@@ -114,12 +127,8 @@ static int send_msg(json_t *msg)
 		free(text);
 		return -1;
 	}
-	do
-		sent = send(PROTO_FD, text, len, MSG_NOSIGNAL);
-	while (sent == -1 && errno == EINTR);
+	send_text(text, len);
 	free(text);
-	if (sent == -1)
-		die(EXIT_CHANNEL, strerror(errno));
 	return 0;
 }
 
@@ -147,17 +156,33 @@ static json_int_t tv_us(struct timeval a, struct timeval b)
  * back to ru_maxrss when /proc is not mounted. */
 static json_int_t peak_rss_kb(const struct rusage *usage)
 {
-	FILE *status = fopen("/proc/self/status", "re");
+	/* The resident set grows only through page faults: with no fault
+	 * since the last read, the peak has not moved, and a short job costs
+	 * no open and parse of /proc. */
+	static long faults = -1;
+	static json_int_t last;
+	FILE *status;
 	char line[128];
 	long long kb = -1;
 
+	if (usage->ru_minflt + usage->ru_majflt == faults)
+		return last;
+	status = fopen("/proc/self/status", "re");
 	if (!status)
 		return (json_int_t)usage->ru_maxrss;
 	while (kb < 0 && fgets(line, sizeof line, status))
 		if (sscanf(line, "VmHWM: %lld kB", &kb) != 1)
 			kb = -1;
 	fclose(status);
-	return kb < 0 ? (json_int_t)usage->ru_maxrss : (json_int_t)kb;
+	/* Reading /proc faulted pages in too: count from after it. */
+	{
+		struct rusage now;
+
+		getrusage(RUSAGE_SELF, &now);
+		faults = now.ru_minflt + now.ru_majflt;
+	}
+	last = kb < 0 ? (json_int_t)usage->ru_maxrss : (json_int_t)kb;
+	return last;
 }
 
 /* job_usage sets user_us, sys_us and maxrss_kb of a job: the command's own
@@ -400,9 +425,260 @@ static void handle_run(const char *id, const char *kind, const json_t *args,
 	json_decref(job.output);
 }
 
+/* ---- groups (see protocol.h) ---- */
+
+struct gjob {
+	char id[32];
+	char kind[32];
+	json_t *args;           /* owned */
+	int dropped;
+};
+
+/* Group jobs received and not started yet, oldest first.  The server hands
+ * a worker at most two groups ahead, so this never fills; a server that
+ * overfills it is a protocol error. */
+#define QUEUE_MAX (4 * PROTO_GROUP_MAX)
+static struct gjob queue[QUEUE_MAX];
+static int qhead, qlen;
+
+/* Shared with the reporter thread, under lock: whether group jobs are
+ * queued or running, the job running now, and the results not sent yet. */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static int in_group;
+static struct {
+	int active, announced;
+	char id[32];
+	json_int_t wall_us;
+	struct timespec mono;
+} cur;
+static const char results_head[] = "{\"t\":\"results\",\"jobs\":[";
+static char results[PROTO_MAX_MSG + 1];
+static size_t results_len;
+static int results_n;
+
+/* flush_results sends the results gathered so far; lock is held. */
+static void flush_results(void)
+{
+	if (!results_n)
+		return;
+	memcpy(results + results_len, "]}", 2);
+	send_text(results, results_len + 2);
+	results_len = 0;
+	results_n = 0;
+}
+
+/* add_result appends one job's outcome (JSON text of len bytes) to the
+ * results, sending them first when it would not fit; lock is held.
+ * Returns -1 when the text alone is too large for any message. */
+static int add_result(const char *text, size_t len)
+{
+	size_t room = PROTO_MAX_MSG - sizeof(results_head) - 4;
+
+	if (len > room)
+		return -1;
+	if (results_n && results_len + 1 + len + 2 > PROTO_MAX_MSG)
+		flush_results();
+	if (!results_n) {
+		memcpy(results, results_head, sizeof(results_head) - 1);
+		results_len = sizeof(results_head) - 1;
+	} else {
+		results[results_len++] = ',';
+	}
+	memcpy(results + results_len, text, len);
+	results_len += len;
+	results_n++;
+	return 0;
+}
+
+static json_int_t elapsed_us(const struct timespec *a, const struct timespec *b)
+{
+	return (json_int_t)(b->tv_sec - a->tv_sec) * 1000000 +
+	       (b->tv_nsec - a->tv_nsec) / 1000;
+}
+
+/* reporter is the second thread: while group jobs are on hand it looks,
+ * every millisecond, whether the job running now has run for a
+ * millisecond, and then tells the server which job it is (after the results
+ * of the jobs before it).  A function kind holds the main thread until it
+ * returns, so only another thread can say this in time. */
+static void *reporter(void *unused)
+{
+	const struct timespec tick = { 0, 1000000 };
+	struct timespec now;
+	char msg[160];
+	int n;
+
+	for (;;) {
+		pthread_mutex_lock(&lock);
+		while (!in_group)
+			pthread_cond_wait(&wake, &lock);
+		pthread_mutex_unlock(&lock);
+		nanosleep(&tick, NULL);
+		pthread_mutex_lock(&lock);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (cur.active && !cur.announced &&
+		    elapsed_us(&cur.mono, &now) >= 1000) {
+			flush_results();
+			n = snprintf(msg, sizeof msg, "{\"t\":\"started\","
+				     "\"job\":\"%s\",\"started_us\":%lld,"
+				     "\"run_us\":%lld}", cur.id,
+				     (long long)cur.wall_us,
+				     (long long)elapsed_us(&cur.mono, &now));
+			send_text(msg, (size_t)n);
+			cur.announced = 1;
+		}
+		pthread_mutex_unlock(&lock);
+	}
+	return NULL;
+}
+
+/* result_text returns the new JSON text of one group job's outcome. */
+static char *result_text(const char *id, int ok, json_t *result,
+			 const char *error, const struct kind_job *job,
+			 const struct sample *before, const struct sample *after,
+			 json_int_t started_us)
+{
+	json_t *m = done_new(id, ok, result, error, job, before, after);
+	char *text;
+
+	if (!m || json_object_del(m, "t") != 0 ||
+	    json_object_set_new(m, "started_us", json_integer(started_us)) != 0)
+		die(EXIT_CHANNEL, "out of memory");
+	text = json_dumps(m, JSON_COMPACT);
+	json_decref(m);
+	if (!text)
+		die(EXIT_CHANNEL, "out of memory");
+	return text;
+}
+
+/* When the last group job ended, by the wall clock (see run_group_job). */
+static json_int_t last_end_us;
+
+/* run_group_job runs one job of a group and adds its outcome to the
+ * results. */
+static void run_group_job(const struct gjob *g)
+{
+	struct kind_job job = {
+		.grace_ms = DEFAULT_GRACE_MS, .output_cap = DEFAULT_OUTPUT_CAP,
+		.channel_fd = -1, .exit_code = -1,
+	};
+	struct sample before, after;
+	struct timespec wall;
+	char error[256] = "", *text;
+	json_t *result;
+	json_int_t started_us;
+	int ok;
+
+	sample_take(&before);
+	clock_gettime(CLOCK_REALTIME, &wall);
+	started_us = (json_int_t)wall.tv_sec * 1000000 + wall.tv_nsec / 1000;
+	/* The end is the start plus the monotonic run; should the wall clock
+	 * be stepped back, a start never goes before the last job's end, so
+	 * this worker's jobs never seem to overlap. */
+	if (started_us < last_end_us)
+		started_us = last_end_us;
+	pthread_mutex_lock(&lock);
+	cur.active = 1;
+	cur.announced = 0;
+	memcpy(cur.id, g->id, sizeof(cur.id));
+	cur.wall_us = started_us;
+	cur.mono = before.clock;
+	pthread_mutex_unlock(&lock);
+	result = run_job(g->kind, g->args, &job, error, sizeof error);
+	sample_take(&after);
+	last_end_us = started_us + elapsed_us(&before.clock, &after.clock);
+	ok = result && !*error;
+	text = result_text(g->id, ok, result, error, &job, &before, &after,
+			   started_us);
+	pthread_mutex_lock(&lock);
+	cur.active = 0;
+	if (add_result(text, strlen(text)) != 0) {
+		free(text);
+		text = result_text(g->id, 0, NULL, "result too large", &job,
+				   &before, &after, started_us);
+		if (add_result(text, strlen(text)) != 0)
+			die(EXIT_CHANNEL, "cannot send results");
+	}
+	pthread_mutex_unlock(&lock);
+	free(text);
+	json_decref(job.output);
+}
+
+/* run_next takes the oldest queued group job and runs it, or answers it as
+ * dropped. */
+static void run_next(void)
+{
+	struct gjob *g = &queue[qhead];
+	char text[96];
+	int n;
+
+	qhead = (qhead + 1) % QUEUE_MAX;
+	qlen--;
+	if (g->dropped) {
+		n = snprintf(text, sizeof text, "{\"job\":\"%s\","
+			     "\"dropped\":true}", g->id);
+		pthread_mutex_lock(&lock);
+		add_result(text, (size_t)n);
+		pthread_mutex_unlock(&lock);
+	} else {
+		run_group_job(g);
+	}
+	json_decref(g->args);
+	g->args = NULL;
+}
+
+/* add_group queues the jobs of a "group" message, or exits when it is
+ * malformed. */
+static void add_group(json_t *msg)
+{
+	const json_t *jobs = json_object_get(msg, "jobs");
+	json_t *j;
+	const char *id, *kind;
+	json_t *args;
+	struct gjob *g;
+	size_t i;
+
+	if (!json_is_array(jobs) || json_array_size(jobs) == 0 ||
+	    json_array_size(jobs) > PROTO_GROUP_MAX ||
+	    qlen + (int)json_array_size(jobs) > QUEUE_MAX)
+		die(EXIT_PROTOCOL, "malformed message: bad group");
+	json_array_foreach(jobs, i, j) {
+		if (json_unpack(j, "{s:s, s:s, s:o}", "job", &id, "kind", &kind,
+				"args", &args) == -1 || !json_is_object(args) ||
+		    strlen(id) >= sizeof(g->id) || strlen(kind) >= sizeof(g->kind))
+			die(EXIT_PROTOCOL, "malformed message: bad group job");
+		g = &queue[(qhead + qlen) % QUEUE_MAX];
+		strcpy(g->id, id);
+		strcpy(g->kind, kind);
+		g->args = json_incref(args);
+		g->dropped = 0;
+		qlen++;
+	}
+	pthread_mutex_lock(&lock);
+	if (!in_group) {
+		in_group = 1;
+		pthread_cond_signal(&wake);
+	}
+	pthread_mutex_unlock(&lock);
+}
+
+/* drop marks a queued group job not to be started; a job not held (it
+ * ran already) is left alone: its outcome is on its way. */
+static void drop(const json_t *msg)
+{
+	const char *id = json_string_value(json_object_get(msg, "job"));
+	int i;
+
+	for (i = 0; id && i < qlen; i++)
+		if (strcmp(queue[(qhead + i) % QUEUE_MAX].id, id) == 0)
+			queue[(qhead + i) % QUEUE_MAX].dropped = 1;
+}
+
 /* handle_message acts on one message received between jobs: a "run" runs;
- * a "cancel" is late (its job ended already) and ignored; anything else
- * makes the worker exit. */
+ * a "group" is queued and a "drop" marks a queued job; a "cancel" is late
+ * (its job ended already) and ignored; anything else makes the worker
+ * exit. */
 static void handle_message(const char *buf, size_t len)
 {
 	json_int_t output_cap = DEFAULT_OUTPUT_CAP;
@@ -413,7 +689,12 @@ static void handle_message(const char *buf, size_t len)
 	json_t *args;
 	char line[300];
 
-	if (strcmp(t, "cancel") == 0) {
+	if (strcmp(t, "cancel") == 0 || strcmp(t, "group") == 0 ||
+	    strcmp(t, "drop") == 0) {
+		if (*t == 'g')
+			add_group(msg);
+		else if (*t == 'd')
+			drop(msg);
 		json_decref(msg);
 		return;
 	}
@@ -434,13 +715,35 @@ static void handle_message(const char *buf, size_t len)
 int main(int argc, char **argv)
 {
 	static char buf[PROTO_MAX_MSG + 1];
+	pthread_t thread;
 	ssize_t len;
 
 	setup_process(parse_args(argc, argv));
 	if (send_msg(json_pack("{s:s, s:I}", "t", "ready",
 			       "pid", (json_int_t)getpid())) != 0)
 		die(EXIT_CHANNEL, "cannot send ready");
-	while ((len = recv_msg(buf, sizeof buf, 0)) > 0)
-		handle_message(buf, (size_t)len);
+	if (pthread_create(&thread, NULL, reporter, NULL) != 0)
+		die(EXIT_CHANNEL, "cannot start the reporter thread");
+	for (;;) {
+		if (!qlen) {
+			/* Nothing on hand: send what is done, then wait. */
+			pthread_mutex_lock(&lock);
+			flush_results();
+			in_group = 0;
+			pthread_mutex_unlock(&lock);
+			len = recv_msg(buf, sizeof buf, 0);
+			if (len <= 0)
+				break;
+			handle_message(buf, (size_t)len);
+			continue;
+		}
+		/* Before each group job: drops (and more groups) first. */
+		while ((len = recv_msg(buf, sizeof buf, MSG_DONTWAIT)) > 0)
+			handle_message(buf, (size_t)len);
+		if (len == 0)
+			break;  /* the server closed: it settles what it handed */
+		if (qlen)
+			run_next();
+	}
 	return 0;
 }

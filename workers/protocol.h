@@ -27,6 +27,40 @@
  * A worker runs one job at a time and answers every "run" with the job's
  * "out" messages, if any, then exactly one "done".
  *
+ * Short jobs travel in groups, so that a job costs no message, context
+ * switch or database turn of its own:
+ *
+ *   server -> worker  {"t":"group","jobs":[{"job":"j_…","kind":"noop",
+ *                      "args":{…}}, …]}
+ *   server -> worker  {"t":"drop","job":"j_…"}
+ *   worker -> server  {"t":"started","job":"j_…","started_us":N,"run_us":N}
+ *   worker -> server  {"t":"results","jobs":[{"job":"j_…","ok":…,
+ *                      "started_us":N, …the members of "done"…}
+ *                      | {"job":"j_…","dropped":true}, …]}
+ *
+ * group: up to PROTO_GROUP_MAX jobs of function kinds (never "command"),
+ * run in order.  A group may come while another is still running; its
+ * jobs queue behind.
+ *
+ * drop: the job must not start.  The worker reads its channel before it
+ * starts each job of a group; a job it has not started then is answered
+ * {"job":…,"dropped":true}.  A drop for a job that started already, or
+ * that the worker does not hold, changes nothing: the job's real outcome
+ * comes as usual.
+ *
+ * results: the outcomes of jobs of groups, in the order they ran, each
+ * with started_us, the wall-clock start (µs since the epoch) taken with the
+ * monotonic reading behind run_us, so started + run_us is the end.  The
+ * worker sends them when it has no group job left, before a message would
+ * pass PROTO_MAX_MSG, and before a "started".
+ *
+ * started: a job of a group has run for a millisecond: the worker says so
+ * (from a second thread, since a function kind does not return until it is
+ * done), after the results of every job before it.  So the server always
+ * knows which job a worker runs once it runs long enough to matter: for a
+ * cancel, which kills the worker, and to show the job running.  run_us is
+ * how long it has run so far.
+ *
  * run: grace_ms (default 2000, >= 0) and output_cap (default 1048576,
  * >= 0) may be left out; only the command kind uses them.  grace_ms is
  * the wait between SIGTERM and SIGKILL on a cancel (0: SIGKILL at once);
@@ -79,6 +113,9 @@
  * default socket buffer (net.core.wmem_default, 208 KiB) so a SEQPACKET send
  * never fails with EMSGSIZE without needing SO_SNDBUFFORCE. */
 #define PROTO_MAX_MSG (160 * 1024)
+
+/* Most jobs in one "group" message. */
+#define PROTO_GROUP_MAX 64
 
 /* Largest serialized "args" (and so "echo" result) a job may carry. */
 #define PROTO_MAX_ARGS (64 * 1024)
