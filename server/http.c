@@ -9,6 +9,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -671,6 +672,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 			 void **con_cls, enum MHD_RequestTerminationCode toe)
 {
 	struct request *r = *con_cls;
+	int big;
 
 	if (!r)
 		return;
@@ -685,9 +687,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
 		watch_arm(watch_of(conn));
 	json_decref(r->job_ids);
+	big = r->len >= (1 << 20);
 	free(r->body);
 	free(r);
 	*con_cls = NULL;
+	/* A big body (a 100,000-job batch is ~2 MB of text and ~40 MB once
+	 * parsed) leaves free pages among the ones still in use, and glibc
+	 * gives back only the top of the heap: without this, RSS stayed at
+	 * 55 MB after one such submission instead of 22 MB. */
+	if (big)
+		malloc_trim(0);
 }
 
 static void on_mhd(int fd, uint32_t events, void *ctx)

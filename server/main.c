@@ -71,7 +71,7 @@ static const char usage[] =
 "                         last request; also the keep-alive idle time [10s]\n"
 "  --group-max N          short jobs (averaging under 1 ms) handed to a\n"
 "                         worker in one message; 1: one job at a time\n"
-"                         [64]\n"
+"                         (up to 64)                     [16]\n"
 "  --allow-command        enable the command kind (runs programs as this\n"
 "                         server's user; off by default)\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
