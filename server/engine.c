@@ -239,15 +239,18 @@ static int start_group(struct slot *s, struct sbatch *b, int k)
 		return start_one(s, b);
 	}
 	sent = pool_send_group(s, c, m);
+	if (sent < 0) {
+		for (i = 0; i < n; i++)
+			free(c[i].args);
+		return -1;      /* out of memory, or the worker is dying */
+	}
 	for (i = 0; i < sent; i++) {
 		held_add(c[i].job_id);
 		sched_started(b);
 		sched_handed(b, 1);
 	}
-	if (sent > 0) {
-		sched_set_cursor(b, c[sent - 1].idx);
-		metrics_grouped(sent);
-	}
+	sched_set_cursor(b, c[sent - 1].idx);
+	metrics_grouped(sent);
 	for (i = 0; i < n; i++)
 		free(c[i].args);
 	return 0;

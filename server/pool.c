@@ -367,7 +367,10 @@ int pool_send_group(struct slot *s, const struct claim *c, int n)
 	load_head(s);
 	rc = send(s->fd, t.p, t.len, MSG_NOSIGNAL | MSG_DONTWAIT);
 	if (rc < 0) {
+		/* Nothing was handed: the worker's death settles no job. */
 		log_warn("pool: slot %d: send: %s", s->index, strerror(errno));
+		s->group_len = 0;
+		s->job_id = 0;
 		pool_kill(s, KILL_NONE, 0);
 		return -1;
 	}

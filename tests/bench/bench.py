@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench.py - the benchmark suite: speed and timing accuracy, not behaviour.
 
-    python3 tests/bench/bench.py [seed] [noop] [accept] [submit] [scale]
+    python3 tests/bench/bench.py [seed] [noop] [cpu] [accept] [submit] [scale]
                                 [exposure] [memory]
 
 submit, scale and memory drive the server with wrk (apt-get install wrk).
@@ -78,6 +78,25 @@ def bench_noop(n=10000):
                  n / b["timings"]["makespan_ms"] * 1000,
                  "ok" if ok else "MISSED"))
         return ok
+
+
+def bench_cpu(jobs=8, below=200000000):
+    """CPU-bound jobs (primes) on 1 worker, then on 2: the speedup."""
+    def makespan(workers):
+        with Server(workers=workers) as srv:
+            b = srv.submit([{"kind": "primes", "args": {"below": below}}] *
+                           jobs)
+            fin = wait_done(srv, b["id"])
+            assert fin["counts"]["succeeded"] == jobs, fin
+            return fin["timings"]["makespan_ms"]
+    runs = [(makespan(1), makespan(2)) for _ in range(3)]
+    one = statistics.median(a for a, _ in runs)
+    two = statistics.median(b for _, b in runs)
+    ok = one / two >= 1.95
+    print("cpu: %d primes jobs: makespan %.0f ms on 1 worker, %.0f ms on 2 "
+          "(medians of 3): speedup %.2fx (target >= 1.95x): %s"
+          % (jobs, one, two, one / two, "ok" if ok else "MISSED"))
+    return ok
 
 
 def bench_accept(n=10000, rounds=7):
@@ -360,7 +379,8 @@ def bench_exposure(conns=200, seconds=10):
         return ok
 
 
-BENCHES = {"seed": bench_seed, "noop": bench_noop, "accept": bench_accept,
+BENCHES = {"seed": bench_seed, "noop": bench_noop, "cpu": bench_cpu,
+           "accept": bench_accept,
            "submit": bench_submit, "scale": bench_scale,
            "exposure": bench_exposure, "memory": bench_memory}
 

@@ -280,3 +280,33 @@ def test_group_batch_cancel():
         assert c["succeeded"] == ran and c["canceled"] == n - ran, (c, ran)
         assert ran >= 500 and never > 0, (ran, never)
         assert grouped(srv) > 0
+
+
+def test_group_kill9_loses_nothing():
+    """kill -9 of the server while a batch runs in groups: after the
+    restart every job ends once, none is left running, and a job its
+    worker held without reporting ran again as its first recorded attempt
+    (its row never left the queue)."""
+    n = 30000
+    with Server(workers=2) as first:
+        b = first.submit([{"kind": "noop"}] * n)
+        wait_until(lambda: first.batch(b["id"])["counts"]["succeeded"]
+                   > 3000, 30, what="3000 jobs done")
+        assert grouped(first) > 0
+        first.kill9()
+        with Server(workers=2, tmpdir=first.tmpdir) as second:
+            fin = second.wait_batch(b["id"], timeout=120)
+            js = second.jobs(b["id"])
+            assert len(js) == n
+            for j in js:
+                if j["state"] == "succeeded":
+                    assert j["attempts"] == 1 and len(j["history"]) == 1, j
+                else:
+                    # a job the worker had announced as started
+                    assert j["state"] == "failed" and \
+                        j["error"] == "interrupted", j
+            c = fin["counts"]
+            assert c["running"] == 0 and c["queued"] == 0, fin
+            assert c["succeeded"] + c["failed"] == n, fin
+            assert c["succeeded"] == sum(j["state"] == "succeeded"
+                                         for j in js), fin
