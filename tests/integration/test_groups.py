@@ -310,3 +310,32 @@ def test_group_kill9_loses_nothing():
             assert c["succeeded"] + c["failed"] == n, fin
             assert c["succeeded"] == sum(j["state"] == "succeeded"
                                          for j in js), fin
+
+
+def test_group_job_that_kills_its_worker():
+    """A job of a group that kills its worker (a crash, an exit) is not
+    told apart from the jobs the worker held: they all go back to the
+    queue, the batch goes on one job at a time, and the culprit gets its
+    own outcome (its retry too) while every other job succeeds once."""
+    jobs = [{"kind": "noop"} for _ in range(40)]
+    jobs[13] = {"kind": "fail", "args": {"mode": "crash"}}
+    jobs[22] = {"kind": "fail", "args": {"mode": "exit", "code": 3},
+                "max_attempts": 2, "retry_on": [3], "retry_backoff_s": 0.01}
+    with Server(workers=1, args=["--group-max", "4"]) as srv:
+        b = srv.submit(jobs)
+        fin = srv.wait_batch(b["id"], timeout=60)
+        js = jobs_by_index(srv, b["id"])
+        crash = js[13]
+        assert crash["state"] == "failed" and crash["signal"] == "SIGSEGV" \
+            and crash["attempts"] == 1 and len(crash["history"]) == 1, crash
+        ex = js[22]
+        assert ex["state"] == "failed" and ex["exit_code"] == 3 and \
+            ex["attempts"] == 2, ex
+        assert [h["exit_code"] for h in ex["history"]] == [3, 3], ex
+        for i, j in js.items():
+            if i not in (13, 22):
+                assert j["state"] == "succeeded" and j["attempts"] == 1 \
+                    and len(j["history"]) == 1, j
+        assert fin["counts"]["failed"] == 2 and \
+            fin["counts"]["succeeded"] == 38, fin
+        assert grouped(srv) >= 4
