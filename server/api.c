@@ -630,6 +630,20 @@ static enum MHD_Result api_pool_get(struct request *r)
 	return http_json(r, 200, pool_json());
 }
 
+/* api_nodes_get lists the servers sharing this database: with SQLite,
+ * which one server holds (flock), only this one, alive as it answers. */
+static enum MHD_Result api_nodes_get(struct request *r)
+{
+	json_t *node = json_pack("{s:s, s:b, s:o, s:o, s:i, s:i}",
+				 "name", cfg.node_name, "self", 1,
+				 "started_at", json_time(cfg.started_at),
+				 "last_heartbeat_at", json_time(now_us()),
+				 "pool_size", pool_size(),
+				 "busy_workers", pool_busy());
+
+	return http_json(r, 200, json_pack("{s:[o]}", "items", node));
+}
+
 /* parse_body decodes a JSON request body; answers 415/400 itself and
  * returns NULL when it cannot. */
 static json_t *parse_body(struct request *r, enum MHD_Result *rc)
@@ -702,6 +716,7 @@ static const struct route routes[] = {
 	{"/v1/jobs/{j}/cancel", "POST", api_job_cancel},
 	{"/v1/events", "GET", api_events},
 	{"/v1/pool", "GET", api_pool_get},
+	{"/v1/nodes", "GET", api_nodes_get},
 	{"/v1/pool", "PUT", api_pool_put},
 };
 

@@ -44,6 +44,8 @@ struct config {
 	int64_t header_timeout_us;      /* to send a request's headers */
 	int64_t child_nofile;           /* workers' open-file limit, 0: ours */
 	int group_max;                  /* short jobs per group, <= 1: none */
+	char node_name[64];             /* this server's name (job worker.node) */
+	int64_t started_at;             /* when this server started */
 };
 extern struct config cfg;
 extern volatile int shutting_down;

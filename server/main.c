@@ -69,6 +69,8 @@ static const char usage[] =
 "  --header-timeout DURATION  time a connection has to send a request's\n"
 "                         headers, from its opening or from the end of its\n"
 "                         last request; also the keep-alive idle time [10s]\n"
+"  --node-name NAME       this server's name, shown as a job's\n"
+"                         worker.node and in GET /v1/nodes [host name]\n"
 "  --group-max N          short jobs (averaging under 1 ms) handed to a\n"
 "                         worker in one message; 1: one job at a time\n"
 "                         (up to 64)                     [16]\n"
@@ -118,7 +120,7 @@ enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
 	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
 	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT,
-	   O_EVENTS_BYTES, O_GROUP_MAX };
+	   O_EVENTS_BYTES, O_GROUP_MAX, O_NODE_NAME };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -146,9 +148,38 @@ static const struct option options[] = {
 	 O_CONNS_CLIENT},
 	{"header-timeout", required_argument, NULL, O_HEADER_TIMEOUT},
 	{"group-max", required_argument, NULL, O_GROUP_MAX},
+	{"node-name", required_argument, NULL, O_NODE_NAME},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
+
+/* node_name_valid accepts 1 to 63 characters of A-Z a-z 0-9 . _ -: a name
+ * that needs no escaping anywhere it goes (JSON, logs, a URL). */
+static int node_name_valid(const char *v)
+{
+	size_t n = strlen(v);
+
+	return n >= 1 && n <= 63 && strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+					   "abcdefghijklmnopqrstuvwxyz"
+					   "0123456789._-") == n;
+}
+
+/* default_node_name is the host's name, its other characters replaced by
+ * '-', or "jobpool" when it has none. */
+static void default_node_name(char *out, size_t size)
+{
+	char host[256] = "";
+	size_t i;
+
+	if (gethostname(host, sizeof(host) - 1) != 0 || !host[0])
+		strcpy(host, "jobpool");
+	host[63] = 0;
+	for (i = 0; host[i]; i++)
+		if (!strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+			    "0123456789._-", host[i]))
+			host[i] = '-';
+	snprintf(out, size, "%s", host);
+}
 
 static void set_option(int o, const char *v)
 {
@@ -231,6 +262,12 @@ static void set_option(int o, const char *v)
 	case O_GROUP_MAX:
 		cfg.group_max = (int)number("--group-max", v, 1, GROUP_MAX);
 		break;
+	case O_NODE_NAME:
+		if (!node_name_valid(v))
+			die_usage("--node-name (1 to 63 of A-Z a-z 0-9 . _ -)",
+				  v);
+		snprintf(cfg.node_name, sizeof(cfg.node_name), "%s", v);
+		break;
 	case O_HEADER_TIMEOUT:
 		cfg.header_timeout_us = parse_duration(v);
 		if (cfg.header_timeout_us <= 0 ||
@@ -283,6 +320,8 @@ static void parse_config(int argc, char **argv)
 		cfg.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (cfg.workers < 1)
 		cfg.workers = 1;
+	if (!cfg.node_name[0])
+		default_node_name(cfg.node_name, sizeof(cfg.node_name));
 }
 
 /* hide_token keeps the bearer token from the processes this server runs:
@@ -614,6 +653,7 @@ int main(int argc, char **argv)
 	int requeued = 0, interrupted = 0, n;
 
 	parse_config(argc, argv);
+	cfg.started_at = now_us();
 	hide_token();
 	srandom((unsigned)(now_us() ^ getpid()));
 	if (find_worker() < 0) {

@@ -64,7 +64,7 @@ static int64_t totals[JS__COUNT], pending[JS__COUNT], sp_mark[JS__COUNT];
 	"max_attempts, retry_on, retry_backoff_s, timeout_s, created_at, " \
 	"queued_at, started_at, finished_at, run_us, user_us, sys_us, " \
 	"max_rss_kb, worker_slot, worker_pid, exit_code, signal, error, " \
-	"result, history, output"
+	"result, history, output, worker_node"
 
 static const char *const sql[S__COUNT] = {
 	[S_BATCH_INSERT] = "INSERT INTO batches (name, state, concurrency, "
@@ -81,11 +81,11 @@ static const char *const sql[S__COUNT] = {
 		"WHERE batch_id = ? AND state = 'queued' AND not_before <= ? "
 		"AND idx > ? ORDER BY idx LIMIT ?",
 	[S_JOB_START] = "UPDATE jobs SET state = 'running', "
-		"attempts = attempts + 1, started_at = ?, finished_at = NULL, "
-		"worker_slot = ?, worker_pid = ?, run_us = NULL, "
-		"user_us = NULL, sys_us = NULL, max_rss_kb = NULL, "
+		"attempts = attempts + 1, started_at = ?1, finished_at = NULL, "
+		"worker_slot = ?2, worker_pid = ?3, worker_node = ?5, "
+		"run_us = NULL, user_us = NULL, sys_us = NULL, max_rss_kb = NULL, "
 		"exit_code = NULL, signal = NULL, error = NULL, result = NULL, "
-		"output = NULL WHERE id = ?",
+		"output = NULL WHERE id = ?4",
 	[S_BATCH_START] = "UPDATE batches SET n_queued = n_queued - 1, "
 		"n_running = n_running + 1, "
 		"started_at = coalesce(started_at, ?1), "
@@ -98,6 +98,7 @@ static const char *const sql[S__COUNT] = {
 	/* A job of a group, queued -> ended in one step (see store_jobs_done). */
 	[S_JOB_DONE] = "UPDATE jobs SET state = ?1, attempts = attempts + 1, "
 		"started_at = ?2, finished_at = ?3, worker_slot = ?4, "
+		"worker_node = ?16, "
 		"worker_pid = ?5, run_us = ?6, user_us = ?7, sys_us = ?8, "
 		"max_rss_kb = ?9, exit_code = ?10, signal = ?11, error = ?12, "
 		"result = ?13, history = json_insert(history, '$[#]', json(?14)), "
@@ -120,6 +121,7 @@ static const char *const sql[S__COUNT] = {
 	[S_JOB_REQUEUE] = "UPDATE jobs SET state = 'queued', "
 		"attempts = attempts - ?, started_at = NULL, queued_at = ?, "
 		"finished_at = NULL, worker_slot = NULL, worker_pid = NULL, "
+		"worker_node = NULL, "
 		"not_before = ? "
 		"WHERE id = ?",
 	[S_BATCH_REQUEUE] = "UPDATE batches SET n_running = n_running - 1, "

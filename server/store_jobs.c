@@ -125,6 +125,7 @@ static int job_start_(const struct claim *c, int slot, pid_t pid,
 	sqlite3_bind_int(s, 2, slot);
 	sqlite3_bind_int(s, 3, pid);
 	sqlite3_bind_int64(s, 4, c->job_id);
+	store_bind_text(s, 5, cfg.node_name);
 	if (store_step(s) < 0)
 		return -1;
 	s = store_get(S_BATCH_START);
@@ -179,8 +180,9 @@ static json_t *history_entry(const struct outcome *o, int64_t started_at,
 						  json_null(),
 		"signal", sig ? json_string(sig) : json_null(),
 		"error", o->error ? json_string(o->error) : json_null(),
-		"worker", pid > 0 ? json_pack("{s:i, s:i}", "slot", slot,
-					      "pid", (int)pid) : json_null());
+		"worker", pid > 0 ? json_pack("{s:i, s:i, s:s}", "slot", slot,
+					      "pid", (int)pid, "node",
+					      cfg.node_name) : json_null());
 }
 
 /* record_attempt writes the outcome of slot w's attempt: the job's row (in
@@ -286,9 +288,10 @@ static int history_text(char *buf, size_t size, const struct outcome *o,
 	n = snprintf(buf, size, "{\"attempt\":%d,\"state\":\"%s\","
 		     "\"started_at\":\"%s\",\"finished_at\":\"%s\","
 		     "\"run_ms\":%s,\"exit_code\":%s,\"signal\":%s,"
-		     "\"error\":%s,\"worker\":{\"slot\":%d,\"pid\":%d}}",
+		     "\"error\":%s,\"worker\":{\"slot\":%d,\"pid\":%d,"
+		     "\"node\":\"%s\"}}",
 		     attempt, job_state_name(o->state), start, end, ms, code,
-		     sig, error ? error : "null", slot, (int)pid);
+		     sig, error ? error : "null", slot, (int)pid, cfg.node_name);
 	free(error);
 	return n > 0 && (size_t)n < size ? n : -1;
 }
@@ -343,6 +346,7 @@ static int jobs_done_(int64_t batch_id, const struct group_done *d, int n,
 		store_bind_text(s, 13, rtext);
 		sqlite3_bind_text(s, 14, htext, len, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 15, d[i].job_id);
+		store_bind_text(s, 16, cfg.node_name);
 		if (store_step(s) < 0 || sqlite3_changes(store_db) != 1) {
 			free(rtext);
 			return -1;

@@ -147,7 +147,7 @@ int64_t store_size_bytes(void)
 	"'run_ms', NULL, 'exit_code', NULL, 'signal', NULL, " \
 	"'error', 'interrupted', 'worker', CASE WHEN worker_slot IS NULL " \
 	"THEN NULL ELSE json_object('slot', worker_slot, 'pid', " \
-	"worker_pid) END))"
+	"worker_pid, 'node', worker_node) END))"
 #define COUNT_OF(st) "(SELECT count(*) FROM jobs j WHERE " \
 	"j.batch_id = batches.id AND j.state = '" st "')"
 #define RECOUNT "UPDATE batches SET n_queued = " COUNT_OF("queued") ", " \
@@ -181,6 +181,7 @@ static int recover_rows(int64_t now, const char *excl, int *requeued,
 	*interrupted = sqlite3_changes(store_db);
 	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'queued', "
 		 "queued_at = %lld, worker_slot = NULL, worker_pid = NULL, "
+		 "worker_node = NULL, "
 		 "started_at = NULL, error = 'interrupted', "
 		 "history = " INTERRUPTED_ENTRY("failed") " WHERE state = "
 		 "'running' AND attempts < max_attempts%s", (long long)now,
@@ -252,7 +253,8 @@ int store_resync(int64_t now, const struct live_job *live, size_t n,
 		return -1;
 	if (sqlite3_prepare_v2(store_db, "UPDATE jobs SET state = 'running', "
 			       "attempts = ?2, started_at = ?3, finished_at = "
-			       "NULL, worker_slot = ?4, worker_pid = ?5 "
+			       "NULL, worker_slot = ?4, worker_pid = ?5, "
+			       "worker_node = ?6 "
 			       "WHERE id = ?1 AND state = 'queued'; ", -1, &s,
 			       NULL) != SQLITE_OK)
 		return -1;
@@ -263,6 +265,7 @@ int store_resync(int64_t now, const struct live_job *live, size_t n,
 		sqlite3_bind_int64(s, 3, live[i].started_at);
 		sqlite3_bind_int(s, 4, live[i].slot);
 		sqlite3_bind_int(s, 5, (int)live[i].pid);
+		store_bind_text(s, 6, cfg.node_name);
 		if (sqlite3_step(s) != SQLITE_DONE)
 			goto out;
 	}

@@ -116,8 +116,9 @@ static json_t *job_row(sqlite3_stmt *s)
 		"sys_cpu_ms", col_opt_ms(s, 18),
 		"max_rss_kb", col_opt_int(s, 19));
 	worker = sqlite3_column_type(s, 20) == SQLITE_NULL ? json_null() :
-		 json_pack("{s:I, s:I}", "slot", store_col_i64(s, 20),
-			   "pid", store_col_i64(s, 21));
+		 json_pack("{s:I, s:I, s:o}", "slot", store_col_i64(s, 20),
+			   "pid", store_col_i64(s, 21),
+			   "node", col_opt_str(s, 28));
 	return json_pack("{s:s, s:s, s:I, s:o, s:s, s:o, s:s, s:I, s:I, s:o, "
 			 "s:f, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
 			 "s:o, s:o, s:o}",

@@ -659,6 +659,9 @@ async function main() {
 	await sleep(300);
 	await call(S, 'GET', '/v1/pool', { expect: 200, label: 'GET /v1/pool 200 (after shrink)', check: (r) => want(r.json?.size === 1, `size ${r.json?.size}`) });
 	await call(S, 'PUT', '/v1/pool', { expect: 200, json: { size: 2 }, label: 'PUT /v1/pool 200 (restore)' });
+	// -- nodes: with SQLite, the answering server alone
+	await call(S, 'GET', '/v1/nodes', { expect: 200, check: (r) => want(r.json?.items?.length === 1 && r.json.items[0].self === true && r.json.items[0].pool_size === 2, `items ${JSON.stringify(r.json?.items)}`) });
+	await call(S, 'POST', '/v1/nodes', { expect: 405, json: {}, label: 'POST /v1/nodes 405' });
 
 	// -- metrics
 	await call(S, 'GET', '/metrics', {
@@ -677,7 +680,7 @@ async function main() {
 	await call(S, 'POST', '/v1/events', { expect: 405, json: {}, label: 'POST /v1/events 405' });
 
 	// -- HEAD: every GET path answers it with the GET's status and headers, no body
-	for (const path of ['/healthz', '/readyz', '/openapi.yaml', '/metrics', '/', '/v1/batches', '/v1/pool', `/v1/batches/${H_ID}`, `/v1/batches/${H_ID}/jobs`, `/v1/jobs/${H_JOBS[0]}`])
+	for (const path of ['/healthz', '/readyz', '/openapi.yaml', '/metrics', '/', '/v1/batches', '/v1/pool', '/v1/nodes', `/v1/batches/${H_ID}`, `/v1/batches/${H_ID}/jobs`, `/v1/jobs/${H_JOBS[0]}`])
 		await call(S, 'HEAD', path, { expect: 200, label: `HEAD ${findTemplate(path)} 200`, check: (r) => want(r.body === '', 'HEAD answered a body') });
 	await call(S, 'HEAD', '/v1/jobs/j_999999999999', { expect: 404, label: 'HEAD /v1/jobs/{id} 404', check: (r) => want(r.body === '', 'HEAD answered a body') });
 

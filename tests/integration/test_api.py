@@ -445,3 +445,36 @@ def test_post_response_shape():
         assert "job_ids" not in listed[0] or \
             listed[0]["job_ids"] == b["job_ids"]
         wait_until(lambda: srv.pool()["busy"] == 0, 5, 0.02, "an idle pool")
+
+
+def test_nodes_and_worker_node():
+    """GET /v1/nodes lists this server (with SQLite, the only one); a job's
+    worker, and each history entry, name the node it ran on, also after a
+    restart under another name."""
+    import subprocess
+    from harness import server_binary
+    with Server(workers=2, args=["--node-name", "alpha-1"]) as srv:
+        st, _, body = srv.get("/v1/nodes")
+        assert st == 200, (st, body)
+        (n,) = body["items"]
+        assert n["name"] == "alpha-1" and n["self"] is True, n
+        assert n["pool_size"] == 2 and n["busy_workers"] == 0, n
+        assert n["started_at"] <= n["last_heartbeat_at"], n
+        b = srv.submit([{"kind": "sleep", "args": {"seconds": 0.5}}])
+        jid = b["job_ids"][0]
+        srv.wait_job_state(jid, "running")
+        assert srv.get("/v1/nodes")[2]["items"][0]["busy_workers"] == 1
+        assert srv.job(jid)["worker"]["node"] == "alpha-1"
+        j = srv.wait_job(jid)
+        assert j["worker"]["node"] == "alpha-1", j
+        assert j["history"][0]["worker"]["node"] == "alpha-1", j
+        srv.stop()
+        with Server(workers=1, tmpdir=srv.tmpdir,
+                    args=["--node-name", "beta.2"]) as again:
+            assert again.get("/v1/nodes")[2]["items"][0]["name"] == "beta.2"
+            assert again.job(jid)["worker"]["node"] == "alpha-1"
+    for bad in ("", "has space", "x" * 64, "é"):
+        p = subprocess.run([server_binary(), "--node-name", bad,
+                            "--listen", "127.0.0.1:0", "--db", ":memory:"],
+                           capture_output=True, text=True, timeout=10)
+        assert p.returncode == 2 and "--node-name" in p.stderr, (bad, p)
