@@ -284,12 +284,17 @@ static int has_header(const char *lines, size_t n, const char *name)
 	return 0;
 }
 
-/* is_head tells whether a request line starting at p names HEAD, as MHD
- * reads it (the method ends at the first space): no body comes back. */
+/* is_head tells whether the request line at p names HEAD, as MHD reads it
+ * (empty lines before it are skipped, as RFC 9112 2.2 allows; the method
+ * ends at the first space): no body comes back. */
 static int is_head(const void *p, size_t n)
 {
 	const char *s = p;
 
+	while (n > 0 && (*s == '\r' || *s == '\n')) {
+		s++;
+		n--;
+	}
 	return n >= 4 && memcmp(s, "HEAD", 4) == 0 && (n == 4 || s[4] == ' ');
 }
 
