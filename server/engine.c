@@ -217,7 +217,10 @@ static int start_one(struct slot *s, struct sbatch *b)
  * with no timeout (which needs the server to know the job's start). */
 static int groupable(const struct claim *c)
 {
-	return strcmp(c->kind, "command") != 0 && c->timeout_s <= 0;
+	/* "fail" is made to kill its worker: in a group, the results of the
+	 * jobs before it would die with it and those jobs run again. */
+	return strcmp(c->kind, "command") != 0 &&
+	       strcmp(c->kind, "fail") != 0 && c->timeout_s <= 0;
 }
 
 /* start_group gives up to k jobs of b to idle slot s in one group; their
@@ -245,7 +248,8 @@ static int start_group(struct slot *s, struct sbatch *b, int k)
 		return -1;      /* out of memory, or the worker is dying */
 	}
 	for (i = 0; i < sent; i++) {
-		held_add(c[i].job_id);
+		if (held_add(c[i].job_id) < 0)
+			abort();        /* as the scheduler does: no memory */
 		sched_started(b);
 		sched_handed(b, 1);
 	}
@@ -694,11 +698,14 @@ static void group_started(struct slot *s, const json_t *msg)
 	int64_t run = msg_int(msg, "run_us");
 
 	if (parse_id(json_string_value(json_object_get(msg, "job")), 'j') !=
-	    h->job_id || h->running)
+	    h->job_id || h->announced)
 		return;
-	if (group_start(s, h, msg_int(msg, "started_us")) < 0)
-		return;
+	/* Known in memory even if the store refuses the write (it is
+	 * degraded): the job can be stopped, and the resync stores it. */
+	h->announced = 1;
+	s->started_at = msg_int(msg, "started_us");
 	s->started_mono = mono_us() - (run > 0 ? run : 0);
+	group_start(s, h, s->started_at);
 	if (h->cancel)
 		pool_stop_job(s, KILL_CANCEL);
 }
@@ -714,8 +721,8 @@ static int group_lost(struct slot *s)
 {
 	struct sbatch *b = sched_find(s->batch_id);
 	int first = s->group_pos, last = s->group_pos + s->group_len, i;
-	int started = s->group[first].running;
-	int done = 0;
+	int started = s->group[first].announced;
+	int done = 0, rc;
 
 	if (b)
 		sched_no_groups(b);
@@ -724,20 +731,30 @@ static int group_lost(struct slot *s)
 		struct sbatch *hb = sched_find(h->batch_id);
 
 		release(h);
-		if (h->cancel &&
-		    store_job_cancel_queued(h->job_id, h->batch_id, now_us(),
-					    &done) == 0) {
+		rc = h->cancel ? store_job_cancel_queued(h->job_id, h->batch_id,
+							 now_us(), &done) : 1;
+		if (rc == 0) {
 			if (hb)
 				sched_finished(hb);
 			publish_job(h->job_id, h->batch_id, JS_CANCELED,
 				    h->attempts - 1);
 			settle_batch(hb, h->batch_id, done);
+		} else if (rc < 0) {
+			/* The store is degraded: its resync cancels the job
+			 * from the stored request and rebuilds the counts. */
 		} else if (hb) {
 			sched_requeued(hb);
 		}
 	}
-	if (started)
-		release(&s->group[first]);
+	if (started) {
+		struct handed *h = &s->group[first];
+
+		release(h);
+		/* Its start was never stored (the store was degraded): the
+		 * settlement below must find it running. */
+		if (!h->running && group_start(s, h, s->started_at) < 0)
+			started = 0;
+	}
 	s->group_len = 0;
 	return started;
 }
@@ -757,7 +774,10 @@ static void worker_died(struct slot *s, int status)
 	}
 	o.finished_at = now_us();
 	o.run_us = mono_us() - s->started_mono;
-	if (s->kill == KILL_SHUTDOWN) {
+	/* A kill meant for another job of its group (which ended before the
+	 * worker died) is not this job's fault either. */
+	if (s->kill == KILL_SHUTDOWN ||
+	    (s->kill != KILL_NONE && s->kill_job != s->job_id)) {
 		/* Not the job's fault: back to the queue, attempt not
 		 * counted, so the next start runs it again. */
 		if (store_job_requeue(s->job_id, s->batch_id, 1, 0) == 0)
@@ -848,9 +868,15 @@ static struct handed *held_job(int64_t job_id, struct slot **slot)
 static void cancel_held(struct slot *s, struct handed *h)
 {
 	h->cancel = 1;
-	if (h == &s->group[s->group_pos])
-		s->cancel_requested = 1;
-	pool_send_drop(s, h->job_id);
+	if (h != &s->group[s->group_pos]) {
+		pool_send_drop(s, h->job_id);
+		return;
+	}
+	s->cancel_requested = 1;
+	if (h->announced)
+		pool_stop_job(s, KILL_CANCEL);  /* it runs: a drop comes late */
+	else
+		pool_send_drop(s, h->job_id);
 }
 
 static void canceled_event(int64_t job_id, int attempts, void *ctx)
@@ -1002,11 +1028,13 @@ int engine_resync(void)
 	size_t n = 0;
 	int i, requeued = 0, interrupted = 0, rc;
 
-	live = calloc(POOL_MAX, sizeof(*live));
+	live = calloc(POOL_MAX + held_count, sizeof(*live));
 	if (!live)
 		return -1;
-	for (i = 0; (s = pool_slot(i)); i++)
-		if (pool_job_started(s) && s->pid > 0 && n < POOL_MAX) {
+	for (i = 0; (s = pool_slot(i)); i++) {
+		int j;
+
+		if (pool_job_started(s) && s->pid > 0) {
 			live[n].job_id = s->job_id;
 			live[n].started_at = s->started_at;
 			live[n].attempts = s->job_attempts;
@@ -1014,6 +1042,14 @@ int engine_resync(void)
 			live[n].pid = s->pid;
 			n++;
 		}
+		/* The jobs held behind it stay queued, out of the recovery. */
+		for (j = 0; j < s->group_len && n < POOL_MAX + held_count; j++)
+			if (!s->group[s->group_pos + j].announced) {
+				live[n].job_id = s->group[s->group_pos + j].job_id;
+				live[n].held = 1;
+				n++;
+			}
+	}
 	rc = store_resync_begin();
 	if (rc == 0)
 		rc = store_resync(now_us(), live, n, &requeued, &interrupted);
@@ -1029,7 +1065,8 @@ int engine_resync(void)
 	sched_clear();
 	engine_load();
 	/* Jobs held in groups are queued in the database but not to be
-	 * claimed: count them as the hand-off did. */
+	 * claimed: count them as the hand-off did.  A head the worker said it
+	 * started is running in the database now (it was live above). */
 	for (i = 0; (s = pool_slot(i)); i++) {
 		int j;
 
@@ -1037,10 +1074,13 @@ int engine_resync(void)
 			struct handed *h = &s->group[s->group_pos + j];
 			struct sbatch *b = sched_find(h->batch_id);
 
-			if (b && !h->running) {
+			if (h->announced)
+				h->running = 1;
+			if (!b)
+				continue;
+			sched_handed(b, 1);
+			if (!h->running)
 				sched_started(b);
-				sched_handed(b, 1);
-			}
 		}
 	}
 	log_info("engine: resynced with the database: %d job(s) re-queued, "

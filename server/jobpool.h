@@ -136,11 +136,13 @@ struct batch_info {
 	int started;            /* a job of it has started */
 };
 
-/* A job a worker runs now, as memory knows it (store_resync). */
+/* A job a worker runs now, as memory knows it (store_resync); held: one it
+ * holds in a group, not started, whose row stays queued. */
 struct live_job {
 	int64_t job_id, started_at;
 	int attempts, slot;
 	pid_t pid;
+	int held;
 };
 
 /* store_lock takes the database's single-server lock: an exclusive flock
@@ -305,6 +307,7 @@ struct slot {
 	int64_t deadline_mono;          /* timeout, 0: none */
 	int64_t kill_at_mono;           /* SIGKILL after grace, 0: none */
 	enum kill_reason kill;
+	int64_t kill_job;               /* the job the kill was for */
 	int64_t rss_kb;
 	int retire;                     /* pool shrinking: do not replace */
 	int failures;                   /* deaths before "ready", in a row */
@@ -335,7 +338,8 @@ struct handed {
 	double backoff_s;
 	struct retry_policy retry;
 	int cancel;                     /* a client canceled it */
-	int running;                    /* its start is stored ("started") */
+	int announced;                  /* the worker said it started */
+	int running;                    /* ... and that start is stored */
 };
 
 #define POOL_MAX 1024

@@ -250,6 +250,7 @@ static void handed_of(struct handed *h, const struct claim *c)
 	h->backoff_s = c->backoff_s;
 	h->retry = c->retry;
 	h->cancel = 0;
+	h->announced = 0;
 	h->running = 0;
 }
 
@@ -346,7 +347,8 @@ int pool_send_group(struct slot *s, const struct claim *c, int n)
 		len = snprintf(head, sizeof(head), "%s{\"job\":\"j_%012lld\","
 			       "\"kind\":\"%s\",\"args\":", i ? "," : "",
 			       (long long)c[i].job_id, c[i].kind);
-		if (text_add(&t, head, (size_t)len) < 0 ||
+		if (len < 0 || len >= (int)sizeof(head) ||
+		    text_add(&t, head, (size_t)len) < 0 ||
 		    text_add(&t, c[i].args, strlen(c[i].args)) < 0 ||
 		    text_add(&t, "}", 1) < 0)
 			return -1;
@@ -402,7 +404,7 @@ int pool_job_started(const struct slot *s)
 {
 	if (!s->job_id)
 		return 0;
-	return s->group_len <= 0 || s->group[s->group_pos].running;
+	return s->group_len <= 0 || s->group[s->group_pos].announced;
 }
 
 /* append_output keeps a chunk of a command's captured output.  The worker
@@ -490,8 +492,10 @@ void pool_kill(struct slot *s, enum kill_reason why, int grace_ms)
 {
 	if (s->pid <= 0)
 		return;
-	if (why != KILL_NONE && s->kill == KILL_NONE)
+	if (why != KILL_NONE && s->kill == KILL_NONE) {
 		s->kill = why;
+		s->kill_job = s->job_id;
+	}
 	if (grace_ms <= 0) {
 		kill(s->pid, SIGKILL);
 	} else {
@@ -518,8 +522,10 @@ void pool_stop_job(struct slot *s, enum kill_reason why)
 		pool_kill(s, why, cfg.kill_grace_ms);
 		return;
 	}
-	if (s->kill == KILL_NONE)
+	if (s->kill == KILL_NONE) {
 		s->kill = why;
+		s->kill_job = s->job_id;
+	}
 	if (why == KILL_CANCEL)
 		s->cancel_requested = 1;
 	if (s->kill_at_mono)

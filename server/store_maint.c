@@ -200,6 +200,15 @@ static int recover_rows(int64_t now, const char *excl, int *requeued,
 	if (store_exec(q) < 0)
 		return -1;
 	*interrupted += sqlite3_changes(store_db);
+	/* A job a worker held in a group stays queued until the worker
+	 * answers a cancel of it (or of its batch): with the worker gone, the
+	 * stored cancel decides, and the job never starts. */
+	snprintf(q, sizeof(q), "UPDATE jobs SET state = 'canceled', "
+		 "finished_at = %lld, error = 'canceled before it started' "
+		 "WHERE state = 'queued' AND " CANCELED_REQ "%s",
+		 (long long)now, excl);
+	if (store_exec(q) < 0)
+		return -1;
 	if (store_exec(RECOUNT) < 0)
 		return -1;
 	snprintf(q, sizeof(q), "UPDATE batches SET state = " SETTLE_STATE ", "
@@ -259,6 +268,8 @@ int store_resync(int64_t now, const struct live_job *live, size_t n,
 			       NULL) != SQLITE_OK)
 		return -1;
 	for (i = 0; i < n; i++) {
+		if (live[i].held)
+			continue;       /* queued in a worker's group */
 		sqlite3_reset(s);
 		sqlite3_bind_int64(s, 1, live[i].job_id);
 		sqlite3_bind_int(s, 2, live[i].attempts);

@@ -339,3 +339,59 @@ def test_group_job_that_kills_its_worker():
         assert fin["counts"]["failed"] == 2 and \
             fin["counts"]["succeeded"] == 38, fin
         assert grouped(srv) >= 4
+
+
+FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                    "fake_worker.py")
+
+
+def test_group_cancel_of_held_jobs_survives_kill9():
+    """A cancel of jobs a worker holds is stored before the worker answers
+    it: if the server dies first, the restart ends them canceled, never
+    started (a job canceled alone, and a batch canceled whole)."""
+    for whole in (False, True):
+        with Server(workers=1, args=["--worker-bin", FAKE],
+                    env={"FAKE_WORKER_MODE": "hold"}) as first:
+            b = first.submit([{"kind": "noop"}] * 12)
+            ids = b["job_ids"]
+            wait_until(lambda: first.batch(b["id"])["counts"]["succeeded"]
+                       == 8, 20, what="8 single jobs done")
+            wait_until(lambda: grouped(first) == 4, 20, what="a group")
+            path = ("/v1/batches/%s/cancel" % b["id"]) if whole else \
+                ("/v1/jobs/%s/cancel" % ids[9])
+            st, _, body = first.post(path)
+            assert st == 200, (st, body)
+            first.kill9()
+            with Server(workers=1, tmpdir=first.tmpdir) as second:
+                second.wait_batch(b["id"], timeout=30)
+                js = jobs_by_index(second, b["id"])
+                for i in range(8, 12):
+                    j = js[i]
+                    if whole or i == 9:
+                        assert j["state"] == "canceled" and \
+                            j["started_at"] is None and \
+                            j["attempts"] == 0, (whole, j)
+                    else:
+                        assert j["state"] == "succeeded" and \
+                            j["attempts"] == 1, (whole, j)
+
+
+def test_group_kill_for_one_job_spares_the_next():
+    """The worker is killed to cancel the head of its group, but the head
+    ends first and the next job starts before the worker dies: the head
+    keeps its real outcome, and the next job, which nobody canceled, goes
+    back to the queue (its attempt not counted) and runs."""
+    with Server(workers=1, args=["--worker-bin", FAKE],
+                env={"FAKE_WORKER_MODE": "race"}) as srv:
+        b = srv.submit([{"kind": "noop"}] * 12)
+        ids = b["job_ids"]
+        srv.wait_job_state(ids[8], "running", timeout=20)
+        st, _, body = srv.post("/v1/jobs/%s/cancel" % ids[8])
+        assert st == 200, (st, body)
+        fin = srv.wait_batch(b["id"], timeout=30)
+        js = jobs_by_index(srv, b["id"])
+        assert js[8]["state"] == "succeeded", js[8]
+        for i in range(9, 12):
+            assert js[i]["state"] == "succeeded" and \
+                js[i]["attempts"] == 1 and len(js[i]["history"]) == 1, js[i]
+        assert fin["counts"]["succeeded"] == 12, fin
