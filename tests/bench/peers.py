@@ -215,12 +215,12 @@ def fill(srv, total, per):
     return time.monotonic() - t0
 
 
-def svg_chart(rows):
+def svg_chart(rows, stamp):
     """A horizontal bar chart, one group per workload; each group is scaled
-    to its own longest bar."""
-    width, bar, gap, left = 760, 22, 6, 250
-    scale_w = width - left - 130
-    y = 40
+    to its own longest bar.  stamp (date, machine) goes under the title."""
+    width, bar, gap, left = 900, 22, 6, 230
+    scale_w = width - left - 250
+    y = 60
     out = []
     for name, n, unit, tools in rows:
         top = max(r for _, r, _ in tools)
@@ -245,7 +245,9 @@ def svg_chart(rows):
             'font-family="sans-serif" font-size="13">'
             '<rect width="100%%" height="100%%" fill="white"/>'
             '<text x="10" y="20" font-size="15">per second, median of the '
-            'rounds (longer is better)</text>' % (width, y))
+            'rounds (longer is better)</text>'
+            '<text x="10" y="38" fill="#4a5568">measured %s</text>'
+            % (width, y, stamp))
     return head + "".join(out) + "</svg>\n"
 
 
@@ -318,7 +320,7 @@ def main():
     with open(os.path.join(args.out, "peers.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "peers.svg"), "w") as f:
-        f.write(svg_chart(rows))
+        f.write(svg_chart(rows, stamp))
 
 
 if __name__ == "__main__":
