@@ -159,6 +159,10 @@ def main():
     write(request, b"\x00\r\n\r\n" +
           raw("HEAD", "/v1/nope", {}, b"", keep_alive=True)[1:] +
           raw("GET", "/healthz", {}, b"")[1:])
+    # ... and bytes it skips before those empty lines
+    write(request, b"\x00" * 20 + b"\r\n\r\n" +
+          raw("HEAD", "/v1/nope", {}, b"", keep_alive=True)[1:] +
+          raw("GET", "/v1/nope", {}, b"")[1:])
     for d in (batch, request):
         print("%s: %d seeds" % (d, len(os.listdir(d))))
 

@@ -83,11 +83,13 @@ def test_worker_group_protocol():
         w.send({"t": "drop", "job": "j_000000000002"})
         w.send({"t": "drop", "job": "j_000000000003"})
         w.send({"t": "drop", "job": "j_000000000099"})  # not held: ignored
-        m = w.recv()
-        assert m["t"] == "results", m
-        rs = {r["job"]: r for r in m["jobs"]}
+        rs = {}
+        while len(rs) < 3:
+            m = w.recv()
+            if m["t"] != "started":     # job 4 may run past 1 ms here
+                rs.update((r["job"], r) for r in m["jobs"])
         assert list(rs) == ["j_000000000002", "j_000000000003",
-                            "j_000000000004"], m
+                            "j_000000000004"], rs
         two = rs["j_000000000002"]
         assert two["ok"] is True and two["run_us"] >= 300000, two
         assert two["result"]["slept_ms"] >= 299, two
@@ -102,7 +104,9 @@ def test_worker_group_protocol():
         w.send({"t": "group", "jobs": [job(6)]})
         got = []
         while len(got) < 2:
-            got += w.recv()["jobs"]
+            m = w.recv()
+            if m["t"] != "started":     # a slow machine may announce them
+                got += m["jobs"]
         assert got[0]["job"] == "j_000000000005" and got[0]["ok"] is False \
             and "invalid args" in got[0]["error"], got
         assert got[1]["job"] == "j_000000000006" and got[1]["ok"], got
