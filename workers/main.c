@@ -555,6 +555,28 @@ static char *result_text(const char *id, int ok, json_t *result,
 /* When the last group job ended, by the wall clock (see run_group_job). */
 static json_int_t last_end_us;
 
+/* clock_pair reads the monotonic clock and the wall clock at (nearly) one
+ * instant: a job's end is reported as its wall-clock start plus its
+ * monotonic run, so a gap between the two readings (the worker preempted
+ * in between, which a loaded machine does for milliseconds) would move
+ * the end past the real one.  The wall clock is read between two
+ * monotonic readings, again if they are more than 20 us apart, and the
+ * later one is kept: the reported end is then never late. */
+static void clock_pair(struct timespec *mono, json_int_t *wall_us)
+{
+	struct timespec before, wall;
+	int i;
+
+	for (i = 0; i < 5; i++) {
+		clock_gettime(CLOCK_MONOTONIC, &before);
+		clock_gettime(CLOCK_REALTIME, &wall);
+		clock_gettime(CLOCK_MONOTONIC, mono);
+		if (elapsed_us(&before, mono) <= 20)
+			break;
+	}
+	*wall_us = (json_int_t)wall.tv_sec * 1000000 + wall.tv_nsec / 1000;
+}
+
 /* run_group_job runs one job of a group and adds its outcome to the
  * results. */
 static void run_group_job(const struct gjob *g)
@@ -564,15 +586,13 @@ static void run_group_job(const struct gjob *g)
 		.channel_fd = -1, .exit_code = -1,
 	};
 	struct sample before, after;
-	struct timespec wall;
 	char error[256] = "", *text;
 	json_t *result;
 	json_int_t started_us;
 	int ok;
 
-	sample_take(&before);
-	clock_gettime(CLOCK_REALTIME, &wall);
-	started_us = (json_int_t)wall.tv_sec * 1000000 + wall.tv_nsec / 1000;
+	getrusage(RUSAGE_SELF, &before.usage);
+	clock_pair(&before.clock, &started_us);
 	/* The end is the start plus the monotonic run; should the wall clock
 	 * be stepped back, a start never goes before the last job's end, so
 	 * this worker's jobs never seem to overlap. */
