@@ -251,7 +251,6 @@ static int start_group(struct slot *s, struct sbatch *b, int k)
 		if (held_add(c[i].job_id) < 0)
 			abort();        /* as the scheduler does: no memory */
 		sched_started(b);
-		sched_handed(b, 1);
 	}
 	sched_set_cursor(b, c[sent - 1].idx);
 	metrics_grouped(sent);
@@ -545,11 +544,7 @@ static int group_start(struct slot *s, struct handed *h, int64_t started_us)
  * claim must skip. */
 static void release(const struct handed *h)
 {
-	struct sbatch *b = sched_find(h->batch_id);
-
 	held_del(h->job_id);
-	if (b)
-		sched_handed(b, -1);
 }
 
 /* group_dropped settles a group job the worker did not start because it
@@ -1076,10 +1071,7 @@ int engine_resync(void)
 
 			if (h->announced)
 				h->running = 1;
-			if (!b)
-				continue;
-			sched_handed(b, 1);
-			if (!h->running)
+			if (b && !h->running)
 				sched_started(b);
 		}
 	}

@@ -277,14 +277,11 @@ void sched_clear(void);
  * time.  sched_note_run learns a finished job's run time; sched_group_size
  * is how many jobs to hand in one group now (1: one at a time);
  * sched_no_groups turns groups off for the batch for good (a worker died
- * during one).  sched_handed counts jobs of the batch that workers hold
- * while their rows are still queued, and sched_cursor/sched_set_cursor
- * keep the index after which its next unheld job is. */
+ * during one).  sched_cursor/sched_set_cursor keep the index after which
+ * its next job not held by a worker is. */
 void sched_note_run(struct sbatch *b, int64_t run_us);
 int sched_group_size(const struct sbatch *b);
 void sched_no_groups(struct sbatch *b);
-void sched_handed(struct sbatch *b, int n);
-int sched_handed_count(const struct sbatch *b);
 int64_t sched_cursor(const struct sbatch *b);
 void sched_set_cursor(struct sbatch *b, int64_t idx);
 

@@ -20,7 +20,6 @@ struct sbatch {
 	int runs;               /* finished runs seen, up to RUNS_KNOWN */
 	double run_us;          /* their moving average */
 	int no_groups;
-	int handed;             /* jobs workers hold, rows still queued */
 	int64_t cursor;         /* next unheld job is after this index */
 	struct sbatch *prev, *next;
 };
@@ -279,16 +278,6 @@ int sched_group_size(const struct sbatch *b)
 void sched_no_groups(struct sbatch *b)
 {
 	b->no_groups = 1;
-}
-
-void sched_handed(struct sbatch *b, int n)
-{
-	b->handed += n;
-}
-
-int sched_handed_count(const struct sbatch *b)
-{
-	return b->handed;
 }
 
 int64_t sched_cursor(const struct sbatch *b)
