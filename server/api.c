@@ -410,8 +410,19 @@ static enum MHD_Result api_batch_create(struct request *r)
 		json_decref(body);
 		return rc;
 	}
-	if (store_batch_insert(body, now_us(), key, key ? hash : NULL, &id,
-			       &job_ids) < 0) {
+	n = store_batch_insert(body, now_us(), key, key ? hash : NULL, &id,
+			       &job_ids);
+	if (n > 0) {
+		/* Another node stored this key first, committed meanwhile:
+		 * answer as a retry of that request. */
+		json_decref(body);
+		if (replay(r, key, hash, &rc) != 0)
+			return rc;
+		retry_after(r, 1);
+		return http_problem(r, P_UNAVAILABLE, "the Idempotency-Key is "
+				    "being used by another request", NULL);
+	}
+	if (n < 0) {
 		json_decref(body);
 		retry_after(r, 5);
 		return http_problem(r, P_UNAVAILABLE, store_full() ?
@@ -634,7 +645,12 @@ static enum MHD_Result api_pool_get(struct request *r)
  * which one server holds (flock), only this one, alive as it answers. */
 static enum MHD_Result api_nodes_get(struct request *r)
 {
-	json_t *node = json_pack("{s:s, s:b, s:o, s:o, s:i, s:i}",
+	json_t *node, *nodes = store_nodes_json();
+
+	/* With PostgreSQL: every node whose lease is alive. */
+	if (nodes)
+		return http_json(r, 200, json_pack("{s:o}", "items", nodes));
+	node = json_pack("{s:s, s:b, s:o, s:o, s:i, s:i}",
 				 "name", cfg.node_name, "self", 1,
 				 "started_at", json_time(cfg.started_at),
 				 "last_heartbeat_at", json_time(now_us()),

@@ -25,5 +25,7 @@ struct config cfg = {
 	 * while a 100,000-job batch ran; 16 keeps it near 3 ms at the same
 	 * run rate (peers.py). */
 	.group_max = 16,
+	.node_lease_us = 4 * 1000000,
+	.poll_interval_us = 250000,
 };
 volatile int shutting_down;

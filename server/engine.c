@@ -268,10 +268,24 @@ void engine_dispatch(void)
 	struct slot *s;
 	int k, rc;
 
+	int shared = store_dispatch_after_commit();
+
+	/* With several nodes a claim must commit before its worker starts
+	 * (main.c commits, then pool_release sends), and no job is held in a
+	 * group: its row would look queued to the others. */
+	if (shared)
+		pool_hold();
 	while (!shutting_down && !store_degraded() && (s = pool_idle()) &&
 	       (b = sched_pick())) {
-		k = sched_group_size(b);
+		k = shared ? 1 : sched_group_size(b);
 		rc = k > 1 ? start_group(s, b, k) : start_one(s, b);
+		if (rc == 1 && shared) {
+			/* Other nodes took them, or the batch is at its
+			 * limit across the cluster: the next look at the
+			 * store brings the count back. */
+			sched_drop_queued(b, sched_queued(b));
+			continue;
+		}
 		if (rc == 1) {
 			/* The counters said queued but the store has none:
 			 * trust the store. */
@@ -383,11 +397,56 @@ static int forget_backoffs(int64_t batch_id, int64_t job_id)
 
 /* engine_tick releases jobs whose backoff is over.  Returns the next due
  * time, or 0. */
+/* ---- what the store reports: other nodes' work (PostgreSQL) ---- */
+
+static void tick_job(int64_t job_id, int64_t batch_id, enum job_state st,
+		     int attempts, void *ctx)
+{
+	publish_job(job_id, batch_id, st, attempts);
+}
+
+static struct slot *slot_of_job(int64_t job_id);
+
+/* tick_cancel: another node stored a cancel of a job this one runs. */
+static void tick_cancel(int64_t job_id, void *ctx)
+{
+	struct slot *s = slot_of_job(job_id);
+
+	if (s && !s->cancel_requested)
+		pool_stop_job(s, KILL_CANCEL);
+}
+
+/* tick_batch: an unfinished batch as the store has it, maybe new (posted
+ * to another node), maybe changed by other nodes' claims. */
+static void tick_batch(const struct batch_info *info, void *ctx)
+{
+	struct sbatch *b = sched_find(info->id);
+
+	if (b)
+		sched_update(b, info);
+	else if (info->queued > 0)
+		sched_add(info);
+}
+
+/* tick_fence: this node lost its lease; the other nodes will re-queue its
+ * jobs, so none of them may go on running here. */
+static void tick_fence(void *ctx)
+{
+	pool_kill_all();
+}
+
 int64_t engine_tick(int64_t now)
 {
 	struct backoff **pp = &backoffs, *w;
 	int64_t next = 0;
 	struct sbatch *b;
+	struct store_tick cb = { tick_job, tick_cancel, tick_batch, tick_fence,
+				 NULL, pool_busy(), pool_size() };
+
+	if (store_dispatch_after_commit()) {
+		store_tick(now_us(), &cb);
+		next = now + 50000;     /* the lease check and the reaper */
+	}
 
 	while ((w = *pp)) {
 		if (now >= w->due_mono) {

@@ -45,6 +45,8 @@ struct config {
 	int64_t child_nofile;           /* workers' open-file limit, 0: ours */
 	int group_max;                  /* short jobs per group, <= 1: none */
 	char node_name[64];             /* this server's name (job worker.node) */
+	int64_t node_lease_us;          /* PostgreSQL: a node's lease */
+	int64_t poll_interval_us;       /* PostgreSQL: look at the others */
 	int64_t started_at;             /* when this server started */
 };
 extern struct config cfg;
@@ -156,7 +158,26 @@ struct live_job {
  * set otherwise: EWOULDBLOCK when another process holds the lock, with
  * *holder its pid (0 when /proc/locks does not say). */
 int store_lock(const char *path, pid_t *holder);
+/* store_open opens the store --db names: a postgres:// or postgresql://
+ * URL (store_is_url) selects PostgreSQL, anything else is a SQLite file. */
 int store_open(const char *path);
+int store_is_url(const char *db);
+/* What store_tick reports to the engine. */
+struct store_tick {
+	void (*job)(int64_t job_id, int64_t batch_id, enum job_state st,
+		    int attempts, void *ctx);
+	void (*cancel)(int64_t job_id, void *ctx);
+	/* every unfinished batch, as store_load_active reports them */
+	void (*batch)(const struct batch_info *b, void *ctx);
+	/* this node lost its lease: stop every job now, write nothing */
+	void (*fence)(void *ctx);
+	void *ctx;
+	int busy, pool_size;    /* this node's workers, for GET /v1/nodes */
+};
+int store_tick(int64_t now, const struct store_tick *cb);
+int store_dispatch_after_commit(void);
+json_t *store_nodes_json(void);         /* NULL: this node only */
+const char *store_backend(void);        /* "sqlite" or "postgresql" */
 void store_close(void);
 /* store_flush commits the open transaction.  Returns 0, or -1 when it was
  * lost (the rollback hook has run and the store is degraded). */
@@ -269,6 +290,8 @@ void sched_requeued(struct sbatch *b);
 void sched_delayed(struct sbatch *b);
 void sched_ready(struct sbatch *b);
 void sched_drop_queued(struct sbatch *b, int n);
+void sched_update(struct sbatch *b, const struct batch_info *info);
+int sched_queued(const struct sbatch *b);
 void sched_remove(struct sbatch *b);
 int sched_queued_total(void);
 size_t sched_bytes(void);       /* memory held for the batches, hash included */
@@ -394,6 +417,12 @@ int pool_ready(void);
 int pool_busy(void);
 void pool_stop_all(void);
 void pool_kill_all(void);
+/* pool_hold keeps the run messages pool_send_run writes from here on until
+ * pool_release: sent when ok, else dropped with their slots made idle again
+ * (the claims they carried were not committed). */
+void pool_hold(void);
+int pool_holding(void);
+void pool_release(int ok);
 void pool_kill_orphans(void);
 void pool_kill_marked(const char *instance, const int64_t *job_ids,
 		      size_t n);

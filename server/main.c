@@ -34,7 +34,9 @@ static const char usage[] =
 "\n"
 "  --listen HOST:PORT     address to serve HTTP on      [127.0.0.1:8080]\n"
 "                         (port 0 picks a free port; the log says which)\n"
-"  --db PATH              SQLite database file          [./jobpool.db]\n"
+"  --db PATH|URL          SQLite database file, or a PostgreSQL URL\n"
+"                         (postgresql://user@host:port/db) that several\n"
+"                         nodes share                   [./jobpool.db]\n"
 "  --workers N            worker processes              [number of cores]\n"
 "  --worker-bin PATH      the jobpool-worker program    [next to jobpoold]\n"
 "  --kill-grace-ms MS     SIGTERM-to-SIGKILL grace when a running job is\n"
@@ -71,6 +73,12 @@ static const char usage[] =
 "                         last request; also the keep-alive idle time [10s]\n"
 "  --node-name NAME       this server's name, shown as a job's\n"
 "                         worker.node and in GET /v1/nodes [host name]\n"
+"  --node-lease DURATION  with PostgreSQL: how long a node may go without\n"
+"                         renewing its lease before the others re-queue\n"
+"                         its jobs; it stops them itself 1s before (2s\n"
+"                         to 10m)                        [4s]\n"
+"  --poll-interval DURATION  with PostgreSQL: how often a node looks for\n"
+"                         other nodes' batches and cancels [250ms]\n"
 "  --group-max N          short jobs (averaging under 1 ms) handed to a\n"
 "                         worker in one message; 1: one job at a time\n"
 "                         (up to 64)                     [16]\n"
@@ -120,7 +128,8 @@ enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_BODY, O_JOBS, O_COMMIT, O_OUTPUT, O_ALLOW_COMMAND, O_QUEUED,
 	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
 	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT,
-	   O_EVENTS_BYTES, O_GROUP_MAX, O_NODE_NAME };
+	   O_EVENTS_BYTES, O_GROUP_MAX, O_NODE_NAME, O_NODE_LEASE,
+	   O_POLL_INTERVAL };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -149,6 +158,8 @@ static const struct option options[] = {
 	{"header-timeout", required_argument, NULL, O_HEADER_TIMEOUT},
 	{"group-max", required_argument, NULL, O_GROUP_MAX},
 	{"node-name", required_argument, NULL, O_NODE_NAME},
+	{"node-lease", required_argument, NULL, O_NODE_LEASE},
+	{"poll-interval", required_argument, NULL, O_POLL_INTERVAL},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -267,6 +278,18 @@ static void set_option(int o, const char *v)
 			die_usage("--node-name (1 to 63 of A-Z a-z 0-9 . _ -)",
 				  v);
 		snprintf(cfg.node_name, sizeof(cfg.node_name), "%s", v);
+		break;
+	case O_NODE_LEASE:
+		cfg.node_lease_us = parse_duration(v);
+		if (cfg.node_lease_us < 2000000 ||
+		    cfg.node_lease_us > 600LL * 1000000)
+			die_usage("--node-lease (want 2s to 10m)", v);
+		break;
+	case O_POLL_INTERVAL:
+		cfg.poll_interval_us = parse_duration(v);
+		if (cfg.poll_interval_us < 10000 ||
+		    cfg.poll_interval_us > 60LL * 1000000)
+			die_usage("--poll-interval (want 10ms to 60s)", v);
 		break;
 	case O_HEADER_TIMEOUT:
 		cfg.header_timeout_us = parse_duration(v);
@@ -427,8 +450,10 @@ static int lock_db(void)
 {
 	pid_t holder;
 
-	/* SQLite's private databases have no file to share. */
-	if (!*cfg.db_path || strcmp(cfg.db_path, ":memory:") == 0)
+	/* SQLite's private databases have no file to share; PostgreSQL is
+	 * shared by design (nodes hold leases instead). */
+	if (!*cfg.db_path || strcmp(cfg.db_path, ":memory:") == 0 ||
+	    store_is_url(cfg.db_path))
 		return 0;
 	if (store_lock(cfg.db_path, &holder) >= 0)
 		return 0;
@@ -460,6 +485,12 @@ static void set_instance(void)
 	const char *p = realpath(cfg.db_path, path) ? path : cfg.db_path;
 	char hash[33];
 
+	/* Nodes of one PostgreSQL database may share a host: each its own. */
+	if (store_is_url(cfg.db_path)) {
+		snprintf(path, sizeof(path), "%s#%s", cfg.db_path,
+			 cfg.node_name);
+		p = path;
+	}
 	hash_hex(p, strlen(p), hash);
 	snprintf(instance, sizeof(instance), "%.16s", hash);
 	setenv("JOBPOOL_INSTANCE", instance, 1);
@@ -503,13 +534,28 @@ static void purge(int64_t now)
 
 /* commit ends the open transaction and hands what it held to the
  * publisher: every reply and notice that waited for it. */
-static void commit(int64_t *dirty_since)
+static int commit(int64_t *dirty_since)
 {
-	if (store_flush() < 0)
+	int rc = store_flush();
+
+	if (rc < 0)
 		log_warn("store: commit failed");
 	else
 		publish_commit(1);
 	*dirty_since = 0;
+	return rc;
+}
+
+/* dispatch gives queued jobs to idle workers.  With PostgreSQL the claims
+ * are committed first and only then sent (pool_hold): until the commit,
+ * another node could still claim the same rows. */
+static void dispatch(int64_t *dirty_since)
+{
+	engine_dispatch();
+	if (pool_holding())
+		pool_release(commit(dirty_since) == 0);
+	else
+		pool_release(1);
 }
 
 /* on_rollback: the open transaction is gone (SQLite rolled it back, or its
@@ -563,7 +609,7 @@ static int turn(int64_t *dirty_since)
 	http_tick(now);
 	engine_tick(now);
 	events_tick(now);
-	engine_dispatch();
+	dispatch(dirty_since);
 	http_run();
 	purge(now);
 	if (store_dirty() && !*dirty_since)
@@ -574,7 +620,7 @@ static int turn(int64_t *dirty_since)
 	if (http_acks_pending() || (store_dirty() &&
 	    now - *dirty_since >= cfg.commit_interval_us)) {
 		commit(dirty_since);
-		engine_dispatch();      /* batches acknowledged just now */
+		dispatch(dirty_since);  /* batches acknowledged just now */
 		http_run();
 	}
 	/* Notices of changes already committed (a batch joining the
@@ -647,6 +693,24 @@ static void fit_fd_limit(void)
 	}
 }
 
+/* db_shown is --db as logs may show it: a URL without its password. */
+static const char *db_shown(void)
+{
+	static char buf[512];
+	const char *at, *colon, *user;
+
+	if (!store_is_url(cfg.db_path))
+		return cfg.db_path;
+	user = strstr(cfg.db_path, "://") + 3;
+	at = strchr(user, '@');
+	colon = memchr(user, ':', at ? (size_t)(at - user) : 0);
+	if (!at || !colon)
+		return cfg.db_path;
+	snprintf(buf, sizeof(buf), "%.*s:***%s", (int)(colon - cfg.db_path),
+		 cfg.db_path, at);
+	return buf;
+}
+
 int main(int argc, char **argv)
 {
 	int64_t dirty_since = 0;
@@ -692,7 +756,7 @@ int main(int argc, char **argv)
 	if (pool_start(cfg.workers, &engine_pool_events) < 0)
 		return 5;
 	log_info("listening on http://%s:%d (db %s, %d workers, %d unfinished "
-		 "batch(es))", cfg.listen_host, http_port(), cfg.db_path,
+		 "batch(es))", cfg.listen_host, http_port(), db_shown(),
 		 cfg.workers, n);
 	while (!stop_loop)
 		if (turn(&dirty_since) < 0) {

@@ -43,6 +43,15 @@ static const struct pool_events *ev;
 static void on_channel(int fd, uint32_t events, void *ctx);
 void pool_kill_orphans(void);
 static void respawn(struct slot *s);
+static int send_run(struct slot *s, char *msg);
+/* Run messages kept until the claims they carry commit (pool_hold). */
+struct held_msg {
+	int slot;
+	char *msg;
+};
+static struct held_msg *held_msgs;
+static size_t nheld_msgs;
+static int holding;
 
 /* Every worker starts through this pointer: a test replaces it to make
  * spawning fail (a fuzzer must start no process at all). */
@@ -261,7 +270,6 @@ int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono)
 	struct handed h;
 	char id[32], *msg;
 	json_t *args, *m;
-	ssize_t n;
 
 	fmt_id(id, sizeof(id), 'j', c->job_id);
 	args = json_loads(c->args, 0, NULL);
@@ -280,8 +288,26 @@ int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono)
 	s->started_mono = started_mono;
 	s->deadline_mono = c->timeout_s > 0 ?
 		s->started_mono + (int64_t)(c->timeout_s * 1e6) : 0;
-	n = msg ? send(s->fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT) :
-		  -1;
+	if (holding && msg) {
+		struct held_msg *p = realloc(held_msgs, (nheld_msgs + 1) *
+					     sizeof(*p));
+
+		if (p) {
+			held_msgs = p;
+			held_msgs[nheld_msgs].slot = s->index;
+			held_msgs[nheld_msgs++].msg = msg;
+			return 0;
+		}
+	}
+	return send_run(s, msg);
+}
+
+/* send_run writes a run message (and frees it). */
+static int send_run(struct slot *s, char *msg)
+{
+	ssize_t n = msg ? send(s->fd, msg, strlen(msg),
+			       MSG_NOSIGNAL | MSG_DONTWAIT) : -1;
+
 	free(msg);
 	if (n < 0) {
 		log_warn("pool: slot %d: send: %s", s->index, strerror(errno));
@@ -289,6 +315,34 @@ int pool_send_run(struct slot *s, const struct claim *c, int64_t started_mono)
 		return -1;
 	}
 	return 0;
+}
+
+void pool_hold(void)
+{
+	holding = 1;
+}
+
+int pool_holding(void)
+{
+	return holding && nheld_msgs > 0;
+}
+
+void pool_release(int ok)
+{
+	size_t i;
+
+	holding = 0;
+	for (i = 0; i < nheld_msgs; i++) {
+		struct slot *s = &slots[held_msgs[i].slot];
+
+		if (ok) {
+			send_run(s, held_msgs[i].msg);
+			continue;
+		}
+		free(held_msgs[i].msg);
+		pool_job_ended(s);      /* never ran: idle again */
+	}
+	nheld_msgs = 0;
 }
 
 /* load_head makes the head of s's group the slot's job. */

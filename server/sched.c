@@ -198,6 +198,22 @@ void sched_ready(struct sbatch *b)
 	b->cursor = -1;
 }
 
+/* sched_update takes a batch's counts as the store has them now: with
+ * several nodes, the others claim and finish its jobs too. */
+void sched_update(struct sbatch *b, const struct batch_info *info)
+{
+	queued_total += info->queued - b->b.queued;
+	b->b.queued = info->queued;
+	b->b.running = info->running;
+	b->b.cancel_req = info->cancel_req;
+	b->b.started = b->b.started || info->started;
+}
+
+int sched_queued(const struct sbatch *b)
+{
+	return b->b.queued;
+}
+
 void sched_drop_queued(struct sbatch *b, int n)
 {
 	b->b.queued -= n;

@@ -2,9 +2,9 @@
  *
  * One connection, one writer (the event loop).  Writes go into a transaction
  * that is opened on the first write of a loop turn and committed by
- * store_flush() at the end of the turn, so a burst of job transitions and
+ * sq_flush() at the end of the turn, so a burst of job transitions and
  * submissions costs one fsync, not one each (group commit).  A submission is
- * acknowledged only after the store_flush() that holds it returns 0.
+ * acknowledged only after the sq_flush() that holds it returns 0.
  *
  * Everything the API shows is built here from rows, so another backend can
  * replace this file without touching HTTP or scheduling code.
@@ -24,6 +24,7 @@
 
 #include "jobpool.h"
 #include "store.h"
+#include "store_ops.h"
 
 extern const char *const schema_migrations[];
 extern const size_t schema_migrations_count;
@@ -95,7 +96,7 @@ static const char *const sql[S__COUNT] = {
 		"exit_code = ?, signal = ?, error = ?, result = ?, "
 		"history = json_insert(history, '$[#]', json(?)), output = ? "
 		"WHERE id = ?",
-	/* A job of a group, queued -> ended in one step (see store_jobs_done). */
+	/* A job of a group, queued -> ended in one step (see sq_jobs_done). */
 	[S_JOB_DONE] = "UPDATE jobs SET state = ?1, attempts = attempts + 1, "
 		"started_at = ?2, finished_at = ?3, worker_slot = ?4, "
 		"worker_node = ?16, "
@@ -290,21 +291,21 @@ static void rolled_back(const char *why)
 		on_rollback();
 }
 
-int store_degraded(void)
+int sq_degraded(void)
 {
 	return degraded;
 }
 
-/* store_set_rollback_hook names the function called when a transaction
+/* sq_set_rollback_hook names the function called when a transaction
  * is lost (rolled back or its COMMIT failed). */
-void store_set_rollback_hook(void (*fn)(void))
+void sq_set_rollback_hook(void (*fn)(void))
 {
 	on_rollback = fn;
 }
 
-/* store_diverged notes that an operation failed after its caller had
+/* sq_diverged notes that an operation failed after its caller had
  * already moved on in memory: the next resync puts them in line. */
-void store_diverged(void)
+void sq_diverged(void)
 {
 	if (!degraded)
 		log_warn("store: a write failed; writes are refused until "
@@ -320,10 +321,10 @@ void store_count(int from, int to, int64_t n)
 		pending[to] += n;
 }
 
-/* store_job_counts fills counts[JS__COUNT] with the stored jobs by state
+/* sq_job_counts fills counts[JS__COUNT] with the stored jobs by state
  * as of the last commit: kept up to date by every transition, so a scrape
  * is O(1) however many rows are stored. */
-int store_job_counts(int64_t *counts)
+int sq_job_counts(int64_t *counts)
 {
 	memcpy(counts, totals, sizeof(totals));
 	return 0;
@@ -420,12 +421,12 @@ int store_begin(void)
 	return 0;
 }
 
-int store_dirty(void)
+int sq_dirty(void)
 {
 	return in_txn;
 }
 
-int store_flush(void)
+int sq_flush(void)
 {
 	int i;
 
@@ -462,16 +463,16 @@ static int load_totals(void)
 	return rc;
 }
 
-/* store_resync_begin opens a transaction even while degraded, for the
+/* sq_resync_begin opens a transaction even while degraded, for the
  * engine's resync, and first moves the id counters past every id handed
  * out, so an id of a rolled-back batch is never given twice. */
-int store_resync_begin(void)
+int sq_resync_begin(void)
 {
 	char q[512];
 
 	/* After a failed operation (not a lost transaction) the turn's
 	 * transaction is still open with the good changes: commit them. */
-	if (in_txn && store_flush() < 0)
+	if (in_txn && sq_flush() < 0)
 		return -1;
 	resyncing = 1;
 	if (store_begin() < 0)
@@ -496,9 +497,9 @@ fail:
 	return -1;
 }
 
-/* store_resync_end commits the resync (ok) or drops it; writes are
+/* sq_resync_end commits the resync (ok) or drops it; writes are
  * allowed again once it is on disk.  Returns 0 when it is. */
-int store_resync_end(int ok)
+int sq_resync_end(int ok)
 {
 	int rc;
 
@@ -507,7 +508,7 @@ int store_resync_end(int ok)
 		store_exec("ROLLBACK");
 	}
 	memset(pending, 0, sizeof(pending));
-	rc = ok ? store_flush() : -1;
+	rc = ok ? sq_flush() : -1;
 	resyncing = 0;
 	if (rc == 0 && load_totals() == 0) {
 		degraded = 0;
@@ -641,7 +642,7 @@ int store_lock(const char *path, pid_t *holder)
 	return -1;
 }
 
-int store_open(const char *path)
+int sq_open(const char *path)
 {
 	int i;
 
@@ -688,11 +689,11 @@ int store_open(const char *path)
 	return cfg.max_db_bytes ? cap_size(cfg.max_db_bytes) : 0;
 }
 
-void store_close(void)
+void sq_close(void)
 {
 	int i;
 
-	store_flush();
+	sq_flush();
 	store_checkpointer_stop();
 	for (i = 0; i < S__COUNT; i++) {
 		sqlite3_finalize(st[i]);
@@ -707,7 +708,7 @@ void store_close(void)
 	memset(pending, 0, sizeof(pending));
 }
 
-int store_ping(void)
+int sq_ping(void)
 {
 	return store_exec("SELECT 1 FROM batches LIMIT 1");
 }
@@ -784,7 +785,7 @@ static int insert_jobs(int64_t batch_id, const json_t *jobs, int64_t now,
 	return 0;
 }
 
-int store_batch_insert(const json_t *req, int64_t now, const char *key,
+int sq_batch_insert(const json_t *req, int64_t now, const char *key,
 		       const char *hash, int64_t *id, json_t **job_ids)
 {
 	const json_t *jobs = json_object_get(req, "jobs");
@@ -861,9 +862,9 @@ fail:
 	return -1;
 }
 
-/* store_idem_get looks up an Idempotency-Key not older than since.
+/* sq_idem_get looks up an Idempotency-Key not older than since.
  * Returns 0 with hash (33 bytes) and *batch_id set, 1 when unknown, -1. */
-int store_idem_get(const char *key, int64_t since, char *hash,
+int sq_idem_get(const char *key, int64_t since, char *hash,
 		   int64_t *batch_id)
 {
 	sqlite3_stmt *s = store_get(S_IDEM_GET);
@@ -880,7 +881,7 @@ int store_idem_get(const char *key, int64_t since, char *hash,
 	return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? 1 : -1;
 }
 
-/* store_purge_step deletes at most max rows of terminal batches that
+/* sq_purge_step deletes at most max rows of terminal batches that
  * finished before cutoff (jobs first, the batch row once it has none), and
  * idempotency keys older than key_cutoff.  Bounded so that retention never
  * stalls the loop.  Returns the number of rows deleted, or -1. */
@@ -924,16 +925,60 @@ static int purge_step_(int64_t cutoff, int64_t key_cutoff, int max)
 	return n;
 }
 
-/* store_full tells whether the last failure was the database running out
+/* sq_full tells whether the last failure was the database running out
  * of room (disk full or --max-db-bytes), as opposed to a fault. */
-int store_full(void)
+int sq_full(void)
 {
 	return last_error == SQLITE_FULL || last_error == SQLITE_IOERR;
 }
 
-int store_purge_step(int64_t cutoff, int64_t key_cutoff, int max)
+int sq_purge_step(int64_t cutoff, int64_t key_cutoff, int max)
 {
 	if (store_sp_begin() < 0)
 		return -1;
 	return store_sp_end(purge_step_(cutoff, key_cutoff, max));
 }
+
+const struct store_ops sqlite_store_ops = {
+	.name = "sqlite",
+	.open = sq_open,
+	.close = sq_close,
+	.flush = sq_flush,
+	.dirty = sq_dirty,
+	.recover = sq_recover,
+	.degraded = sq_degraded,
+	.diverged = sq_diverged,
+	.set_rollback_hook = sq_set_rollback_hook,
+	.resync_begin = sq_resync_begin,
+	.resync = sq_resync,
+	.resync_end = sq_resync_end,
+	.load_active = sq_load_active,
+	.batch_insert = sq_batch_insert,
+	.idem_get = sq_idem_get,
+	.job_ids = sq_job_ids,
+	.purge_step = sq_purge_step,
+	.size_bytes = sq_size_bytes,
+	.job_counts = sq_job_counts,
+	.full = sq_full,
+	.batch_info = sq_batch_info,
+	.batch_json = sq_batch_json,
+	.batch_json_pending = sq_batch_json_pending,
+	.job_json = sq_job_json,
+	.job_batch = sq_job_batch,
+	.batch_list = sq_batch_list,
+	.job_list = sq_job_list,
+	.jobs_peek = sq_jobs_peek,
+	.job_start = sq_job_start,
+	.job_claim = sq_job_claim,
+	.jobs_done = sq_jobs_done,
+	.job_finish = sq_job_finish,
+	.job_requeue = sq_job_requeue,
+	.job_retry = sq_job_retry,
+	.job_cancel_queued = sq_job_cancel_queued,
+	.job_cancel_req = sq_job_cancel_req,
+	.batch_cancel = sq_batch_cancel,
+	.batch_cancel_except = sq_batch_cancel_except,
+	.batch_delete = sq_batch_delete,
+	.ping = sq_ping,
+	.memory_bytes = sq_memory_bytes,
+};

@@ -64,4 +64,64 @@ int64_t store_col_i64(sqlite3_stmt *s, int i);
 /* store_bind_text binds v (copied), or NULL when v is NULL. */
 void store_bind_text(sqlite3_stmt *s, int i, const char *v);
 
+/* The SQLite backend's side of the store_* seam (store_ops.h). */
+int sq_open(const char *path);
+void sq_close(void);
+int sq_flush(void);
+int sq_dirty(void);
+int sq_recover(int64_t now, int *requeued, int *interrupted,
+		void (*fn)(int64_t job_id, void *ctx), void *ctx);
+int sq_degraded(void);
+void sq_diverged(void);
+void sq_set_rollback_hook(void (*fn)(void));
+int sq_resync_begin(void);
+int sq_resync(int64_t now, const struct live_job *live, size_t n, int *requeued,
+		int *interrupted);
+int sq_resync_end(int ok);
+int sq_load_active(void (*fn)(const struct batch_info *b, void *ctx),
+		void *ctx);
+int sq_batch_insert(const json_t *req, int64_t now, const char *key,
+		const char *hash, int64_t *id, json_t **job_ids);
+int sq_idem_get(const char *key, int64_t since, char *hash, int64_t *batch_id);
+json_t *sq_job_ids(int64_t batch_id);
+int sq_purge_step(int64_t cutoff, int64_t key_cutoff, int max);
+int64_t sq_size_bytes(void);
+int sq_job_counts(int64_t *counts);
+int sq_full(void);
+int sq_batch_info(int64_t id, struct batch_info *b);
+json_t *sq_batch_json(int64_t id);
+json_t *sq_batch_json_pending(int64_t id);
+json_t *sq_job_json(int64_t id);
+int sq_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *st,
+		int *attempts);
+json_t *sq_batch_list(const char *state, int64_t after, int limit);
+json_t *sq_job_list(int64_t batch_id, const char *state, int64_t after,
+		int limit);
+int sq_jobs_peek(int64_t batch_id, int64_t now, int any_due, int64_t after_idx,
+		int limit, struct claim *out);
+int sq_job_start(const struct claim *c, int slot, pid_t pid,
+		int64_t started_at);
+int sq_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		int any_due, struct claim *c);
+int sq_jobs_done(int64_t batch_id, const struct group_done *d, int n, int slot,
+		pid_t pid, int *batch_done);
+int sq_job_finish(int64_t job_id, int64_t batch_id, const struct outcome *o,
+		const struct slot *w, int *batch_done);
+int sq_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
+		int64_t not_before);
+int sq_job_retry(int64_t job_id, int64_t batch_id, const struct outcome *o,
+		const struct slot *w, int64_t not_before);
+int sq_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
+		int *batch_done);
+int sq_job_cancel_req(int64_t job_id);
+int sq_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
+		int *batch_done, void (*fn)(int64_t job_id, int attempts,
+		void *ctx), void *ctx);
+int sq_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
+		int *batch_done, void (*fn)(int64_t job_id, int attempts,
+		void *ctx), void *ctx, const int64_t *keep, size_t nkeep);
+int sq_batch_delete(int64_t batch_id);
+int sq_ping(void);
+int64_t sq_memory_bytes(void);
+
 #endif

@@ -8,6 +8,7 @@
 
 #include "jobpool.h"
 #include "store.h"
+#include "store_ops.h"
 
 /* ---- scheduler support ---- */
 
@@ -22,7 +23,7 @@ static void info_row(sqlite3_stmt *s, struct batch_info *b)
 	b->started = sqlite3_column_int(s, 6);
 }
 
-int store_batch_info(int64_t id, struct batch_info *b)
+int sq_batch_info(int64_t id, struct batch_info *b)
 {
 	sqlite3_stmt *s = store_get(S_INFO);
 	int rc = -1;
@@ -36,7 +37,7 @@ int store_batch_info(int64_t id, struct batch_info *b)
 	return rc;
 }
 
-int store_load_active(void (*fn)(const struct batch_info *b, void *ctx),
+int sq_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 		      void *ctx)
 {
 	sqlite3_stmt *s = store_get(S_ACTIVE);
@@ -87,7 +88,7 @@ static int claim_row(sqlite3_stmt *s, int64_t batch_id, struct claim *c)
 	return c->args ? 0 : -1;
 }
 
-int store_jobs_peek(int64_t batch_id, int64_t now, int any_due,
+int sq_jobs_peek(int64_t batch_id, int64_t now, int any_due,
 		    int64_t after_idx, int limit, struct claim *out)
 {
 	sqlite3_stmt *s = store_get(S_NEXT_QUEUED);
@@ -166,8 +167,8 @@ void retry_parse(const char *text, struct retry_policy *p)
 	json_decref(list);
 }
 
-static json_t *history_entry(const struct outcome *o, int64_t started_at,
-			     int attempt, int slot, pid_t pid)
+json_t *store_history_entry(const struct outcome *o, int64_t started_at,
+			    int attempt, int slot, pid_t pid)
 {
 	const char *sig = o->signal ? signal_name(o->signal) : NULL;
 
@@ -215,7 +216,7 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 		error = "finished, but its result did not fit in the database "
 			"(--max-db-bytes)";
 	}
-	h = history_entry(o, w->started_at, w->job_attempts, w->index,
+	h = store_history_entry(o, w->started_at, w->job_attempts, w->index,
 			  w->pid);
 	htext = json_dumps(h, JSON_COMPACT | JSON_REAL_PRECISION(15));
 	json_decref(h);
@@ -376,7 +377,7 @@ static int jobs_done_(int64_t batch_id, const struct group_done *d, int n,
 	return settle(batch_id, last, batch_done);
 }
 
-int store_jobs_done(int64_t batch_id, const struct group_done *d, int n,
+int sq_jobs_done(int64_t batch_id, const struct group_done *d, int n,
 		    int slot, pid_t pid, int *batch_done)
 {
 	if (store_sp_begin() < 0)
@@ -393,7 +394,7 @@ static int job_finish_(int64_t job_id, int64_t batch_id,
 	return settle(batch_id, o->finished_at, batch_done);
 }
 
-/* store_job_retry records a failed attempt and puts the job back in the
+/* sq_job_retry records a failed attempt and puts the job back in the
  * queue, not to start before not_before. */
 static int job_retry_(int64_t job_id, int64_t batch_id,
 		    const struct outcome *o, const struct slot *w,
@@ -583,13 +584,13 @@ int store_sp_end(int rc)
 	if (rc < 0) {
 		sqlite3_step(store_get(S_SP_ROLLBACK));
 		store_sp_undo();
-		store_diverged();
+		sq_diverged();
 	}
 	sqlite3_step(store_get(S_SP_RELEASE));
 	return rc;
 }
 
-int store_job_start(const struct claim *c, int slot, pid_t pid,
+int sq_job_start(const struct claim *c, int slot, pid_t pid,
 		    int64_t started_at)
 {
 	if (store_sp_begin() < 0)
@@ -597,14 +598,14 @@ int store_job_start(const struct claim *c, int slot, pid_t pid,
 	return store_sp_end(job_start_(c, slot, pid, started_at));
 }
 
-int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+int sq_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 		    int any_due, struct claim *c)
 {
-	int n = store_jobs_peek(batch_id, now, any_due, -1, 1, c);
+	int n = sq_jobs_peek(batch_id, now, any_due, -1, 1, c);
 
 	if (n <= 0)
 		return n < 0 ? -1 : 1;
-	if (store_job_start(c, slot, pid, now) < 0) {
+	if (sq_job_start(c, slot, pid, now) < 0) {
 		free(c->args);
 		c->args = NULL;
 		return -1;
@@ -612,7 +613,7 @@ int store_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	return 0;
 }
 
-int store_job_finish(int64_t job_id, int64_t batch_id,
+int sq_job_finish(int64_t job_id, int64_t batch_id,
 		     const struct outcome *o, const struct slot *w,
 		     int *batch_done)
 {
@@ -621,7 +622,7 @@ int store_job_finish(int64_t job_id, int64_t batch_id,
 	return store_sp_end(job_finish_(job_id, batch_id, o, w, batch_done));
 }
 
-int store_job_retry(int64_t job_id, int64_t batch_id,
+int sq_job_retry(int64_t job_id, int64_t batch_id,
 		    const struct outcome *o, const struct slot *w,
 		    int64_t not_before)
 {
@@ -630,7 +631,7 @@ int store_job_retry(int64_t job_id, int64_t batch_id,
 	return store_sp_end(job_retry_(job_id, batch_id, o, w, not_before));
 }
 
-int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
+int sq_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
 		      int64_t not_before)
 {
 	if (store_sp_begin() < 0)
@@ -638,7 +639,7 @@ int store_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
 	return store_sp_end(job_requeue_(job_id, batch_id, undo_attempt, not_before));
 }
 
-int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
+int sq_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 			    int *batch_done)
 {
 	if (store_sp_begin() < 0)
@@ -646,7 +647,7 @@ int store_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
 	return store_sp_end(job_cancel_queued_(job_id, batch_id, now, batch_done));
 }
 
-int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
+int sq_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 			      int *batch_done,
 			      void (*fn)(int64_t job_id, int attempts,
 					 void *ctx),
@@ -665,12 +666,12 @@ int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 	return rc;
 }
 
-int store_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
+int sq_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
 		       int *batch_done,
 		       void (*fn)(int64_t job_id, int attempts, void *ctx),
 		       void *ctx)
 {
-	return store_batch_cancel_except(batch_id, now, canceled, batch_done,
+	return sq_batch_cancel_except(batch_id, now, canceled, batch_done,
 					 fn, ctx, NULL, 0);
 }
 
@@ -681,14 +682,14 @@ static int job_cancel_req_(int64_t job_id)
 	return store_step_one(S_JOB_CANCEL_REQ, job_id);
 }
 
-int store_job_cancel_req(int64_t job_id)
+int sq_job_cancel_req(int64_t job_id)
 {
 	if (store_sp_begin() < 0)
 		return -1;
 	return store_sp_end(job_cancel_req_(job_id));
 }
 
-int store_batch_delete(int64_t batch_id)
+int sq_batch_delete(int64_t batch_id)
 {
 	if (store_sp_begin() < 0)
 		return -1;

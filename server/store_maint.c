@@ -115,13 +115,13 @@ void store_checkpointer_stop(void)
 	ckpt_path = NULL;
 }
 
-int64_t store_memory_bytes(void)
+int64_t sq_memory_bytes(void)
 {
 	return sqlite3_memory_used();
 }
 
-/* store_size_bytes is the space the data uses (free pages excluded). */
-int64_t store_size_bytes(void)
+/* sq_size_bytes is the space the data uses (free pages excluded). */
+int64_t sq_size_bytes(void)
 {
 	sqlite3_stmt *s = store_get(S_SIZE);
 	int64_t n = -1;
@@ -218,11 +218,11 @@ static int recover_rows(int64_t now, const char *excl, int *requeued,
 	return store_exec(q);
 }
 
-/* store_recover runs once at start, before any worker exists: a job still
+/* sq_recover runs once at start, before any worker exists: a job still
  * 'running' lost its worker with the previous server (see recover_rows);
  * every unfinished batch's counters are recounted from its jobs so nothing
  * depends on what the dead server managed to write. */
-int store_recover(int64_t now, int *requeued, int *interrupted,
+int sq_recover(int64_t now, int *requeued, int *interrupted,
 		  void (*fn)(int64_t job_id, void *ctx), void *ctx)
 {
 	sqlite3_stmt *s;
@@ -244,12 +244,12 @@ int store_recover(int64_t now, int *requeued, int *interrupted,
 	return store_exec("COMMIT");
 }
 
-/* store_resync puts the database in line with memory after a lost
- * transaction, inside store_resync_begin's transaction: the n jobs that
+/* sq_resync puts the database in line with memory after a lost
+ * transaction, inside sq_resync_begin's transaction: the n jobs that
  * workers run now are 'running' (their claim may have been lost); every
  * other 'running' job lost its outcome and is recovered as after a crash.
  * Returns 0, or -1 (the caller drops the transaction). */
-int store_resync(int64_t now, const struct live_job *live, size_t n,
+int sq_resync(int64_t now, const struct live_job *live, size_t n,
 		 int *requeued, int *interrupted)
 {
 	sqlite3_stmt *s = NULL;

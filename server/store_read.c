@@ -9,9 +9,10 @@
 
 #include "jobpool.h"
 #include "store.h"
+#include "store_ops.h"
 
-/* store_job_ids returns a new array of a batch's job ids in order. */
-json_t *store_job_ids(int64_t batch_id)
+/* sq_job_ids returns a new array of a batch's job ids in order. */
+json_t *sq_job_ids(int64_t batch_id)
 {
 	sqlite3_stmt *s = store_get(S_JOB_IDS);
 	json_t *ids = json_array();
@@ -26,32 +27,36 @@ json_t *store_job_ids(int64_t batch_id)
 	return ids;
 }
 
-/* ---- rendering ---- */
+/* ---- rendering ----
+ *
+ * Both backends render rows through these two functions (store_ops.h): the
+ * columns come in the order of BATCH_COLS and JOB_COLS, read through a
+ * struct row, so a batch or a job looks the same whatever stores it. */
 
-static json_t *col_opt_int(sqlite3_stmt *s, int i)
+static json_t *col_opt_int(const struct row *s, int i)
 {
-	if (sqlite3_column_type(s, i) == SQLITE_NULL)
+	if (s->null(s, i))
 		return json_null();
-	return json_integer(sqlite3_column_int64(s, i));
+	return json_integer(s->i64(s, i));
 }
 
-static json_t *col_opt_ms(sqlite3_stmt *s, int i)
+static json_t *col_opt_ms(const struct row *s, int i)
 {
-	if (sqlite3_column_type(s, i) == SQLITE_NULL)
+	if (s->null(s, i))
 		return json_null();
-	return json_ms(sqlite3_column_int64(s, i));
+	return json_ms(s->i64(s, i));
 }
 
-static json_t *col_opt_str(sqlite3_stmt *s, int i)
+static json_t *col_opt_str(const struct row *s, int i)
 {
-	const unsigned char *t = sqlite3_column_text(s, i);
+	const char *t = s->text(s, i);
 
-	return t ? json_string((const char *)t) : json_null();
+	return t ? json_string(t) : json_null();
 }
 
-static json_t *col_json(sqlite3_stmt *s, int i)
+static json_t *col_json(const struct row *s, int i)
 {
-	const char *t = (const char *)sqlite3_column_text(s, i);
+	const char *t = s->text(s, i);
 	json_t *j;
 
 	if (!t)
@@ -60,28 +65,28 @@ static json_t *col_json(sqlite3_stmt *s, int i)
 	return j ? j : json_null();
 }
 
-static json_t *batch_row(sqlite3_stmt *s)
+json_t *store_render_batch(const struct row *s)
 {
 	char id[32];
-	int64_t started = store_col_i64(s, 6), finished = store_col_i64(s, 7);
-	int64_t total = store_col_i64(s, 8), run_us = store_col_i64(s, 15);
-	int64_t terminal = store_col_i64(s, 11) + store_col_i64(s, 12) + store_col_i64(s, 13) +
-			   store_col_i64(s, 14);
+	int64_t started = s->i64(s, 6), finished = s->i64(s, 7);
+	int64_t total = s->i64(s, 8), run_us = s->i64(s, 15);
+	int64_t terminal = s->i64(s, 11) + s->i64(s, 12) + s->i64(s, 13) +
+			   s->i64(s, 14);
 	int64_t makespan = 0;
 	json_t *counts, *timings;
 
-	fmt_id(id, sizeof(id), 'b', store_col_i64(s, 0));
+	fmt_id(id, sizeof(id), 'b', s->i64(s, 0));
 	if (started > 0)
 		makespan = (finished > 0 ? finished : now_us()) - started;
 	counts = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-		"total", total, "queued", store_col_i64(s, 9),
-		"running", store_col_i64(s, 10), "succeeded", store_col_i64(s, 11),
-		"failed", store_col_i64(s, 12), "timed_out", store_col_i64(s, 13),
-		"canceled", store_col_i64(s, 14));
+		"total", total, "queued", s->i64(s, 9),
+		"running", s->i64(s, 10), "succeeded", s->i64(s, 11),
+		"failed", s->i64(s, 12), "timed_out", s->i64(s, 13),
+		"canceled", s->i64(s, 14));
 	timings = json_pack("{s:o, s:o, s:o, s:o}",
 		"makespan_ms", started > 0 ? json_ms(makespan) : json_null(),
 		"total_run_ms", json_ms(run_us),
-		"total_cpu_ms", json_ms(store_col_i64(s, 16)),
+		"total_cpu_ms", json_ms(s->i64(s, 16)),
 		"parallelism", makespan > 0 ?
 			json_real((double)(int64_t)((double)run_us / makespan *
 						    1000) / 1000) :
@@ -89,10 +94,10 @@ static json_t *batch_row(sqlite3_stmt *s)
 	return json_pack("{s:s, s:o, s:s, s:o, s:I, s:o, s:o, s:o, s:o, "
 			 "s:f, s:o}",
 		"id", id, "name", col_opt_str(s, 1),
-		"state", (const char *)sqlite3_column_text(s, 2),
+		"state", s->text(s, 2),
 		"concurrency", col_opt_int(s, 3),
-		"priority", store_col_i64(s, 4),
-		"created_at", json_time(store_col_i64(s, 5)),
+		"priority", s->i64(s, 4),
+		"created_at", json_time(s->i64(s, 5)),
 		"started_at", json_time(started),
 		"finished_at", json_time(finished),
 		"counts", counts,
@@ -100,14 +105,14 @@ static json_t *batch_row(sqlite3_stmt *s)
 		"timings", timings);
 }
 
-static json_t *job_row(sqlite3_stmt *s)
+json_t *store_render_job(const struct row *s)
 {
 	char id[32], bid[32];
-	int64_t queued_at = store_col_i64(s, 13), started = store_col_i64(s, 14);
+	int64_t queued_at = s->i64(s, 13), started = s->i64(s, 14);
 	json_t *timings, *worker;
 
-	fmt_id(id, sizeof(id), 'j', store_col_i64(s, 0));
-	fmt_id(bid, sizeof(bid), 'b', store_col_i64(s, 1));
+	fmt_id(id, sizeof(id), 'j', s->i64(s, 0));
+	fmt_id(bid, sizeof(bid), 'b', s->i64(s, 1));
 	timings = json_pack("{s:o, s:o, s:o, s:o, s:o}",
 		"queue_ms", started > 0 ? json_ms(started - queued_at) :
 					  json_null(),
@@ -115,26 +120,26 @@ static json_t *job_row(sqlite3_stmt *s)
 		"user_cpu_ms", col_opt_ms(s, 17),
 		"sys_cpu_ms", col_opt_ms(s, 18),
 		"max_rss_kb", col_opt_int(s, 19));
-	worker = sqlite3_column_type(s, 20) == SQLITE_NULL ? json_null() :
-		 json_pack("{s:I, s:I, s:o}", "slot", store_col_i64(s, 20),
-			   "pid", store_col_i64(s, 21),
+	worker = s->null(s, 20) ? json_null() :
+		 json_pack("{s:I, s:I, s:o}", "slot", s->i64(s, 20),
+			   "pid", s->i64(s, 21),
 			   "node", col_opt_str(s, 28));
 	return json_pack("{s:s, s:s, s:I, s:o, s:s, s:o, s:s, s:I, s:I, s:o, "
 			 "s:f, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
 			 "s:o, s:o, s:o}",
-		"id", id, "batch_id", bid, "index", store_col_i64(s, 2),
+		"id", id, "batch_id", bid, "index", s->i64(s, 2),
 		"name", col_opt_str(s, 3),
-		"kind", (const char *)sqlite3_column_text(s, 4),
+		"kind", s->text(s, 4),
 		"args", col_json(s, 5),
-		"state", (const char *)sqlite3_column_text(s, 6),
-		"attempts", store_col_i64(s, 7), "max_attempts", store_col_i64(s, 8),
+		"state", s->text(s, 6),
+		"attempts", s->i64(s, 7), "max_attempts", s->i64(s, 8),
 		"retry_on", col_json(s, 9),
-		"retry_backoff_s", sqlite3_column_double(s, 10),
-		"timeout_s", sqlite3_column_type(s, 11) == SQLITE_NULL ?
-			json_null() : json_real(sqlite3_column_double(s, 11)),
-		"created_at", json_time(store_col_i64(s, 12)),
+		"retry_backoff_s", s->dbl(s, 10),
+		"timeout_s", s->null(s, 11) ?
+			json_null() : json_real(s->dbl(s, 11)),
+		"created_at", json_time(s->i64(s, 12)),
 		"started_at", json_time(started),
-		"finished_at", json_time(store_col_i64(s, 15)),
+		"finished_at", json_time(s->i64(s, 15)),
 		"timings", timings, "worker", worker,
 		"exit_code", col_opt_int(s, 22),
 		"signal", col_opt_str(s, 23),
@@ -142,6 +147,41 @@ static json_t *job_row(sqlite3_stmt *s)
 		"result", col_json(s, 25),
 		"output", col_json(s, 27),
 		"history", col_json(s, 26));
+}
+
+/* The SQLite side of struct row: the statement's current row. */
+static int sq_null(const struct row *r, int i)
+{
+	return sqlite3_column_type((sqlite3_stmt *)r->h, i) == SQLITE_NULL;
+}
+
+static int64_t sq_i64(const struct row *r, int i)
+{
+	return sqlite3_column_int64((sqlite3_stmt *)r->h, i);
+}
+
+static double sq_dbl(const struct row *r, int i)
+{
+	return sqlite3_column_double((sqlite3_stmt *)r->h, i);
+}
+
+static const char *sq_text(const struct row *r, int i)
+{
+	return (const char *)sqlite3_column_text((sqlite3_stmt *)r->h, i);
+}
+
+static json_t *batch_row(sqlite3_stmt *s)
+{
+	struct row r = { s, 0, sq_null, sq_i64, sq_dbl, sq_text };
+
+	return store_render_batch(&r);
+}
+
+static json_t *job_row(sqlite3_stmt *s)
+{
+	struct row r = { s, 0, sq_null, sq_i64, sq_dbl, sq_text };
+
+	return store_render_job(&r);
 }
 
 static json_t *get_one_on(sqlite3_stmt *s, int64_t key,
@@ -164,26 +204,26 @@ static json_t *get_one(enum stmt_id id, int64_t key,
 	return get_one_on(store_rget(id), key, row);
 }
 
-json_t *store_batch_json(int64_t id)
+json_t *sq_batch_json(int64_t id)
 {
 	return get_one(S_BATCH_GET, id, batch_row);
 }
 
-/* store_batch_json_pending is the batch as the open transaction has it:
+/* sq_batch_json_pending is the batch as the open transaction has it:
  * for a notice taken now and published after the commit. */
-json_t *store_batch_json_pending(int64_t id)
+json_t *sq_batch_json_pending(int64_t id)
 {
 	return get_one_on(store_get(S_BATCH_GET), id, batch_row);
 }
 
-json_t *store_job_json(int64_t id)
+json_t *sq_job_json(int64_t id)
 {
 	return get_one(S_JOB_GET, id, job_row);
 }
 
-/* store_job_batch reads a job's batch, state and (when attempts is not
+/* sq_job_batch reads a job's batch, state and (when attempts is not
  * NULL) attempts.  Returns 0, or -1 when there is no such job. */
-int store_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *state,
+int sq_job_batch(int64_t job_id, int64_t *batch_id, enum job_state *state,
 		    int *attempts)
 {
 	sqlite3_stmt *s = store_get(S_JOB_BATCH);
@@ -229,7 +269,7 @@ static json_t *list(sqlite3_stmt *s, int limit, int key_col,
 	return json_pack("{s:o, s:s}", "items", items, "next_cursor", buf);
 }
 
-json_t *store_batch_list(const char *state, int64_t after, int limit)
+json_t *sq_batch_list(const char *state, int64_t after, int limit)
 {
 	sqlite3_stmt *s = store_rget(state ? S_LIST_B_STATE : S_LIST_B);
 	int i = 1;
@@ -243,7 +283,7 @@ json_t *store_batch_list(const char *state, int64_t after, int limit)
 	return list(s, limit, 0, batch_row, 'b');
 }
 
-json_t *store_job_list(int64_t batch_id, const char *state, int64_t after,
+json_t *sq_job_list(int64_t batch_id, const char *state, int64_t after,
 		       int limit)
 {
 	int64_t first = 0, total = 0;

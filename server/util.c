@@ -102,7 +102,9 @@ int64_t parse_duration(const char *s)
 
 	if (end == s || !isfinite(v) || v < 0)
 		return -1;
-	if (*end == 's')
+	if (strncmp(end, "ms", 2) == 0 && (unit = 0.001))
+		end += 2;
+	else if (*end == 's')
 		end++;
 	else if (*end == 'm' && (unit = 60))
 		end++;

@@ -1,0 +1,111 @@
+/* store_ops.h - the store seam: every store_* call the engine and the API
+ * make goes through one table of functions, chosen when the store opens by
+ * the --db value (a path: SQLite, the embedded default; a postgres:// URL:
+ * PostgreSQL).  The backends share nothing but this table and the types of
+ * jobpool.h. */
+#ifndef JOBPOOL_STORE_OPS_H
+#define JOBPOOL_STORE_OPS_H
+
+#include "jobpool.h"
+
+struct store_ops {
+	const char *name;
+	/* Claims are committed before a worker sees the job (other nodes
+	 * could claim it otherwise), and no job is handed out held in a group
+	 * (its row would look queued to them). */
+	int dispatch_after_commit;
+	/* tick does the store's periodic work: job changes it made that the
+	 * engine should publish (a dead node's jobs re-queued), and cancels
+	 * other nodes asked for of this node's running jobs.  NULL: none. */
+	int (*tick)(int64_t now, const struct store_tick *cb);
+	/* nodes_json lists the nodes sharing the store; NULL: this one only */
+	json_t *(*nodes_json)(void);
+	int (*open)(const char *path);
+	void (*close)(void);
+	int (*flush)(void);
+	int (*dirty)(void);
+	int (*recover)(int64_t now, int *requeued, int *interrupted,
+		void (*fn)(int64_t job_id, void *ctx), void *ctx);
+	int (*degraded)(void);
+	void (*diverged)(void);
+	void (*set_rollback_hook)(void (*fn)(void));
+	int (*resync_begin)(void);
+	int (*resync)(int64_t now, const struct live_job *live, size_t n,
+		int *requeued, int *interrupted);
+	int (*resync_end)(int ok);
+	int (*load_active)(void (*fn)(const struct batch_info *b, void *ctx),
+		void *ctx);
+	int (*batch_insert)(const json_t *req, int64_t now, const char *key,
+		const char *hash, int64_t *id, json_t **job_ids);
+	int (*idem_get)(const char *key, int64_t since, char *hash,
+		int64_t *batch_id);
+	json_t *(*job_ids)(int64_t batch_id);
+	int (*purge_step)(int64_t cutoff, int64_t key_cutoff, int max);
+	int64_t (*size_bytes)(void);
+	int (*job_counts)(int64_t *counts);
+	int (*full)(void);
+	int (*batch_info)(int64_t id, struct batch_info *b);
+	json_t *(*batch_json)(int64_t id);
+	json_t *(*batch_json_pending)(int64_t id);
+	json_t *(*job_json)(int64_t id);
+	int (*job_batch)(int64_t job_id, int64_t *batch_id, enum job_state *st,
+		int *attempts);
+	json_t *(*batch_list)(const char *state, int64_t after, int limit);
+	json_t *(*job_list)(int64_t batch_id, const char *state, int64_t after,
+		int limit);
+	int (*jobs_peek)(int64_t batch_id, int64_t now, int any_due,
+		int64_t after_idx, int limit, struct claim *out);
+	int (*job_start)(const struct claim *c, int slot, pid_t pid,
+		int64_t started_at);
+	int (*job_claim)(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		int any_due, struct claim *c);
+	int (*jobs_done)(int64_t batch_id, const struct group_done *d, int n,
+		int slot, pid_t pid, int *batch_done);
+	int (*job_finish)(int64_t job_id, int64_t batch_id,
+		const struct outcome *o, const struct slot *w, int *batch_done);
+	int (*job_requeue)(int64_t job_id, int64_t batch_id, int undo_attempt,
+		int64_t not_before);
+	int (*job_retry)(int64_t job_id, int64_t batch_id,
+		const struct outcome *o, const struct slot *w,
+		int64_t not_before);
+	int (*job_cancel_queued)(int64_t job_id, int64_t batch_id, int64_t now,
+		int *batch_done);
+	int (*job_cancel_req)(int64_t job_id);
+	int (*batch_cancel)(int64_t batch_id, int64_t now, int *canceled,
+		int *batch_done, void (*fn)(int64_t job_id, int attempts,
+		void *ctx), void *ctx);
+	int (*batch_cancel_except)(int64_t batch_id, int64_t now, int *canceled,
+		int *batch_done, void (*fn)(int64_t job_id, int attempts,
+		void *ctx), void *ctx, const int64_t *keep, size_t nkeep);
+	int (*batch_delete)(int64_t batch_id);
+	int (*ping)(void);
+	int64_t (*memory_bytes)(void);
+};
+
+/* A row of a result, whatever the backend: h is its statement or result
+ * set, n the row's number in it. */
+struct row {
+	void *h;
+	int n;
+	int (*null)(const struct row *r, int col);
+	int64_t (*i64)(const struct row *r, int col);
+	double (*dbl)(const struct row *r, int col);
+	const char *(*text)(const struct row *r, int col);
+};
+
+/* The API's view of a batch and of a job, from a row whose columns are
+ * BATCH_COLS or JOB_COLS (store_read.c). */
+json_t *store_render_batch(const struct row *r);
+json_t *store_render_job(const struct row *r);
+
+/* The history entry of one attempt, run by the worker in slot (pid) of
+ * this node (store_jobs.c). */
+json_t *store_history_entry(const struct outcome *o, int64_t started_at,
+			    int attempt, int slot, pid_t pid);
+
+extern const struct store_ops sqlite_store_ops;
+#ifdef HAVE_LIBPQ
+extern const struct store_ops pg_store_ops;
+#endif
+
+#endif

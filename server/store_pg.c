@@ -1,0 +1,1279 @@
+/* store_pg.c - the PostgreSQL store: connections, the turn's transaction,
+ * schema, submissions, reads.  Many jobpoold nodes share one database;
+ * each serves the whole API and runs any node's jobs.
+ *
+ * As with SQLite, the loop's writes go into one transaction per loop turn
+ * and a submission is acknowledged only after that COMMIT returns.  What
+ * differs:
+ * - claims lock rows FOR UPDATE SKIP LOCKED, and the engine hands a claimed
+ *   job to a worker only after the claim committed (dispatch_after_commit);
+ * - a batch's counters are rows per node (jp_batch_counts), so finishing a
+ *   job never writes a row another node writes; reads sum them;
+ * - every write of an attempt's outcome names the incarnation and attempt
+ *   it belongs to (the fencing token), so a node the others declared dead
+ *   changes nothing when it wakes up (store_pg_node.c).
+ * Parameters and results travel as text: one format for every statement,
+ * and numbers are short. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobpool.h"
+#include "store_pg.h"
+
+extern const char *const pg_schema_migrations[];
+extern const size_t pg_schema_migrations_count;
+
+PGconn *pg_conn;
+static PGconn *id_conn;          /* id blocks, outside the turn */
+static char *conninfo;
+static int in_txn, degraded, resyncing, full;
+static void (*on_rollback)(void);
+
+/* Batches whose last queued job this turn ended: after the commit each
+ * gets its own short transaction that stores its final state (see
+ * settle_now). */
+static int64_t *to_settle;
+static size_t nsettle, settle_cap;
+
+#define JOB_COLS "id, batch_id, idx, name, kind, args, state, attempts, " \
+	"max_attempts, retry_on, retry_backoff_s, timeout_s, created_at, " \
+	"queued_at, started_at, finished_at, run_us, user_us, sys_us, " \
+	"max_rss_kb, worker_slot, worker_pid, exit_code, signal, error, " \
+	"result, history, output, worker_node"
+/* A batch as the API shows it: the stored row and the sums of its counter
+ * shards (jp_batch_view, schema/pg), in store_render_batch's order. */
+#define BATCH_COLS "id, name, state, concurrency, priority, created_at, " \
+	"started_at, finished_at, n_total, queued, running, succeeded, " \
+	"failed, timed_out, canceled, run_us, cpu_us"
+/* history || entry, for a text column holding a JSON array */
+#define HISTORY_ADD(e) "left(history, -1) || CASE WHEN history = '[]' " \
+	"THEN '' ELSE ',' END || " e " || ']'"
+/* A time as fmt_time() writes it: whole milliseconds, cut. */
+#define PG_TIME(col) "to_char(to_timestamp((" col ") / 1000 / 1000.0) " \
+	"AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+/* The history entry of an attempt whose node was lost, ended as st at $2;
+ * the error names why ($3). */
+#define LOST_ENTRY(st) "json_build_object('attempt', attempts, 'state', " \
+	st ", 'started_at', " PG_TIME("started_at") ", 'finished_at', " \
+	PG_TIME("$2::bigint") ", 'run_ms', NULL, 'exit_code', NULL, " \
+	"'signal', NULL, 'error', $3::text, 'worker', CASE WHEN worker_slot " \
+	"IS NULL THEN NULL ELSE json_build_object('slot', worker_slot, " \
+	"'pid', worker_pid, 'node', worker_node) END)::text"
+/* What becomes of a running job whose attempt was lost ($4: retries
+ * allowed): canceled when a cancel was asked, queued with attempts left. */
+#define LOST_STATE "CASE WHEN cancel_req OR batch_id IN (SELECT id FROM " \
+	"jp_batches WHERE cancel_req) THEN 'canceled' WHEN attempts < " \
+	"max_attempts AND $4 THEN 'queued' ELSE 'failed' END"
+#define LOST_SET "state = " LOST_STATE ", " \
+	"history = " HISTORY_ADD(LOST_ENTRY("(" LOST_STATE ")")) ", " \
+	"error = CASE WHEN " LOST_STATE " = 'canceled' THEN 'canceled while " \
+	"running' ELSE $3 END, " \
+	"finished_at = CASE WHEN " LOST_STATE " = 'queued' THEN NULL ELSE " \
+	"$2 END, queued_at = CASE WHEN " LOST_STATE " = 'queued' THEN $2 " \
+	"ELSE queued_at END, started_at = CASE WHEN " LOST_STATE " = " \
+	"'queued' THEN NULL ELSE started_at END, not_before = 0, " \
+	"node_id = NULL"
+#define LOST_RETURNING " RETURNING id, batch_id, state, attempts, " \
+	"coalesce(started_at, 0)"
+
+static const char *const sql[P__COUNT] = {
+	[P_IDS] = "UPDATE jp_ids SET next = next + $2 WHERE name = $1 "
+		"RETURNING next - $2",
+	[P_BATCH_INSERT] = "INSERT INTO jp_batches (id, name, state, "
+		"concurrency, priority, created_at, n_total, first_job) "
+		"VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
+	/* a block of jobs: $3.. are arrays, one element per job */
+	[P_JOB_INSERT] = "INSERT INTO jp_jobs (id, batch_id, idx, name, kind, "
+		"args, state, max_attempts, retry_on, retry_backoff_s, "
+		"timeout_s, created_at, queued_at) "
+		"SELECT $1::bigint + u.i - 1, $2, $10::int + u.i - 1, u.name, "
+		"u.kind, u.args, 'queued', u.ma, u.ro, u.rb, u.ts, $9, $9 "
+		"FROM unnest($3::text[], $4::text[], $5::text[], $6::int[], "
+		"$7::text[], $8::float8[], $11::float8[]) WITH ORDINALITY "
+		"AS u(name, kind, args, ma, ro, rb, ts, i)",
+	[P_JOB_GET] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id = $1",
+	[P_JOB_BATCH] = "SELECT batch_id, state, attempts FROM jp_jobs "
+		"WHERE id = $1",
+	/* Rows another node is claiming are skipped, never waited for. */
+	[P_PEEK] = "SELECT id, created_at, attempts, timeout_s, kind, args, "
+		"max_attempts, retry_on, retry_backoff_s, queued_at, idx "
+		"FROM jp_jobs WHERE batch_id = $1 AND state = 'queued' "
+		"AND not_before <= $2 AND idx > $3 AND NOT cancel_req "
+		"ORDER BY idx LIMIT $4 FOR UPDATE SKIP LOCKED",
+	[P_CONC] = "SELECT coalesce(concurrency, 0) FROM jp_batches "
+		"WHERE id = $1",
+	/* The concurrency gate: whoever claims from a limited batch holds
+	 * its row until the claim commits, so claims of one batch are one at
+	 * a time across nodes; no row: another node holds it, try later.
+	 * The sum counts committed claims and this turn's own, and finishes
+	 * not yet committed elsewhere only make it larger: the room is never
+	 * overstated. */
+	[P_GATE] = "SELECT b.concurrency - (SELECT coalesce(sum(c.running), 0) "
+		"FROM jp_batch_counts c WHERE c.batch_id = b.id) FROM jp_batches b "
+		"WHERE b.id = $1 AND NOT b.cancel_req "
+		"FOR NO KEY UPDATE OF b SKIP LOCKED",
+	[P_JOB_START] = "UPDATE jp_jobs SET state = 'running', "
+		"attempts = attempts + 1, started_at = $1, finished_at = NULL, "
+		"worker_slot = $2, worker_pid = $3, worker_node = $5, "
+		"node_id = $6, run_us = NULL, user_us = NULL, sys_us = NULL, "
+		"max_rss_kb = NULL, exit_code = NULL, signal = NULL, "
+		"error = NULL, result = NULL, output = NULL "
+		"WHERE id = $4 AND state = 'queued'",
+	[P_COUNT] = "INSERT INTO jp_batch_counts AS c (batch_id, node_id, "
+		"queued, running, succeeded, failed, timed_out, canceled, "
+		"run_us, cpu_us, first_start, last_finish) VALUES ($1, $2, $3, "
+		"$4, $5, $6, $7, $8, $9, $10, $11, $12) "
+		"ON CONFLICT (batch_id, node_id) DO UPDATE SET "
+		"queued = c.queued + EXCLUDED.queued, "
+		"running = c.running + EXCLUDED.running, "
+		"succeeded = c.succeeded + EXCLUDED.succeeded, "
+		"failed = c.failed + EXCLUDED.failed, "
+		"timed_out = c.timed_out + EXCLUDED.timed_out, "
+		"canceled = c.canceled + EXCLUDED.canceled, "
+		"run_us = c.run_us + EXCLUDED.run_us, "
+		"cpu_us = c.cpu_us + EXCLUDED.cpu_us, "
+		"first_start = least(c.first_start, EXCLUDED.first_start), "
+		"last_finish = greatest(c.last_finish, EXCLUDED.last_finish)",
+	/* Best effort, never waiting: listings by state may lag a turn. */
+	[P_BATCH_STARTED] = "UPDATE jp_batches SET state = 'running', "
+		"started_at = $2 WHERE id = (SELECT id FROM jp_batches "
+		"WHERE id = $1 AND state = 'queued' "
+		"FOR NO KEY UPDATE SKIP LOCKED)",
+	/* fenced: only the incarnation that runs this attempt writes it */
+	[P_JOB_FINISH] = "UPDATE jp_jobs SET state = $1, finished_at = $2, "
+		"run_us = $3, user_us = $4, sys_us = $5, max_rss_kb = $6, "
+		"exit_code = $7, signal = $8, error = $9, result = $10, "
+		"history = " HISTORY_ADD("$11") ", output = $12 "
+		"WHERE id = $13 AND state = 'running' AND node_id = $14 "
+		"AND attempts = $15",
+	[P_JOB_REQUEUE] = "UPDATE jp_jobs SET state = 'queued', "
+		"attempts = attempts - $1, started_at = NULL, queued_at = $2, "
+		"finished_at = NULL, worker_slot = NULL, worker_pid = NULL, "
+		"worker_node = NULL, node_id = NULL, not_before = $3 "
+		"WHERE id = $4 AND node_id = $5 AND state IN ('running', 'queued')",
+	[P_JOB_CANCEL_Q] = "UPDATE jp_jobs SET state = 'canceled', "
+		"finished_at = $1, error = 'canceled before it started' "
+		"WHERE id = $2 AND state = 'queued'",
+	[P_JOB_CANCEL_REQ] = "UPDATE jp_jobs SET cancel_req = true "
+		"WHERE id = $1",
+	[P_BATCH_CANCEL_REQ] = "UPDATE jp_batches SET cancel_req = true "
+		"WHERE id = $1",
+	[P_QUEUED_IDS] = "SELECT id, attempts FROM jp_jobs WHERE batch_id = $1 "
+		"AND state = 'queued' AND NOT (id = ANY ($2::bigint[])) "
+		"ORDER BY idx",
+	[P_BATCH_CANCEL_JOBS] = "UPDATE jp_jobs SET state = 'canceled', "
+		"finished_at = $1, error = 'canceled before it started' "
+		"WHERE batch_id = $2 AND state = 'queued' "
+		"AND NOT (id = ANY ($3::bigint[]))",
+	[P_BATCH_DEL_JOBS] = "DELETE FROM jp_jobs WHERE batch_id = $1",
+	[P_BATCH_DEL] = "DELETE FROM jp_batches WHERE id = $1",
+	[P_BATCH_DEL_KEYS] = "DELETE FROM jp_idempotency WHERE batch_id = $1",
+	[P_BATCH_GET] = "SELECT " BATCH_COLS " FROM jp_batch_view "
+		"WHERE id = $1",
+	[P_LIST_B] = "SELECT " BATCH_COLS " FROM jp_batch_view WHERE id < $1 "
+		"ORDER BY id DESC LIMIT $2",
+	[P_LIST_B_STATE] = "SELECT " BATCH_COLS " FROM jp_batch_view "
+		"WHERE stored_state = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+	[P_LIST_J] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id > $1 "
+		"AND id < $2 ORDER BY id LIMIT $3",
+	[P_LIST_J_STATE] = "SELECT " JOB_COLS " FROM jp_jobs "
+		"WHERE batch_id = $1 AND state = $2 AND idx > $3 "
+		"ORDER BY idx LIMIT $4",
+	[P_JOB_RANGE] = "SELECT first_job, n_total FROM jp_batches "
+		"WHERE id = $1",
+	[P_ACTIVE] = "SELECT id, priority, coalesce(concurrency, 0), queued, "
+		"running, cancel_req::int, (started_at IS NOT NULL)::int, "
+		"(stored_state = 'queued')::int "
+		"FROM jp_batch_view WHERE stored_state IN ('queued', 'running') "
+		"ORDER BY id",
+	[P_INFO] = "SELECT id, priority, coalesce(concurrency, 0), queued, "
+		"running, cancel_req::int, (started_at IS NOT NULL)::int "
+		"FROM jp_batch_view WHERE id = $1",
+	[P_SUMS] = "SELECT coalesce(sum(queued), 0), coalesce(sum(running), 0) "
+		"FROM jp_batch_counts WHERE batch_id = $1",
+	[P_IDEM_GET] = "SELECT body_hash, batch_id FROM jp_idempotency "
+		"WHERE key = $1 AND created_at >= $2",
+	/* An expired key is replaced; a live one (another node's, committed
+	 * while this request was checked) returns no row. */
+	[P_IDEM_PUT] = "INSERT INTO jp_idempotency AS k (key, body_hash, "
+		"batch_id, created_at) VALUES ($1, $2, $3, $4) "
+		"ON CONFLICT (key) DO UPDATE SET body_hash = EXCLUDED.body_hash, "
+		"batch_id = EXCLUDED.batch_id, created_at = EXCLUDED.created_at "
+		"WHERE k.created_at < $5 RETURNING batch_id",
+	[P_PURGE_PICK] = "SELECT id FROM jp_batches WHERE finished_at IS NOT "
+		"NULL AND finished_at < $1 ORDER BY finished_at LIMIT 1 "
+		"FOR UPDATE SKIP LOCKED",
+	[P_PURGE_JOBS] = "DELETE FROM jp_jobs WHERE id IN (SELECT id FROM "
+		"jp_jobs WHERE batch_id = $1 LIMIT $2)",
+	[P_PURGE_KEYS] = "DELETE FROM jp_idempotency WHERE key IN (SELECT key "
+		"FROM jp_idempotency WHERE created_at < $1 LIMIT $2 "
+		"FOR UPDATE SKIP LOCKED)",
+	[P_COUNTS] = "SELECT coalesce(sum(queued), 0), coalesce(sum(running), "
+		"0), coalesce(sum(succeeded), 0), coalesce(sum(failed), 0), "
+		"coalesce(sum(timed_out), 0), coalesce(sum(canceled), 0) "
+		"FROM jp_batch_counts",
+	[P_SIZE] = "SELECT coalesce(sum(pg_total_relation_size(oid)), 0) "
+		"FROM pg_class WHERE relkind = 'r' AND relname LIKE 'jp\\_%'",
+	[P_SETTLE_LOCK] = "SELECT 1 FROM jp_batches WHERE id = $1 "
+		"AND finished_at IS NULL FOR UPDATE",
+	/* A new statement after the lock: its snapshot sees every finish
+	 * committed before the lock was granted (READ COMMITTED takes one
+	 * per statement). */
+	[P_SETTLE] = "UPDATE jp_batches b SET state = v.state, "
+		"started_at = v.started_at, finished_at = v.finished_at "
+		"FROM jp_batch_view v WHERE b.id = $1 AND v.id = $1 "
+		"AND v.finished_at IS NOT NULL RETURNING v.state",
+	/* resync: a job a worker of this node runs whose claim was lost */
+	[P_REVIVE] = "UPDATE jp_jobs SET state = 'running', attempts = $2, "
+		"started_at = $3, finished_at = NULL, worker_slot = $4, "
+		"worker_pid = $5, worker_node = $6, node_id = $7 "
+		"WHERE id = $1 AND state = 'queued' RETURNING batch_id",
+	/* resync: this node's running jobs no worker runs any more */
+	[P_LOST] = "UPDATE jp_jobs SET " LOST_SET " WHERE node_id = $1 "
+		"AND state = 'running' AND NOT (id = ANY ($5::bigint[]))"
+		LOST_RETURNING,
+	/* The reaper: nodes whose lease ran out, by the database's clock. */
+	[P_DEAD] = "UPDATE jp_nodes SET state = 'dead' WHERE state = 'alive' "
+		"AND heartbeat_at < now() - make_interval(secs => lease_ms / "
+		"1000.0) RETURNING id",
+	[P_REAP] = "UPDATE jp_jobs SET " LOST_SET " WHERE node_id = ANY "
+		"($1::bigint[]) AND state = 'running'"
+		LOST_RETURNING,
+	/* cancels asked on other nodes of jobs this node runs */
+	[P_MY_CANCELS] = "SELECT j.id FROM jp_jobs j JOIN jp_batches b "
+		"ON b.id = j.batch_id WHERE j.node_id = $1 "
+		"AND j.state = 'running' AND (j.cancel_req OR b.cancel_req)",
+	[P_NODE_ADD] = "INSERT INTO jp_nodes (name, started_at, lease_ms, "
+		"pool_size) VALUES ($1, $2, $3, $4) RETURNING id",
+	[P_RENEW] = "UPDATE jp_nodes SET heartbeat_at = now(), busy = $2, "
+		"pool_size = $3 WHERE id = $1 AND state = 'alive' RETURNING 1",
+	/* one reaper at a time, cluster-wide, for this transaction */
+	[P_REAP_LOCK] = "SELECT pg_try_advisory_xact_lock(7478353, 2)",
+	[P_NODE_GONE] = "UPDATE jp_nodes SET state = 'gone' WHERE id = $1",
+	[P_NODES] = "SELECT name, id = $1, started_at, "
+		"(extract(epoch FROM heartbeat_at) * 1000000)::bigint, "
+		"pool_size, busy FROM jp_nodes WHERE state = 'alive' "
+		"ORDER BY name, id",
+};
+
+/* ---- parameters ---- */
+
+void pgp_i64(struct pgp *p, int64_t v)
+{
+	snprintf(p->b[p->n], sizeof(p->b[0]), "%lld", (long long)v);
+	p->v[p->n] = p->b[p->n];
+	p->n++;
+}
+
+void pgp_dbl(struct pgp *p, double v)
+{
+	snprintf(p->b[p->n], sizeof(p->b[0]), "%.17g", v);
+	p->v[p->n] = p->b[p->n];
+	p->n++;
+}
+
+void pgp_txt(struct pgp *p, const char *v)
+{
+	p->v[p->n++] = v;
+}
+
+void pgp_opt(struct pgp *p, int64_t v, int present)
+{
+	if (present)
+		pgp_i64(p, v);
+	else
+		pgp_txt(p, NULL);
+}
+
+int64_t pg_i64(const PGresult *r, int row, int col)
+{
+	return PQgetisnull(r, row, col) ? 0 :
+	       strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+/* ---- statements and the turn's transaction ---- */
+
+static void rolled_back(const char *why)
+{
+	nsettle = 0;
+	if (!degraded)
+		log_warn("store: %s; writes are refused until memory and the "
+			 "database agree again", why);
+	degraded = 1;
+	if (on_rollback)
+		on_rollback();
+}
+
+/* failed logs a failed statement.  A lost connection loses the open
+ * transaction with it. */
+static void failed(const char *what, const PGresult *r)
+{
+	const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+
+	/* 53100 disk full, 53200 out of memory, 54000 program limit */
+	full = state && (strncmp(state, "53", 2) == 0);
+	log_warn("store: %s: %s", what, r ? PQresultErrorMessage(r) :
+		 PQerrorMessage(pg_conn));
+	if (PQstatus(pg_conn) == CONNECTION_BAD && in_txn) {
+		in_txn = 0;
+		rolled_back("the connection to PostgreSQL was lost with the "
+			    "open transaction");
+	}
+}
+
+int pg_exec(const char *q)
+{
+	PGresult *r = PQexec(pg_conn, q);
+	int ok = PQresultStatus(r) == PGRES_COMMAND_OK ||
+		 PQresultStatus(r) == PGRES_TUPLES_OK;
+
+	if (!ok)
+		failed(q, r);
+	PQclear(r);
+	return ok ? 0 : -1;
+}
+
+PGresult *pg_run(enum pg_stmt id, const struct pgp *p)
+{
+	char name[8];
+	PGresult *r;
+
+	snprintf(name, sizeof(name), "p%d", (int)id);
+	r = PQexecPrepared(pg_conn, name, p ? p->n : 0, p ? p->v : NULL, NULL,
+			   NULL, 0);
+	if (PQresultStatus(r) == PGRES_COMMAND_OK ||
+	    PQresultStatus(r) == PGRES_TUPLES_OK)
+		return r;
+	failed(sql[id], r);
+	PQclear(r);
+	return NULL;
+}
+
+int pg_step(enum pg_stmt id, const struct pgp *p)
+{
+	PGresult *r = pg_run(id, p);
+	int n;
+
+	if (!r)
+		return -1;
+	n = atoi(PQcmdTuples(r));
+	PQclear(r);
+	return n;
+}
+
+/* reconnect opens the loop's connection again after it was lost, between
+ * turns, so the next turn works if PostgreSQL is back. */
+static int prepare_all(void);
+int pg_reconnect(void)
+{
+	if (PQstatus(pg_conn) == CONNECTION_OK)
+		return 0;
+	PQreset(pg_conn);
+	if (PQstatus(pg_conn) != CONNECTION_OK)
+		return -1;
+	log_info("store: connected to PostgreSQL again");
+	return prepare_all();
+}
+
+static int fenced_writes;
+
+void pg_fence_writes(int on)
+{
+	fenced_writes = on;
+	if (on && in_txn) {
+		in_txn = 0;
+		nsettle = 0;
+		pg_exec("ROLLBACK");
+	}
+	if (on)
+		degraded = 1;
+}
+
+int pg_begin(void)
+{
+	if ((degraded && !resyncing) || fenced_writes)
+		return -1;
+	if (in_txn)
+		return 0;
+	if (pg_reconnect() < 0 || pg_exec("BEGIN") < 0)
+		return -1;
+	in_txn = 1;
+	return 0;
+}
+
+int pg_sp_begin(void)
+{
+	if (pg_begin() < 0)
+		return -1;
+	return pg_exec("SAVEPOINT op");
+}
+
+/* pg_sp_end closes an operation's savepoint; a failed one is undone alone
+ * (in PostgreSQL the transaction takes nothing more until it is), and the
+ * store is marked for the engine's resync, as with SQLite. */
+int pg_sp_end(int rc)
+{
+	if (rc < 0) {
+		if (in_txn && pg_exec("ROLLBACK TO op") < 0) {
+			in_txn = 0;
+			pg_exec("ROLLBACK");
+			rolled_back("a failed operation could not be undone");
+			return rc;
+		}
+		if (!degraded)
+			log_warn("store: a write failed; writes are refused "
+				 "until memory and the database agree again");
+		degraded = 1;
+	}
+	if (in_txn)
+		pg_exec("RELEASE op");
+	return rc;
+}
+
+void pg_delta_state(int64_t d[8], int from, int to, int64_t n)
+{
+	/* job_state order: queued running succeeded failed timed_out
+	 * canceled, as the delta columns */
+	if (from >= 0 && from < JS__COUNT)
+		d[from] -= n;
+	if (to >= 0 && to < JS__COUNT)
+		d[to] += n;
+}
+
+int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
+	     int64_t last_finish)
+{
+	struct pgp p = { 0 };
+	int i;
+
+	pgp_i64(&p, batch_id);
+	pgp_i64(&p, pg_node_id);
+	for (i = 0; i < 8; i++)
+		pgp_i64(&p, d[i]);
+	pgp_opt(&p, first_start, first_start > 0);
+	pgp_opt(&p, last_finish, last_finish > 0);
+	return pg_step(P_COUNT, &p) < 0 ? -1 : 0;
+}
+
+int pg_batch_sums(int64_t batch_id, int64_t *queued, int64_t *running)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+
+	pgp_i64(&p, batch_id);
+	if (!(r = pg_run(P_SUMS, &p)))
+		return -1;
+	*queued = pg_i64(r, 0, 0);
+	*running = pg_i64(r, 0, 1);
+	PQclear(r);
+	return 0;
+}
+
+void pg_settle_later(int64_t batch_id)
+{
+	size_t i;
+
+	for (i = 0; i < nsettle; i++)
+		if (to_settle[i] == batch_id)
+			return;
+	if (nsettle == settle_cap) {
+		size_t cap = settle_cap ? settle_cap * 2 : 16;
+		int64_t *p = realloc(to_settle, cap * sizeof(*p));
+
+		if (!p)
+			return;         /* the reconcile stores it later */
+		to_settle = p;
+		settle_cap = cap;
+	}
+	to_settle[nsettle++] = batch_id;
+}
+
+/* settle_now stores a batch's final state, in its own transaction after
+ * the turn's commit: it locks the batch row first and only then sums the
+ * shards, so of two nodes ending a batch's last two jobs at once, the one
+ * that commits last sees both and settles it. */
+static void settle_now(int64_t batch_id)
+{
+	struct pgp p = { 0 };
+
+	pgp_i64(&p, batch_id);
+	if (pg_exec("BEGIN") < 0)
+		return;
+	if (pg_step(P_SETTLE_LOCK, &p) < 0 || pg_step(P_SETTLE, &p) < 0) {
+		pg_exec("ROLLBACK");
+		return;
+	}
+	pg_exec("COMMIT");
+}
+
+static int pg_flush(void)
+{
+	PGresult *r;
+	int ok;
+	size_t i, n;
+
+	if (!in_txn)
+		goto settle;
+	in_txn = 0;
+	r = PQexec(pg_conn, "COMMIT");
+	/* A COMMIT of a transaction that failed answers "ROLLBACK". */
+	ok = PQresultStatus(r) == PGRES_COMMAND_OK &&
+	     strcmp(PQcmdStatus(r), "COMMIT") == 0;
+	if (!ok)
+		failed("COMMIT", r);
+	PQclear(r);
+	if (!ok) {
+		if (PQstatus(pg_conn) == CONNECTION_OK &&
+		    PQtransactionStatus(pg_conn) != PQTRANS_IDLE)
+			pg_exec("ROLLBACK");
+		rolled_back("a commit failed");
+		return -1;
+	}
+settle:
+	n = nsettle;
+	nsettle = 0;
+	for (i = 0; i < n; i++)
+		settle_now(to_settle[i]);
+	return 0;
+}
+
+static int pg_dirty(void)
+{
+	return in_txn;
+}
+
+static int pg_degraded(void)
+{
+	return degraded;
+}
+
+static void pg_diverged(void)
+{
+	if (!degraded)
+		log_warn("store: a write failed; writes are refused until "
+			 "memory and the database agree again");
+	degraded = 1;
+}
+
+static void pg_set_rollback_hook(void (*fn)(void))
+{
+	on_rollback = fn;
+}
+
+static int pg_full(void)
+{
+	return full;
+}
+
+static int pg_resync_begin(void)
+{
+	if (in_txn && pg_flush() < 0)
+		return -1;
+	resyncing = 1;
+	if (pg_begin() < 0) {
+		resyncing = 0;
+		return -1;
+	}
+	return 0;
+}
+
+static int pg_resync_end(int ok)
+{
+	int rc;
+
+	if (!ok && in_txn) {
+		in_txn = 0;
+		pg_exec("ROLLBACK");
+	}
+	rc = ok ? pg_flush() : -1;
+	resyncing = 0;
+	if (rc == 0) {
+		degraded = 0;
+		log_info("store: writes work again; memory and the database "
+			 "agree");
+		return 0;
+	}
+	degraded = 1;
+	return -1;
+}
+
+/* ---- connection and schema ---- */
+
+static int prepare_all(void)
+{
+	char name[8];
+	PGresult *r;
+	int i;
+
+	for (i = 0; i < P__COUNT; i++) {
+		snprintf(name, sizeof(name), "p%d", i);
+		r = PQprepare(pg_conn, name, sql[i], 0, NULL);
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			log_warn("store: prepare: %s: %s",
+				 PQresultErrorMessage(r), sql[i]);
+			PQclear(r);
+			return -1;
+		}
+		PQclear(r);
+	}
+	return 0;
+}
+
+/* connect_to opens a connection with the settings every one of ours has:
+ * errors come back within bounds instead of hanging a turn, and a dead
+ * peer is noticed in seconds. */
+static PGconn *connect_to(const char *info, const char *role)
+{
+	const char *keys[] = { "dbname", "application_name", "keepalives",
+			       "keepalives_idle", "keepalives_interval",
+			       "keepalives_count", "connect_timeout", NULL };
+	char app[96];
+	const char *vals[] = { info, app, "1", "2", "1", "2", "5", NULL };
+	PGconn *c;
+
+	snprintf(app, sizeof(app), "jobpoold/%s/%s", cfg.node_name, role);
+	/* expand_dbname: the URL's own parameters win for the rest */
+	c = PQconnectdbParams(keys, vals, 1);
+	if (PQstatus(c) != CONNECTION_OK) {
+		log_warn("store: cannot connect to PostgreSQL: %s",
+			 PQerrorMessage(c));
+		PQfinish(c);
+		return NULL;
+	}
+	return c;
+}
+
+int pg_connect_thread(PGconn **c, const char *role)
+{
+	*c = connect_to(conninfo, role);
+	return *c ? 0 : -1;
+}
+
+static int migrate(void)
+{
+	PGresult *r;
+	size_t i, version = 0;
+	char q[128];
+
+	/* One node migrates at a time; the others wait here. */
+	if (pg_exec("BEGIN") < 0 ||
+	    pg_exec("SELECT pg_advisory_xact_lock(7478353, 1)") < 0 ||
+	    pg_exec("CREATE TABLE IF NOT EXISTS jp_meta (key text PRIMARY KEY, "
+		    "value text NOT NULL)") < 0)
+		goto fail;
+	r = PQexec(pg_conn, "SELECT value FROM jp_meta WHERE key = 'schema'");
+	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+		PQclear(r);
+		goto fail;
+	}
+	if (PQntuples(r))
+		version = (size_t)atoi(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	if (version > pg_schema_migrations_count) {
+		log_warn("store: database schema %zu is newer than this server "
+			 "(%zu)", version, pg_schema_migrations_count);
+		goto fail;
+	}
+	for (i = version; i < pg_schema_migrations_count; i++) {
+		if (pg_exec(pg_schema_migrations[i]) < 0)
+			goto fail;
+		snprintf(q, sizeof(q), "INSERT INTO jp_meta VALUES ('schema', "
+			 "'%zu') ON CONFLICT (key) DO UPDATE SET value = "
+			 "EXCLUDED.value", i + 1);
+		if (pg_exec(q) < 0)
+			goto fail;
+		log_info("store: applied PostgreSQL migration %zu", i + 1);
+	}
+	return pg_exec("COMMIT");
+fail:
+	pg_exec("ROLLBACK");
+	return -1;
+}
+
+static int pg_open(const char *url)
+{
+	free(conninfo);
+	conninfo = strdup(url);
+	if (!conninfo || !(pg_conn = connect_to(url, "loop")) ||
+	    !(id_conn = connect_to(url, "ids")))
+		return -1;
+	/* Bounds: a turn never waits long on a lock, and a node that died
+	 * in a turn does not hold its row locks for long. */
+	if (pg_exec("SET lock_timeout = '2s'") < 0 ||
+	    pg_exec("SET statement_timeout = '30s'") < 0 ||
+	    pg_exec("SET idle_in_transaction_session_timeout = '10s'") < 0 ||
+	    migrate() < 0 || prepare_all() < 0)
+		return -1;
+	return pg_node_start(url);
+}
+
+static void pg_close(void)
+{
+	pg_flush();
+	pg_node_stop();
+	PQfinish(pg_conn);
+	PQfinish(id_conn);
+	pg_conn = id_conn = NULL;
+	free(conninfo);
+	conninfo = NULL;
+	free(to_settle);
+	to_settle = NULL;
+	nsettle = settle_cap = 0;
+	degraded = resyncing = in_txn = 0;
+}
+
+static int pg_ping(void)
+{
+	return pg_exec("SELECT 1") < 0 ? -1 : 0;
+}
+
+/* ---- submission ---- */
+
+/* A PostgreSQL array literal, built as text. */
+struct arr {
+	char *p;
+	size_t len, cap;
+	int n;
+};
+
+static int arr_put(struct arr *a, const char *s, size_t n)
+{
+	if (a->len + n + 2 > a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 1024;
+		char *p;
+
+		while (cap < a->len + n + 2)
+			cap *= 2;
+		if (!(p = realloc(a->p, cap)))
+			return -1;
+		a->p = p;
+		a->cap = cap;
+	}
+	memcpy(a->p + a->len, s, n);
+	a->len += n;
+	a->p[a->len] = 0;
+	return 0;
+}
+
+/* arr_add appends one element: NULL, or v quoted (" and \ escaped). */
+static int arr_add(struct arr *a, const char *v)
+{
+	const char *s;
+
+	if (arr_put(a, a->n++ ? "," : "{", 1) < 0)
+		return -1;
+	if (!v)
+		return arr_put(a, "NULL", 4);
+	if (arr_put(a, "\"", 1) < 0)
+		return -1;
+	for (s = v; *s; s++) {
+		if ((*s == '"' || *s == '\\') && arr_put(a, "\\", 1) < 0)
+			return -1;
+		if (arr_put(a, s, 1) < 0)
+			return -1;
+	}
+	return arr_put(a, "\"", 1);
+}
+
+static const char *arr_end(struct arr *a)
+{
+	if (arr_put(a, a->n ? "}" : "{}", a->n ? 1 : 2) < 0)
+		return NULL;
+	return a->p;
+}
+
+/* next_ids takes a block of n ids of kind ("batch" or "job") on the id
+ * connection, committed at once: two nodes submitting never wait for each
+ * other's turn.  Ids of a batch that is then lost are just never used. */
+static int64_t next_ids(const char *kind, int64_t n)
+{
+	const char *v[2];
+	char num[32];
+	PGresult *r;
+	int64_t first = -1;
+
+	if (PQstatus(id_conn) != CONNECTION_OK)
+		PQreset(id_conn);
+	snprintf(num, sizeof(num), "%lld", (long long)n);
+	v[0] = kind;
+	v[1] = num;
+	r = PQexecParams(id_conn, sql[P_IDS], 2, NULL, v, NULL, NULL, 0);
+	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+		first = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	else
+		log_warn("store: ids: %s", PQerrorMessage(id_conn));
+	PQclear(r);
+	return first;
+}
+
+#define JOB_BLOCK 5000
+
+static char *json_text(const json_t *j, const char *dflt)
+{
+	return j ? json_dumps(j, JSON_COMPACT) : strdup(dflt);
+}
+
+/* insert_jobs inserts jobs [from, to) of a batch in one statement. */
+static int insert_jobs(int64_t batch_id, int64_t first, const json_t *jobs,
+		       size_t from, size_t to, int64_t now)
+{
+	struct arr a[7] = { { 0 } };
+	const char *av[7];
+	struct pgp p = { 0 };
+	char num[32];
+	size_t i;
+	int k, rc = -1;
+
+	for (i = from; i < to; i++) {
+		const json_t *job = json_array_get(jobs, i), *v;
+		char *args = json_text(json_object_get(job, "args"), "{}");
+		char *ro = json_text(json_object_get(job, "retry_on"), "[]");
+
+		v = json_object_get(job, "name");
+		arr_add(&a[0], json_is_string(v) ? json_string_value(v) : NULL);
+		arr_add(&a[1], json_string_value(json_object_get(job, "kind")));
+		arr_add(&a[2], args);
+		v = json_object_get(job, "max_attempts");
+		snprintf(num, sizeof(num), "%d", v ? (int)json_number_value(v) : 1);
+		arr_add(&a[3], num);
+		arr_add(&a[4], ro);
+		v = json_object_get(job, "retry_backoff_s");
+		snprintf(num, sizeof(num), "%.17g", v ? json_number_value(v) : 1.0);
+		arr_add(&a[5], num);
+		v = json_object_get(job, "timeout_s");
+		if (v)
+			snprintf(num, sizeof(num), "%.17g", json_number_value(v));
+		arr_add(&a[6], v ? num : NULL);
+		free(args);
+		free(ro);
+	}
+	for (k = 0; k < 7; k++)
+		if (!(av[k] = arr_end(&a[k])))
+			goto out;
+	pgp_i64(&p, first + (int64_t)from);
+	pgp_i64(&p, batch_id);
+	for (k = 0; k < 5; k++)
+		pgp_txt(&p, av[k]);
+	pgp_txt(&p, av[5]);
+	pgp_i64(&p, now);
+	pgp_i64(&p, (int64_t)from);
+	pgp_txt(&p, av[6]);
+	rc = pg_step(P_JOB_INSERT, &p) < 0 ? -1 : 0;
+out:
+	for (k = 0; k < 7; k++)
+		free(a[k].p);
+	return rc;
+}
+
+/* batch_insert_ returns 0, -1, or 1 when the key turned out to be taken
+ * by another node's submission committed meanwhile. */
+static int batch_insert_(const json_t *req, int64_t now, const char *key,
+			 const char *hash, int64_t *id, json_t **job_ids)
+{
+	const json_t *jobs = json_object_get(req, "jobs"), *v;
+	size_t i, n = json_array_size(jobs);
+	int64_t first, d[8] = { 0 };
+	struct pgp p = { 0 };
+	char buf[32];
+	PGresult *r;
+	json_t *ids;
+	int taken;
+
+	*id = next_ids("batch", 1);
+	first = next_ids("job", n ? (int64_t)n : 1);
+	if (*id < 0 || first < 0)
+		return -1;
+	pgp_i64(&p, *id);
+	pgp_txt(&p, json_string_value(json_object_get(req, "name")));
+	v = json_object_get(req, "concurrency");
+	pgp_opt(&p, v ? (int64_t)json_number_value(v) : 0, v != NULL);
+	v = json_object_get(req, "priority");
+	pgp_i64(&p, v ? (int64_t)json_number_value(v) : 0);
+	pgp_i64(&p, now);
+	pgp_i64(&p, (int64_t)n);
+	pgp_i64(&p, first);
+	if (pg_step(P_BATCH_INSERT, &p) < 0)
+		return -1;
+	for (i = 0; i < n; i += JOB_BLOCK)
+		if (insert_jobs(*id, first, jobs, i,
+				i + JOB_BLOCK < n ? i + JOB_BLOCK : n, now) < 0)
+			return -1;
+	d[D_QUEUED] = (int64_t)n;
+	if (pg_count(*id, d, 0, n ? 0 : now) < 0)
+		return -1;
+	if (key) {
+		p.n = 0;
+		pgp_txt(&p, key);
+		pgp_txt(&p, hash);
+		pgp_i64(&p, *id);
+		pgp_i64(&p, now);
+		pgp_i64(&p, now - cfg.idempotency_ttl_us);
+		if (!(r = pg_run(P_IDEM_PUT, &p)))
+			return -1;
+		taken = PQntuples(r) == 0;
+		PQclear(r);
+		if (taken)
+			return 1;
+	}
+	ids = json_array();
+	for (i = 0; i < n; i++) {
+		fmt_id(buf, sizeof(buf), 'j', first + (int64_t)i);
+		json_array_append_new(ids, json_string(buf));
+	}
+	*job_ids = ids;
+	return 0;
+}
+
+static int pg_batch_insert(const json_t *req, int64_t now, const char *key,
+			   const char *hash, int64_t *id, json_t **job_ids)
+{
+	int rc;
+
+	if (pg_begin() < 0 || pg_exec("SAVEPOINT batch") < 0)
+		return -1;
+	rc = batch_insert_(req, now, key, hash, id, job_ids);
+	if (rc != 0) {
+		/* this batch's rows only; the turn's other work stays */
+		if (pg_exec("ROLLBACK TO batch") < 0) {
+			in_txn = 0;
+			pg_exec("ROLLBACK");
+			rolled_back("a failed submission could not be undone");
+			return -1;
+		}
+	}
+	pg_exec("RELEASE batch");
+	return rc;
+}
+
+static int pg_idem_get(const char *key, int64_t since, char *hash,
+		       int64_t *batch_id)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int rc = 1;
+
+	pgp_txt(&p, key);
+	pgp_i64(&p, since);
+	if (!(r = pg_run(P_IDEM_GET, &p)))
+		return -1;
+	if (PQntuples(r)) {
+		snprintf(hash, 33, "%s", PQgetvalue(r, 0, 0));
+		*batch_id = pg_i64(r, 0, 1);
+		rc = 0;
+	}
+	PQclear(r);
+	return rc;
+}
+
+static json_t *pg_job_ids(int64_t batch_id)
+{
+	struct pgp p = { 0 };
+	json_t *ids = json_array();
+	PGresult *r;
+	int64_t first, n, i;
+	char buf[32];
+
+	pgp_i64(&p, batch_id);
+	if (!(r = pg_run(P_JOB_RANGE, &p)))
+		return ids;
+	if (PQntuples(r)) {
+		first = pg_i64(r, 0, 0);
+		n = pg_i64(r, 0, 1);
+		for (i = 0; i < n; i++) {
+			fmt_id(buf, sizeof(buf), 'j', first + i);
+			json_array_append_new(ids, json_string(buf));
+		}
+	}
+	PQclear(r);
+	return ids;
+}
+
+/* ---- housekeeping ---- */
+
+static int purge_step_(int64_t cutoff, int64_t key_cutoff, int max)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int64_t batch_id = 0;
+	int n, k;
+
+	pgp_i64(&p, key_cutoff);
+	pgp_i64(&p, max);
+	if ((n = pg_step(P_PURGE_KEYS, &p)) < 0)
+		return -1;
+	if (cutoff <= 0)
+		return n;
+	p.n = 0;
+	pgp_i64(&p, cutoff);
+	if (!(r = pg_run(P_PURGE_PICK, &p)))
+		return -1;
+	if (PQntuples(r))
+		batch_id = pg_i64(r, 0, 0);
+	PQclear(r);
+	if (!batch_id)
+		return n;
+	p.n = 0;
+	pgp_i64(&p, batch_id);
+	pgp_i64(&p, max);
+	if ((k = pg_step(P_PURGE_JOBS, &p)) < 0)
+		return -1;
+	n += k;
+	if (k < max) {
+		p.n = 1;
+		if (pg_step(P_BATCH_DEL_KEYS, &p) < 0 ||
+		    pg_step(P_BATCH_DEL, &p) < 0)
+			return -1;
+		n++;
+	}
+	return n;
+}
+
+static int pg_purge_step(int64_t cutoff, int64_t key_cutoff, int max)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(purge_step_(cutoff, key_cutoff, max));
+}
+
+/* Cluster-wide figures cost a query each: read at most once a second. */
+static int64_t size_cache, size_at, counts_at;
+static int64_t counts_cache[JS__COUNT];
+
+static int64_t pg_size_bytes(void)
+{
+	PGresult *r;
+
+	if (size_at && mono_us() - size_at < 1000000)
+		return size_cache;
+	if (!(r = pg_run(P_SIZE, NULL)))
+		return -1;
+	size_cache = pg_i64(r, 0, 0);
+	size_at = mono_us();
+	PQclear(r);
+	return size_cache;
+}
+
+static int pg_job_counts(int64_t *counts)
+{
+	PGresult *r;
+	int i;
+
+	if (!counts_at || mono_us() - counts_at >= 1000000) {
+		if (!(r = pg_run(P_COUNTS, NULL)))
+			return -1;
+		for (i = 0; i < JS__COUNT; i++)
+			counts_cache[i] = pg_i64(r, 0, i);
+		counts_at = mono_us();
+		PQclear(r);
+	}
+	memcpy(counts, counts_cache, sizeof(counts_cache));
+	return 0;
+}
+
+static int64_t pg_memory_bytes(void)
+{
+	return 0;       /* the data lives in the PostgreSQL server */
+}
+
+/* ---- reads ---- */
+
+static int pr_null(const struct row *r, int i)
+{
+	return PQgetisnull(r->h, r->n, i);
+}
+
+static int64_t pr_i64(const struct row *r, int i)
+{
+	return pg_i64(r->h, r->n, i);
+}
+
+static double pr_dbl(const struct row *r, int i)
+{
+	return PQgetisnull(r->h, r->n, i) ? 0 :
+	       strtod(PQgetvalue(r->h, r->n, i), NULL);
+}
+
+static const char *pr_text(const struct row *r, int i)
+{
+	return PQgetisnull(r->h, r->n, i) ? NULL : PQgetvalue(r->h, r->n, i);
+}
+
+void pg_row(struct row *r, PGresult *res, int n)
+{
+	r->h = res;
+	r->n = n;
+	r->null = pr_null;
+	r->i64 = pr_i64;
+	r->dbl = pr_dbl;
+	r->text = pr_text;
+}
+
+static json_t *get_one(enum pg_stmt id, int64_t key,
+		       json_t *(*render)(const struct row *))
+{
+	struct pgp p = { 0 };
+	struct row row;
+	PGresult *r;
+	json_t *j = NULL;
+
+	pgp_i64(&p, key);
+	if (!(r = pg_run(id, &p)))
+		return NULL;
+	if (PQntuples(r)) {
+		pg_row(&row, r, 0);
+		j = render(&row);
+	}
+	PQclear(r);
+	return j;
+}
+
+/* What clients read comes from the loop's connection: outside a turn it
+ * sees what is committed; inside one, also the turn's own changes, which
+ * are answered only after the commit anyway. */
+static json_t *pg_batch_json(int64_t id)
+{
+	return get_one(P_BATCH_GET, id, store_render_batch);
+}
+
+static json_t *pg_job_json(int64_t id)
+{
+	return get_one(P_JOB_GET, id, store_render_job);
+}
+
+static int pg_job_batch(int64_t job_id, int64_t *batch_id,
+			enum job_state *state, int *attempts)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int rc = -1;
+
+	pgp_i64(&p, job_id);
+	if (!(r = pg_run(P_JOB_BATCH, &p)))
+		return -1;
+	if (PQntuples(r)) {
+		*batch_id = pg_i64(r, 0, 0);
+		*state = job_state_parse(PQgetvalue(r, 0, 1));
+		if (attempts)
+			*attempts = (int)pg_i64(r, 0, 2);
+		rc = 0;
+	}
+	PQclear(r);
+	return rc;
+}
+
+static json_t *list(enum pg_stmt id, const struct pgp *p, int limit,
+		    int key_col, json_t *(*render)(const struct row *),
+		    char prefix)
+{
+	PGresult *r = pg_run(id, p);
+	json_t *items;
+	struct row row;
+	char buf[32];
+	int i, n;
+
+	if (!r)
+		return NULL;
+	items = json_array();
+	n = PQntuples(r);
+	for (i = 0; i < n && i < limit; i++) {
+		pg_row(&row, r, i);
+		json_array_append_new(items, render(&row));
+	}
+	if (n <= limit) {
+		PQclear(r);
+		return json_pack("{s:o, s:n}", "items", items, "next_cursor");
+	}
+	snprintf(buf, sizeof(buf), "%c%lld", prefix,
+		 (long long)pg_i64(r, limit - 1, key_col));
+	PQclear(r);
+	return json_pack("{s:o, s:s}", "items", items, "next_cursor", buf);
+}
+
+static json_t *pg_batch_list(const char *state, int64_t after, int limit)
+{
+	struct pgp p = { 0 };
+
+	if (state)
+		pgp_txt(&p, state);
+	pgp_i64(&p, after > 0 ? after : INT64_MAX);
+	pgp_i64(&p, limit + 1);
+	return list(state ? P_LIST_B_STATE : P_LIST_B, &p, limit, 0,
+		    store_render_batch, 'b');
+}
+
+static json_t *pg_job_list(int64_t batch_id, const char *state,
+			   int64_t after, int limit)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int64_t first = 0, total = 0;
+
+	if (!state) {
+		pgp_i64(&p, batch_id);
+		if (!(r = pg_run(P_JOB_RANGE, &p)))
+			return NULL;
+		if (PQntuples(r)) {
+			first = pg_i64(r, 0, 0);
+			total = pg_i64(r, 0, 1);
+		}
+		PQclear(r);
+		p.n = 0;
+		pgp_i64(&p, first + after);
+		pgp_i64(&p, first + total);
+		pgp_i64(&p, limit + 1);
+		return list(P_LIST_J, &p, limit, 2, store_render_job, 'j');
+	}
+	pgp_i64(&p, batch_id);
+	pgp_txt(&p, state);
+	pgp_i64(&p, after);
+	pgp_i64(&p, limit + 1);
+	return list(P_LIST_J_STATE, &p, limit, 2, store_render_job, 'j');
+}
+
+const struct store_ops pg_store_ops = {
+	.name = "postgresql",
+	.dispatch_after_commit = 1,
+	.tick = pg_tick,
+	.nodes_json = pg_nodes_json,
+	.open = pg_open,
+	.close = pg_close,
+	.flush = pg_flush,
+	.dirty = pg_dirty,
+	.recover = pg_recover,
+	.degraded = pg_degraded,
+	.diverged = pg_diverged,
+	.set_rollback_hook = pg_set_rollback_hook,
+	.resync_begin = pg_resync_begin,
+	.resync = pg_resync,
+	.resync_end = pg_resync_end,
+	.load_active = pg_load_active,
+	.batch_insert = pg_batch_insert,
+	.idem_get = pg_idem_get,
+	.job_ids = pg_job_ids,
+	.purge_step = pg_purge_step,
+	.size_bytes = pg_size_bytes,
+	.job_counts = pg_job_counts,
+	.full = pg_full,
+	.batch_info = pg_batch_info,
+	.batch_json = pg_batch_json,
+	.batch_json_pending = pg_batch_json,
+	.job_json = pg_job_json,
+	.job_batch = pg_job_batch,
+	.batch_list = pg_batch_list,
+	.job_list = pg_job_list,
+	.jobs_peek = pg_jobs_peek,
+	.job_start = pg_job_start,
+	.job_claim = pg_job_claim,
+	.jobs_done = pg_jobs_done,
+	.job_finish = pg_job_finish,
+	.job_requeue = pg_job_requeue,
+	.job_retry = pg_job_retry,
+	.job_cancel_queued = pg_job_cancel_queued,
+	.job_cancel_req = pg_job_cancel_req,
+	.batch_cancel = pg_batch_cancel,
+	.batch_cancel_except = pg_batch_cancel_except,
+	.batch_delete = pg_batch_delete,
+	.ping = pg_ping,
+	.memory_bytes = pg_memory_bytes,
+};

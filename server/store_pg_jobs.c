@@ -1,0 +1,651 @@
+/* store_pg_jobs.c - a job's life in the PostgreSQL store: claim, outcome,
+ * retry, requeue, cancel, delete.  Each public write runs in a savepoint,
+ * so a job's row and this node's counter row change together or not at
+ * all (as store_jobs.c does for SQLite). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobpool.h"
+#include "store_pg.h"
+
+/* ---- scheduler support ---- */
+
+static void info_row(const PGresult *r, int i, struct batch_info *b)
+{
+	b->id = pg_i64(r, i, 0);
+	b->priority = (int)pg_i64(r, i, 1);
+	b->concurrency = (int)pg_i64(r, i, 2);
+	b->queued = (int)pg_i64(r, i, 3);
+	b->running = (int)pg_i64(r, i, 4);
+	b->cancel_req = (int)pg_i64(r, i, 5);
+	b->started = (int)pg_i64(r, i, 6);
+}
+
+int pg_batch_info(int64_t id, struct batch_info *b)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int rc = -1;
+
+	pgp_i64(&p, id);
+	if (!(r = pg_run(P_INFO, &p)))
+		return -1;
+	if (PQntuples(r)) {
+		info_row(r, 0, b);
+		rc = 0;
+	}
+	PQclear(r);
+	return rc;
+}
+
+int pg_load_active(void (*fn)(const struct batch_info *b, void *ctx),
+		   void *ctx)
+{
+	PGresult *r = pg_run(P_ACTIVE, NULL);
+	struct batch_info b;
+	int i, n;
+
+	if (!r)
+		return -1;
+	n = PQntuples(r);
+	for (i = 0; i < n; i++) {
+		info_row(r, i, &b);
+		fn(&b, ctx);
+	}
+	PQclear(r);
+	return n;
+}
+
+/* settle tells whether the batch has ended, as this turn sees it (its own
+ * changes and what other nodes committed).  When nothing of it is queued
+ * any more, the batch is settled after the commit (pg_settle_later):
+ * another node may end its last running job at the same moment. */
+static int settle(int64_t batch_id, int *done)
+{
+	int64_t queued, running;
+
+	if (pg_batch_sums(batch_id, &queued, &running) < 0)
+		return -1;
+	if (done)
+		*done = queued == 0 && running == 0;
+	if (queued == 0)
+		pg_settle_later(batch_id);
+	return 0;
+}
+
+/* ---- claims ---- */
+
+/* A batch's concurrency never changes: remember it (0: none) for the
+ * batches claimed from lately, so unlimited batches skip the gate's
+ * statement. */
+#define CONC_CACHE 256
+static struct {
+	int64_t id;
+	int conc;
+	int started;
+} conc_cache[CONC_CACHE];
+
+static int batch_conc(int64_t batch_id, int *started)
+{
+	unsigned h = (unsigned)batch_id % CONC_CACHE;
+	struct pgp p = { 0 };
+	PGresult *r;
+
+	if (conc_cache[h].id != batch_id) {
+		pgp_i64(&p, batch_id);
+		if (!(r = pg_run(P_CONC, &p)))
+			return -1;
+		if (!PQntuples(r)) {
+			PQclear(r);
+			return -1;
+		}
+		conc_cache[h].id = batch_id;
+		conc_cache[h].conc = (int)pg_i64(r, 0, 0);
+		conc_cache[h].started = 0;
+		PQclear(r);
+	}
+	if (started)
+		*started = conc_cache[h].started;
+	return conc_cache[h].conc;
+}
+
+static void batch_started(int64_t batch_id)
+{
+	conc_cache[(unsigned)batch_id % CONC_CACHE].started = 1;
+}
+
+static int claim_row(const PGresult *r, int i, int64_t batch_id,
+		     struct claim *c)
+{
+	c->job_id = pg_i64(r, i, 0);
+	c->batch_id = batch_id;
+	c->created_at = pg_i64(r, i, 1);
+	c->attempts = (int)pg_i64(r, i, 2) + 1;
+	c->timeout_s = PQgetisnull(r, i, 3) ? 0 :
+		       strtod(PQgetvalue(r, i, 3), NULL);
+	snprintf(c->kind, sizeof(c->kind), "%s", PQgetvalue(r, i, 4));
+	c->args = strdup(PQgetvalue(r, i, 5));
+	c->max_attempts = (int)pg_i64(r, i, 6);
+	retry_parse(PQgetvalue(r, i, 7), &c->retry);
+	c->backoff_s = strtod(PQgetvalue(r, i, 8), NULL);
+	c->queued_at = pg_i64(r, i, 9);
+	c->idx = pg_i64(r, i, 10);
+	return c->args ? 0 : -1;
+}
+
+/* pg_jobs_peek locks up to limit due queued jobs of a batch for this turn
+ * (rows other nodes are claiming are skipped), within the batch's
+ * concurrency across all nodes.  The locks last until the turn commits, so
+ * the job_start that follows is this node's alone. */
+int pg_jobs_peek(int64_t batch_id, int64_t now, int any_due,
+		 int64_t after_idx, int limit, struct claim *out)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int conc, n, i;
+
+	if (pg_begin() < 0 || (conc = batch_conc(batch_id, NULL)) < 0)
+		return -1;
+	if (conc > 0) {
+		pgp_i64(&p, batch_id);
+		if (!(r = pg_run(P_GATE, &p)))
+			return -1;
+		/* no row: another node is claiming from it right now */
+		n = PQntuples(r) ? (int)pg_i64(r, 0, 0) : 0;
+		PQclear(r);
+		if (n <= 0)
+			return 0;
+		if (n < limit)
+			limit = n;
+		p.n = 0;
+	}
+	pgp_i64(&p, batch_id);
+	pgp_i64(&p, any_due ? INT64_MAX : now + 5000);
+	pgp_i64(&p, after_idx);
+	pgp_i64(&p, limit);
+	if (!(r = pg_run(P_PEEK, &p)))
+		return -1;
+	n = PQntuples(r);
+	for (i = 0; i < n; i++)
+		if (claim_row(r, i, batch_id, &out[i]) < 0) {
+			while (i > 0)
+				free(out[--i].args);
+			PQclear(r);
+			return -1;
+		}
+	PQclear(r);
+	return n;
+}
+
+static int job_start_(const struct claim *c, int slot, pid_t pid,
+		      int64_t started_at)
+{
+	struct pgp p = { 0 };
+	int64_t d[8] = { 0 };
+	int started = 0;
+
+	pgp_i64(&p, started_at);
+	pgp_i64(&p, slot);
+	pgp_i64(&p, pid);
+	pgp_i64(&p, c->job_id);
+	pgp_txt(&p, cfg.node_name);
+	pgp_i64(&p, pg_node_id);
+	if (pg_step(P_JOB_START, &p) != 1)
+		return -1;
+	pg_delta_state(d, JS_QUEUED, JS_RUNNING, 1);
+	if (pg_count(c->batch_id, d, started_at, 0) < 0)
+		return -1;
+	batch_conc(c->batch_id, &started);
+	if (!started) {
+		p.n = 0;
+		pgp_i64(&p, c->batch_id);
+		pgp_i64(&p, started_at);
+		if (pg_step(P_BATCH_STARTED, &p) < 0)
+			return -1;
+		batch_started(c->batch_id);
+	}
+	return 0;
+}
+
+int pg_job_start(const struct claim *c, int slot, pid_t pid,
+		 int64_t started_at)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(job_start_(c, slot, pid, started_at));
+}
+
+int pg_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		 int any_due, struct claim *c)
+{
+	int n = pg_jobs_peek(batch_id, now, any_due, -1, 1, c);
+
+	if (n <= 0)
+		return n < 0 ? -1 : 1;
+	if (pg_job_start(c, slot, pid, now) < 0) {
+		free(c->args);
+		c->args = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- outcomes ---- */
+
+/* Outcomes a fencing token refused: the attempt's node had been declared
+ * dead and its job re-queued or ended by another node. */
+static int64_t stale_outcomes;
+
+int64_t pg_stale_outcomes(void)
+{
+	return stale_outcomes;
+}
+
+/* record_attempt writes the outcome of slot w's attempt (row_state: its
+ * end, or queued for a retry), fenced by this incarnation and the
+ * attempt's number.  Returns 0, 1 when the fence refused it, -1. */
+static int record_attempt(int64_t job_id, int64_t batch_id,
+			  const struct outcome *o, const struct slot *w,
+			  enum job_state row_state)
+{
+	struct pgp p = { 0 };
+	int64_t d[8] = { 0 };
+	char *htext, *rtext = NULL, *otext = NULL;
+	const char *sig = o->signal ? signal_name(o->signal) : NULL;
+	json_t *h;
+	int n;
+
+	if (o->output)
+		otext = json_dumps(o->output, JSON_COMPACT);
+	if (o->result)
+		rtext = json_dumps(o->result, JSON_COMPACT |
+				   JSON_REAL_PRECISION(17));
+	h = store_history_entry(o, w->started_at, w->job_attempts, w->index,
+				w->pid);
+	htext = json_dumps(h, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	json_decref(h);
+	pgp_txt(&p, job_state_name(row_state));
+	pgp_i64(&p, o->finished_at);
+	pgp_i64(&p, o->run_us);
+	pgp_opt(&p, o->user_us, o->user_us >= 0);
+	pgp_opt(&p, o->sys_us, o->sys_us >= 0);
+	pgp_opt(&p, o->max_rss_kb, o->max_rss_kb >= 0);
+	pgp_opt(&p, o->exit_code, o->exit_code >= 0);
+	pgp_txt(&p, sig);
+	pgp_txt(&p, o->error);
+	pgp_txt(&p, rtext);
+	pgp_txt(&p, htext);
+	pgp_txt(&p, otext);
+	pgp_i64(&p, job_id);
+	pgp_i64(&p, pg_node_id);
+	pgp_i64(&p, w->job_attempts);
+	n = pg_step(P_JOB_FINISH, &p);
+	free(htext);
+	free(rtext);
+	free(otext);
+	if (n < 0)
+		return -1;
+	if (n == 0) {
+		stale_outcomes++;
+		log_warn("store: the outcome of job j_%012lld attempt %d "
+			 "came after this node lost its lease; another node "
+			 "settled that attempt, so it is not written",
+			 (long long)job_id, w->job_attempts);
+		return 1;
+	}
+	pg_delta_state(d, JS_RUNNING, row_state, 1);
+	d[D_RUN_US] = o->run_us;
+	d[D_CPU_US] = (o->user_us > 0 ? o->user_us : 0) +
+		      (o->sys_us > 0 ? o->sys_us : 0);
+	return pg_count(batch_id, d, 0,
+			row_state == JS_QUEUED ? 0 : o->finished_at);
+}
+
+static int job_finish_(int64_t job_id, int64_t batch_id,
+		       const struct outcome *o, const struct slot *w,
+		       int *batch_done)
+{
+	int rc = record_attempt(job_id, batch_id, o, w, o->state);
+
+	if (rc < 0)
+		return -1;
+	return settle(batch_id, batch_done);
+}
+
+int pg_job_finish(int64_t job_id, int64_t batch_id, const struct outcome *o,
+		  const struct slot *w, int *batch_done)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(job_finish_(job_id, batch_id, o, w, batch_done));
+}
+
+static int requeue_row(int64_t job_id, int undo, int64_t queued_at,
+		       int64_t not_before)
+{
+	struct pgp p = { 0 };
+
+	pgp_i64(&p, undo);
+	pgp_i64(&p, queued_at);
+	pgp_i64(&p, not_before);
+	pgp_i64(&p, job_id);
+	pgp_i64(&p, pg_node_id);
+	return pg_step(P_JOB_REQUEUE, &p);
+}
+
+static int job_retry_(int64_t job_id, int64_t batch_id,
+		      const struct outcome *o, const struct slot *w,
+		      int64_t not_before)
+{
+	int rc = record_attempt(job_id, batch_id, o, w, JS_QUEUED);
+
+	if (rc != 0)
+		return rc < 0 ? -1 : 0;
+	return requeue_row(job_id, 0, o->finished_at, not_before) < 0 ? -1 : 0;
+}
+
+int pg_job_retry(int64_t job_id, int64_t batch_id, const struct outcome *o,
+		 const struct slot *w, int64_t not_before)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(job_retry_(job_id, batch_id, o, w, not_before));
+}
+
+static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
+			int64_t not_before)
+{
+	int64_t d[8] = { 0 };
+	int n;
+
+	if (pg_begin() < 0)
+		return -1;
+	n = requeue_row(job_id, undo_attempt ? 1 : 0, now_us(), not_before);
+	if (n <= 0)
+		return n < 0 ? -1 : 0;  /* fenced: not ours any more */
+	pg_delta_state(d, JS_RUNNING, JS_QUEUED, 1);
+	return pg_count(batch_id, d, 0, 0);
+}
+
+int pg_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
+		   int64_t not_before)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(job_requeue_(job_id, batch_id, undo_attempt,
+				      not_before));
+}
+
+/* A group's jobs go from queued to their end in one write.  Groups are not
+ * handed out with this store (dispatch_after_commit): a held job's row
+ * would look queued to the other nodes. */
+int pg_jobs_done(int64_t batch_id, const struct group_done *d, int n,
+		 int slot, pid_t pid, int *batch_done)
+{
+	log_warn("store: a group's results reached the PostgreSQL store, "
+		 "which hands out no groups");
+	store_diverged();
+	return -1;
+}
+
+/* ---- cancels ---- */
+
+static int cancel_counted(int64_t batch_id, int n, int64_t now,
+			  int *batch_done)
+{
+	int64_t d[8] = { 0 };
+
+	if (n > 0) {
+		pg_delta_state(d, JS_QUEUED, JS_CANCELED, n);
+		if (pg_count(batch_id, d, 0, now) < 0)
+			return -1;
+	}
+	return settle(batch_id, batch_done);
+}
+
+static int job_cancel_queued_(int64_t job_id, int64_t batch_id, int64_t now,
+			      int *batch_done)
+{
+	struct pgp p = { 0 };
+	int n;
+
+	if (pg_begin() < 0)
+		return -1;
+	pgp_i64(&p, now);
+	pgp_i64(&p, job_id);
+	if ((n = pg_step(P_JOB_CANCEL_Q, &p)) < 0)
+		return -1;
+	if (n != 1)
+		return 1;
+	return cancel_counted(batch_id, 1, now, batch_done);
+}
+
+int pg_job_cancel_queued(int64_t job_id, int64_t batch_id, int64_t now,
+			 int *batch_done)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(job_cancel_queued_(job_id, batch_id, now,
+					    batch_done));
+}
+
+int pg_job_cancel_req(int64_t job_id)
+{
+	struct pgp p = { 0 };
+
+	if (pg_sp_begin() < 0)
+		return -1;
+	pgp_i64(&p, job_id);
+	return pg_sp_end(pg_step(P_JOB_CANCEL_REQ, &p) < 0 ? -1 : 0);
+}
+
+/* id_array writes n ids as a PostgreSQL array literal; NULL when out of
+ * memory.  The caller frees it. */
+static char *id_array(const int64_t *ids, size_t n)
+{
+	char *q = malloc(3 + n * 21), *p = q;
+	size_t i;
+
+	if (!q)
+		return NULL;
+	*p++ = '{';
+	for (i = 0; i < n; i++)
+		p += sprintf(p, "%s%lld", i ? "," : "", (long long)ids[i]);
+	strcpy(p, "}");
+	return q;
+}
+
+static int batch_cancel_(int64_t batch_id, int64_t now, int *canceled,
+			 int *batch_done,
+			 void (*fn)(int64_t job_id, int attempts, void *ctx),
+			 void *ctx, const char *keep)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int i, n;
+
+	if (pg_begin() < 0)
+		return -1;
+	pgp_i64(&p, batch_id);
+	if (pg_step(P_BATCH_CANCEL_REQ, &p) < 0)
+		return -1;
+	/* Tell the caller which jobs are about to be canceled (events). */
+	pgp_txt(&p, keep);
+	if (!(r = pg_run(P_QUEUED_IDS, &p)))
+		return -1;
+	n = PQntuples(r);
+	for (i = 0; fn && i < n; i++)
+		fn(pg_i64(r, i, 0), (int)pg_i64(r, i, 1), ctx);
+	PQclear(r);
+	p.n = 0;
+	pgp_i64(&p, now);
+	pgp_i64(&p, batch_id);
+	pgp_txt(&p, keep);
+	if ((n = pg_step(P_BATCH_CANCEL_JOBS, &p)) < 0)
+		return -1;
+	*canceled = n;
+	return cancel_counted(batch_id, n, now, batch_done);
+}
+
+int pg_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
+			   int *batch_done,
+			   void (*fn)(int64_t job_id, int attempts, void *ctx),
+			   void *ctx, const int64_t *keep, size_t nkeep)
+{
+	char *arr = id_array(keep, nkeep);
+	int rc;
+
+	if (!arr || pg_sp_begin() < 0) {
+		free(arr);
+		return -1;
+	}
+	rc = pg_sp_end(batch_cancel_(batch_id, now, canceled, batch_done, fn,
+				     ctx, arr));
+	free(arr);
+	return rc;
+}
+
+int pg_batch_cancel(int64_t batch_id, int64_t now, int *canceled,
+		    int *batch_done,
+		    void (*fn)(int64_t job_id, int attempts, void *ctx),
+		    void *ctx)
+{
+	return pg_batch_cancel_except(batch_id, now, canceled, batch_done, fn,
+				      ctx, NULL, 0);
+}
+
+static int batch_delete_(int64_t batch_id)
+{
+	struct pgp p = { 0 };
+
+	if (pg_begin() < 0)
+		return -1;
+	pgp_i64(&p, batch_id);
+	if (pg_step(P_BATCH_DEL_JOBS, &p) < 0 ||
+	    pg_step(P_BATCH_DEL_KEYS, &p) < 0 || pg_step(P_BATCH_DEL, &p) < 0)
+		return -1;
+	return 0;
+}
+
+int pg_batch_delete(int64_t batch_id)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(batch_delete_(batch_id));
+}
+
+/* ---- lost attempts ---- */
+
+/* pg_lost_rows applies what P_LOST or P_REAP returned to this node's
+ * counter rows: each row was running and is now queued, failed or
+ * canceled.  Reports each job through cb, counts them. */
+int pg_lost_rows(PGresult *r, int64_t now, const struct store_tick *cb,
+		 int *requeued, int *ended)
+{
+	int i, n = PQntuples(r);
+
+	for (i = 0; i < n; i++) {
+		int64_t d[8] = { 0 };
+		int64_t batch_id = pg_i64(r, i, 1);
+		int st = job_state_parse(PQgetvalue(r, i, 2));
+
+		pg_delta_state(d, JS_RUNNING, st, 1);
+		if (pg_count(batch_id, d, 0, st == JS_QUEUED ? 0 : now) < 0)
+			return -1;
+		if (st == JS_QUEUED)
+			(*requeued)++;
+		else {
+			(*ended)++;
+			pg_settle_later(batch_id);
+		}
+		if (cb && cb->job)
+			cb->job(pg_i64(r, i, 0), batch_id, st,
+				(int)pg_i64(r, i, 3), cb->ctx);
+	}
+	return 0;
+}
+
+/* lost_of recovers this node's running jobs that no worker runs (all of
+ * them but live[]): canceled when asked, re-queued with attempts left,
+ * else failed "interrupted". */
+static int lost_of(int64_t now, const int64_t *live, size_t n, int *requeued,
+		   int *interrupted)
+{
+	struct pgp p = { 0 };
+	char *arr = id_array(live, n);
+	PGresult *r;
+	int rc;
+
+	if (!arr)
+		return -1;
+	pgp_i64(&p, pg_node_id);
+	pgp_i64(&p, now);
+	pgp_txt(&p, "interrupted");
+	pgp_txt(&p, "true");
+	pgp_txt(&p, arr);
+	r = pg_run(P_LOST, &p);
+	free(arr);
+	if (!r)
+		return -1;
+	rc = pg_lost_rows(r, now, NULL, requeued, interrupted);
+	PQclear(r);
+	return rc;
+}
+
+/* pg_recover runs at start: this process is a new incarnation, so it has
+ * no running job yet; those of its earlier incarnations (and of any dead
+ * node) are the reaper's, once their lease runs out. */
+int pg_recover(int64_t now, int *requeued, int *interrupted,
+	       void (*fn)(int64_t job_id, void *ctx), void *ctx)
+{
+	*requeued = *interrupted = 0;
+	return 0;
+}
+
+/* pg_resync puts the database in line with memory after a lost
+ * transaction: the jobs this node's workers run are running (their claim
+ * may have been lost), every other running job of this incarnation lost
+ * its outcome and is recovered. */
+int pg_resync(int64_t now, const struct live_job *live, size_t n,
+	      int *requeued, int *interrupted)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int64_t *ids = calloc(n + 1, sizeof(*ids));
+	size_t i;
+	int rc = -1;
+
+	if (!ids)
+		return -1;
+	for (i = 0; i < n; i++) {
+		ids[i] = live[i].job_id;
+		if (live[i].held)
+			continue;
+		p.n = 0;
+		pgp_i64(&p, live[i].job_id);
+		pgp_i64(&p, live[i].attempts);
+		pgp_i64(&p, live[i].started_at);
+		pgp_i64(&p, live[i].slot);
+		pgp_i64(&p, live[i].pid);
+		pgp_txt(&p, cfg.node_name);
+		pgp_i64(&p, pg_node_id);
+		if (!(r = pg_run(P_REVIVE, &p)))
+			goto out;
+		if (PQntuples(r)) {
+			int64_t d[8] = { 0 };
+
+			pg_delta_state(d, JS_QUEUED, JS_RUNNING, 1);
+			if (pg_count(pg_i64(r, 0, 0), d, live[i].started_at,
+				     0) < 0) {
+				PQclear(r);
+				goto out;
+			}
+		}
+		PQclear(r);
+	}
+	rc = lost_of(now, ids, n, requeued, interrupted);
+out:
+	free(ids);
+	return rc;
+}

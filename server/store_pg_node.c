@@ -1,0 +1,338 @@
+/* store_pg_node.c - the nodes sharing a PostgreSQL store: registry, lease,
+ * self-fencing, the reaper, and the periodic look at what other nodes did.
+ *
+ * Each process start is an incarnation: a jp_nodes row whose id is written
+ * on the jobs it runs.  A lease thread renews the row every lease/4 on its
+ * own connection (so a busy loop never loses the lease).  The timeline, with
+ * the default --node-lease 4s:
+ *   t = 0  the last renewal this node sent that the database acknowledged;
+ *   t = 3  no acknowledged renewal since: the node fences itself (its
+ *          workers are killed, its writes stop) - lease minus one second,
+ *          measured on its own monotonic clock from the send time, which is
+ *          before the database stamped heartbeat_at;
+ *   t > 4  any node's reaper (every 0.5 s) sees heartbeat_at older than the
+ *          lease by the database's clock, marks the incarnation dead and
+ *          re-queues its running jobs (or ends them, out of attempts or
+ *          canceled): within lease + 0.5 s of the death.
+ * A dead incarnation's late writes are refused by the fencing token (node
+ * id and attempt) on every outcome write.  After a fence the node
+ * registers as a new incarnation and goes on. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jobpool.h"
+#include "store_pg.h"
+
+int64_t pg_node_id;
+
+static pthread_t lease_thread;
+static int lease_running;
+static atomic_int lease_stop;
+/* The incarnation the lease thread renews (0: none yet) and the
+ * monotonic time, in µs, a renewal that the database acknowledged was
+ * sent; lost: the database said this incarnation is dead. */
+static _Atomic int64_t lease_id, renewed_mono;
+static atomic_int lease_lost, busy_workers, pool_workers;
+static int fenced;
+static int64_t next_reap, next_look;
+
+static int64_t lease_us(void)
+{
+	return cfg.node_lease_us;
+}
+
+/* renew runs one renewal on c; returns 1 (renewed), 0 (declared dead),
+ * -1 (no answer). */
+static int renew(PGconn *c, int64_t id)
+{
+	char v[3][24];
+	const char *vals[3] = { v[0], v[1], v[2] };
+	PGresult *r;
+	int rc = -1;
+
+	snprintf(v[0], sizeof(v[0]), "%lld", (long long)id);
+	snprintf(v[1], sizeof(v[1]), "%d", atomic_load(&busy_workers));
+	snprintf(v[2], sizeof(v[2]), "%d", atomic_load(&pool_workers));
+	r = PQexecParams(c, "UPDATE jp_nodes SET heartbeat_at = now(), "
+			 "busy = $2, pool_size = $3 WHERE id = $1 "
+			 "AND state = 'alive' RETURNING 1", 3, NULL, vals,
+			 NULL, NULL, 0);
+	if (PQresultStatus(r) == PGRES_TUPLES_OK)
+		rc = PQntuples(r) == 1;
+	PQclear(r);
+	return rc;
+}
+
+static void *lease_main(void *arg)
+{
+	PGconn *c = NULL;
+	int64_t id, sent;
+	int rc;
+
+	while (!atomic_load(&lease_stop)) {
+		if (!c || PQstatus(c) != CONNECTION_OK) {
+			if (c)
+				PQfinish(c);
+			if (pg_connect_thread(&c, "lease") == 0) {
+				/* a lost heartbeat is harmless: no fsync wait */
+				PQclear(PQexec(c, "SET synchronous_commit = off"));
+			}
+		}
+		id = atomic_load(&lease_id);
+		sent = mono_us();
+		if (c && id > 0) {
+			rc = renew(c, id);
+			if (rc == 1)
+				atomic_store(&renewed_mono, sent);
+			else if (rc == 0)
+				atomic_store(&lease_lost, 1);
+		}
+		usleep((useconds_t)(lease_us() / 4));
+	}
+	PQfinish(c);
+	return NULL;
+}
+
+/* register_node makes this process a new incarnation, on the loop's
+ * connection outside any turn. */
+static int register_node(void)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+
+	pgp_txt(&p, cfg.node_name);
+	pgp_i64(&p, cfg.started_at ? cfg.started_at : now_us());
+	pgp_i64(&p, lease_us() / 1000);
+	pgp_i64(&p, cfg.workers);
+	if (!(r = pg_run(P_NODE_ADD, &p)))
+		return -1;
+	pg_node_id = pg_i64(r, 0, 0);
+	PQclear(r);
+	atomic_store(&lease_lost, 0);
+	atomic_store(&renewed_mono, mono_us());
+	atomic_store(&lease_id, pg_node_id);
+	log_info("store: node %s joined the cluster as incarnation %lld "
+		 "(lease %lld ms)", cfg.node_name, (long long)pg_node_id,
+		 (long long)(lease_us() / 1000));
+	return 0;
+}
+
+int pg_node_start(const char *url)
+{
+	sigset_t all, old;
+	int rc;
+
+	if (register_node() < 0)
+		return -1;
+	atomic_store(&lease_stop, 0);
+	/* SIGTERM and SIGCHLD belong to the loop's signalfd: the thread
+	 * takes none. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&lease_thread, NULL, lease_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		log_warn("store: cannot start the lease thread");
+		return -1;
+	}
+	lease_running = 1;
+	return 0;
+}
+
+/* pg_node_stop: a clean stop says so, so nobody waits out the lease (the
+ * engine has settled every job by now). */
+void pg_node_stop(void)
+{
+	struct pgp p = { 0 };
+
+	if (lease_running) {
+		atomic_store(&lease_stop, 1);
+		pthread_join(lease_thread, NULL);
+		lease_running = 0;
+	}
+	if (pg_node_id > 0 && !fenced) {
+		pgp_i64(&p, pg_node_id);
+		pg_step(P_NODE_GONE, &p);
+	}
+}
+
+int pg_node_fenced(void)
+{
+	return fenced;
+}
+
+/* reap re-queues (or ends) the running jobs of incarnations whose lease
+ * ran out, one node at a time cluster-wide.  Only a node whose own lease
+ * is fresh reaps: one that cannot renew may be the one cut off. */
+static int reap(int64_t now, const struct store_tick *cb)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int64_t *ids;
+	char *arr, *q;
+	int i, n, requeued = 0, ended = 0, rc = -1;
+
+	if (mono_us() - atomic_load(&renewed_mono) > 1500000)
+		return 0;
+	if (pg_begin() < 0)
+		return -1;
+	if (!(r = pg_run(P_REAP_LOCK, NULL)))
+		return -1;
+	n = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+	PQclear(r);
+	if (!n || !(r = pg_run(P_DEAD, NULL)))
+		return n ? -1 : 0;
+	n = PQntuples(r);
+	if (n == 0) {
+		PQclear(r);
+		return 0;
+	}
+	ids = calloc((size_t)n, sizeof(*ids));
+	arr = malloc((size_t)n * 21 + 3);
+	if (!ids || !arr) {
+		free(ids);
+		free(arr);
+		PQclear(r);
+		return -1;
+	}
+	q = arr;
+	*q++ = '{';
+	for (i = 0; i < n; i++) {
+		ids[i] = pg_i64(r, i, 0);
+		q += sprintf(q, "%s%lld", i ? "," : "", (long long)ids[i]);
+	}
+	strcpy(q, "}");
+	PQclear(r);
+	pgp_txt(&p, arr);
+	pgp_i64(&p, now);
+	pgp_txt(&p, "node lost");
+	pgp_txt(&p, "true");
+	if ((r = pg_run(P_REAP, &p))) {
+		rc = pg_lost_rows(r, now, cb, &requeued, &ended);
+		PQclear(r);
+	}
+	for (i = 0; i < n; i++)
+		log_warn("store: node incarnation %lld missed its lease; "
+			 "%d of its jobs re-queued, %d ended", (long long)ids[i],
+			 requeued, ended);
+	free(ids);
+	free(arr);
+	return rc;
+}
+
+/* look reports what the cluster changed that this node's memory does not
+ * know: unfinished batches (new ones, or other nodes' claims), cancels of
+ * jobs this node runs, and batches to settle or mark started. */
+static int look(const struct store_tick *cb)
+{
+	struct pgp p = { 0 };
+	struct batch_info b;
+	PGresult *r;
+	int i, n;
+
+	if (!(r = pg_run(P_ACTIVE, NULL)))
+		return -1;
+	n = PQntuples(r);
+	for (i = 0; i < n; i++) {
+		b.id = pg_i64(r, i, 0);
+		b.priority = (int)pg_i64(r, i, 1);
+		b.concurrency = (int)pg_i64(r, i, 2);
+		b.queued = (int)pg_i64(r, i, 3);
+		b.running = (int)pg_i64(r, i, 4);
+		b.cancel_req = (int)pg_i64(r, i, 5);
+		b.started = (int)pg_i64(r, i, 6);
+		if (b.queued == 0 && b.running == 0)
+			pg_settle_later(b.id);
+		else if (b.started && pg_i64(r, i, 7) && pg_begin() == 0) {
+			p.n = 0;
+			pgp_i64(&p, b.id);
+			pgp_i64(&p, now_us());
+			pg_step(P_BATCH_STARTED, &p);
+		}
+		if (cb && cb->batch)
+			cb->batch(&b, cb->ctx);
+	}
+	PQclear(r);
+	p.n = 0;
+	pgp_i64(&p, pg_node_id);
+	if (!(r = pg_run(P_MY_CANCELS, &p)))
+		return -1;
+	n = PQntuples(r);
+	for (i = 0; i < n && cb && cb->cancel; i++)
+		cb->cancel(pg_i64(r, i, 0), cb->ctx);
+	PQclear(r);
+	return 0;
+}
+
+/* pg_tick runs on every loop turn: the fence check is two atomic loads;
+ * the rest runs at its own pace. */
+int pg_tick(int64_t now, const struct store_tick *cb)
+{
+	int64_t mono = mono_us();
+	int64_t quiet = mono - atomic_load(&renewed_mono);
+
+	if (cb) {
+		atomic_store(&busy_workers, cb->busy);
+		atomic_store(&pool_workers, cb->pool_size);
+	}
+	if (!fenced && (atomic_load(&lease_lost) ||
+			quiet > lease_us() - 1000000)) {
+		fenced = 1;
+		log_warn("store: node %s lost its lease (%s); its jobs are "
+			 "stopped and left to the other nodes",
+			 cfg.node_name, atomic_load(&lease_lost) ?
+			 "the others declared it dead" :
+			 "no renewal acknowledged in time");
+		pg_fence_writes(1);
+		if (cb && cb->fence)
+			cb->fence(cb->ctx);
+		return 0;
+	}
+	if (fenced) {
+		/* Back as a new incarnation once the database answers; the
+		 * engine's resync then puts memory in line. */
+		if (pg_reconnect() < 0 || register_node() < 0)
+			return 0;
+		fenced = 0;
+		pg_fence_writes(0);
+		return 0;
+	}
+	if (mono >= next_reap) {
+		next_reap = mono + 500000;
+		reap(now, cb);
+	}
+	if (mono >= next_look) {
+		next_look = mono + cfg.poll_interval_us;
+		look(cb);
+	}
+	return 0;
+}
+
+json_t *pg_nodes_json(void)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	json_t *items;
+	int i, n;
+
+	pgp_i64(&p, pg_node_id);
+	if (!(r = pg_run(P_NODES, &p)))
+		return NULL;
+	items = json_array();
+	n = PQntuples(r);
+	for (i = 0; i < n; i++)
+		json_array_append_new(items, json_pack("{s:s, s:b, s:o, s:o, "
+			"s:I, s:I}", "name", PQgetvalue(r, i, 0),
+			"self", strcmp(PQgetvalue(r, i, 1), "t") == 0,
+			"started_at", json_time(pg_i64(r, i, 2)),
+			"last_heartbeat_at", json_time(pg_i64(r, i, 3)),
+			"pool_size", (json_int_t)pg_i64(r, i, 4),
+			"busy_workers", (json_int_t)pg_i64(r, i, 5)));
+	PQclear(r);
+	return items;
+}
