@@ -420,6 +420,8 @@ void pool_kill_all(void);
 /* pool_hold keeps the run messages pool_send_run writes from here on until
  * pool_release: sent when ok, else dropped with their slots made idle again
  * (the claims they carried were not committed). */
+int pool_lease_init(void);
+void pool_lease_set(int64_t deadline_mono);
 void pool_hold(void);
 int pool_holding(void);
 void pool_release(int ok);

@@ -14,12 +14,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -52,6 +54,10 @@ struct held_msg {
 static struct held_msg *held_msgs;
 static size_t nheld_msgs;
 static int holding;
+/* The lease page workers watch (pool_lease_init), and its fd in them. */
+#define LEASE_FD (PROTO_FD + 1)
+static int lease_fd = -1;
+static _Atomic int64_t *lease_deadline;
 
 /* Every worker starts through this pointer: a test replaces it to make
  * spawning fail (a fuzzer must start no process at all). */
@@ -85,9 +91,14 @@ static int spawn_worker(struct slot *s)
 	snprintf(parent, sizeof(parent), "%d", (int)getpid());
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, child, PROTO_FD);
+	if (lease_fd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, lease_fd, LEASE_FD);
 	/* Our own fds are CLOEXEC, but not those we inherited (a shell's, a
-	 * supervisor's): a worker, and so a job, gets 0-2 and its channel. */
-	rc = posix_spawn_file_actions_addclosefrom_np(&fa, PROTO_FD + 1);
+	 * supervisor's): a worker, and so a job, gets 0-2 and its channel
+	 * (and the lease page, which the worker closes). */
+	rc = posix_spawn_file_actions_addclosefrom_np(&fa, lease_fd >= 0 ?
+						       LEASE_FD + 1 :
+						       PROTO_FD + 1);
 	/* The server blocks SIGCHLD/SIGTERM/SIGINT (they go to its signalfd)
 	 * and ignores SIGPIPE; a worker must start with neither, or SIGTERM
 	 * would not stop it. */
@@ -315,6 +326,37 @@ static int send_run(struct slot *s, char *msg)
 		return -1;
 	}
 	return 0;
+}
+
+/* pool_lease_init shares a page with every worker started from now on,
+ * holding the monotonic time until which this node's lease is good: a
+ * worker kills its job and exits past it, even when this server is frozen
+ * and cannot tell it (workers/main.c, watchdog). */
+int pool_lease_init(void)
+{
+	void *page;
+	char num[16];
+
+	if (lease_fd >= 0)
+		return 0;
+	lease_fd = memfd_create("jobpool-lease", MFD_CLOEXEC);
+	if (lease_fd < 0 || ftruncate(lease_fd, sizeof(int64_t)) < 0)
+		return -1;
+	page = mmap(NULL, sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED,
+		    lease_fd, 0);
+	if (page == MAP_FAILED)
+		return -1;
+	lease_deadline = page;
+	snprintf(num, sizeof(num), "%d", LEASE_FD);
+	setenv("JOBPOOL_LEASE_FD", num, 1);
+	return 0;
+}
+
+/* pool_lease_set moves the deadline (0: none); safe from any thread. */
+void pool_lease_set(int64_t deadline_mono)
+{
+	if (lease_deadline)
+		atomic_store(lease_deadline, deadline_mono);
 }
 
 void pool_hold(void)

@@ -66,7 +66,8 @@ static size_t nsettle, settle_cap;
 	"jp_batches WHERE cancel_req) THEN 'canceled' WHEN attempts < " \
 	"max_attempts AND $4 THEN 'queued' ELSE 'failed' END"
 #define LOST_SET "state = " LOST_STATE ", " \
-	"history = " HISTORY_ADD(LOST_ENTRY("(" LOST_STATE ")")) ", " \
+	"history = " HISTORY_ADD(LOST_ENTRY("CASE WHEN " LOST_STATE " = " \
+	"'canceled' THEN 'canceled' ELSE 'failed' END")) ", " \
 	"error = CASE WHEN " LOST_STATE " = 'canceled' THEN 'canceled while " \
 	"running' ELSE $3 END, " \
 	"finished_at = CASE WHEN " LOST_STATE " = 'queued' THEN NULL ELSE " \
@@ -620,6 +621,10 @@ static int prepare_all(void)
 	return 0;
 }
 
+static void quiet(void *arg, const char *message)
+{
+}
+
 /* connect_to opens a connection with the settings every one of ours has:
  * errors come back within bounds instead of hanging a turn, and a dead
  * peer is noticed in seconds. */
@@ -641,6 +646,8 @@ static PGconn *connect_to(const char *info, const char *role)
 		PQfinish(c);
 		return NULL;
 	}
+	/* NOTICEs ("already exists, skipping") are not for the log */
+	PQsetNoticeProcessor(c, quiet, NULL);
 	return c;
 }
 

@@ -87,8 +87,10 @@ static void *lease_main(void *arg)
 		sent = mono_us();
 		if (c && id > 0) {
 			rc = renew(c, id);
-			if (rc == 1)
+			if (rc == 1) {
 				atomic_store(&renewed_mono, sent);
+				pool_lease_set(sent + lease_us() - 1000000);
+			}
 			else if (rc == 0)
 				atomic_store(&lease_lost, 1);
 		}
@@ -115,6 +117,7 @@ static int register_node(void)
 	PQclear(r);
 	atomic_store(&lease_lost, 0);
 	atomic_store(&renewed_mono, mono_us());
+	pool_lease_set(mono_us() + lease_us() - 1000000);
 	atomic_store(&lease_id, pg_node_id);
 	log_info("store: node %s joined the cluster as incarnation %lld "
 		 "(lease %lld ms)", cfg.node_name, (long long)pg_node_id,
@@ -127,6 +130,10 @@ int pg_node_start(const char *url)
 	sigset_t all, old;
 	int rc;
 
+	if (pool_lease_init() < 0) {
+		log_warn("store: cannot share the lease with the workers");
+		return -1;
+	}
 	if (register_node() < 0)
 		return -1;
 	atomic_store(&lease_stop, 0);

@@ -92,4 +92,7 @@ int kind_number(const json_t *args, const char *field, int required,
 json_t *kind_utf8_string(const char *in, size_t len, size_t cap,
 			 int *truncated);
 
+/* command.c: the process group of the command running now (0: none). */
+extern volatile pid_t command_group;
+
 #endif

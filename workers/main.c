@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -29,6 +31,7 @@
 #define EXIT_PARENT_GONE 1
 #define EXIT_PROTOCOL 2
 #define EXIT_CHANNEL 3
+#define EXIT_FENCED 4           /* the node's lease ran out: see watchdog */
 
 /* What a "run" that does not say gets. */
 #define DEFAULT_GRACE_MS 2000
@@ -732,6 +735,55 @@ static void handle_message(const char *buf, size_t len)
 	json_decref(msg);
 }
 
+/* ---- the lease watchdog ----
+ *
+ * With several nodes on one database, a node that stops renewing its lease
+ * has its jobs re-queued by the others.  A frozen server (SIGSTOP, a paused
+ * VM) cannot stop its workers then, so each worker stops itself: the server
+ * shares one page (JOBPOOL_LEASE_FD) holding the CLOCK_MONOTONIC deadline,
+ * in µs, until which its lease is known good, moved on at every renewal.
+ * Past it, the worker kills its command's process group and exits, before
+ * any other node may run the job again. */
+static void *watchdog(void *arg)
+{
+	const _Atomic int64_t *deadline = arg;
+	struct timespec now;
+	int64_t d;
+
+	for (;;) {
+		usleep(100000);
+		d = atomic_load(deadline);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (d > 0 && (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000 > d) {
+			pid_t g = command_group;
+
+			if (g > 0)
+				kill(-g, SIGKILL);
+			_exit(EXIT_FENCED);
+		}
+	}
+	return NULL;
+}
+
+static void start_watchdog(void)
+{
+	const char *v = getenv("JOBPOOL_LEASE_FD");
+	pthread_t thread;
+	void *page;
+	int fd;
+
+	if (!v)
+		return;
+	fd = atoi(v);
+	unsetenv("JOBPOOL_LEASE_FD");   /* not for the jobs */
+	page = mmap(NULL, sizeof(int64_t), PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (page == MAP_FAILED)
+		die(EXIT_CHANNEL, "cannot map the lease page");
+	if (pthread_create(&thread, NULL, watchdog, page) != 0)
+		die(EXIT_CHANNEL, "cannot start the lease watchdog");
+}
+
 int main(int argc, char **argv)
 {
 	static char buf[PROTO_MAX_MSG + 1];
@@ -739,6 +791,7 @@ int main(int argc, char **argv)
 	ssize_t len;
 
 	setup_process(parse_args(argc, argv));
+	start_watchdog();
 	if (send_msg(json_pack("{s:s, s:I}", "t", "ready",
 			       "pid", (json_int_t)getpid())) != 0)
 		die(EXIT_CHANNEL, "cannot send ready");

@@ -298,6 +298,10 @@ static void child_fail(int err_fd, int stage)
 	_exit(127);
 }
 
+/* The process group of the command running now, 0: none; read by the
+ * lease watchdog (main.c), which must kill it from another thread. */
+volatile pid_t command_group;
+
 /* child_fds makes fds[0..2] the child's 0, 1 and 2, and leaves every other
  * descriptor (the server channel among them) to be closed by exec.  Any fd
  * below 3 is moved up first so no dup2 can overwrite one still needed. */
@@ -389,6 +393,7 @@ static void spawn_failed(struct command *c, const struct child_error *e,
 	job->error = message;
 	while (waitpid(c->pid, NULL, 0) == -1 && errno == EINTR)
 		;
+	command_group = 0;
 	c->pid = 0;
 }
 
@@ -438,6 +443,7 @@ static int command_spawn(struct command *c, struct kind_job *job)
 	c->pid = start_child(c, ends, parent);
 	if (c->pid == -1)
 		goto fail;
+	command_group = c->pid;
 	/* Both sides call setpgid so the group exists whoever runs first. */
 	setpgid(c->pid, c->pid);
 	for (i = 0; i < 5; i++)
