@@ -428,6 +428,22 @@ static void tick_batch(const struct batch_info *info, void *ctx)
 		sched_add(info);
 }
 
+/* tick_event: a change from the shared log, this node's or another's.  A
+ * batch another node ended leaves the schedule here too. */
+static void tick_event(const struct change *c, void *ctx)
+{
+	const char *st;
+	struct sbatch *b;
+
+	publish_deliver(c);
+	if (!c->is_batch)
+		return;
+	st = json_string_value(json_object_get(c->batch, "state"));
+	if (st && strcmp(st, "queued") != 0 && strcmp(st, "running") != 0 &&
+	    (b = sched_find(c->id)))
+		sched_remove(b);
+}
+
 /* tick_fence: this node lost its lease; the other nodes will re-queue its
  * jobs, so none of them may go on running here. */
 static void tick_fence(void *ctx)
@@ -441,7 +457,7 @@ int64_t engine_tick(int64_t now)
 	int64_t next = 0;
 	struct sbatch *b;
 	struct store_tick cb = { tick_job, tick_cancel, tick_batch, tick_fence,
-				 NULL, pool_busy(), pool_size() };
+				 tick_event, NULL, pool_busy(), pool_size() };
 
 	if (store_dispatch_after_commit()) {
 		store_tick(now_us(), &cb);

@@ -243,13 +243,16 @@ static void wake_all(void)
 		}
 }
 
-/* emit appends one event (data is stolen) and wakes the streams. */
-static void emit(const char *type, int64_t batch_id, json_t *data)
+/* emit appends one event (data is stolen) and wakes the streams.  Its id
+ * is given (log_id, from the shared log of several nodes: the same on
+ * each) or the time in µs, made to increase. */
+static void emit(const char *type, int64_t batch_id, json_t *data,
+		 int64_t log_id)
 {
 	char *json = json_dumps(data, JSON_COMPACT | JSON_REAL_PRECISION(15));
 	char *t = NULL;
 	struct event *e;
-	int64_t id = now_us();
+	int64_t id = log_id ? log_id : now_us();
 	ssize_t off;
 	int len;
 
@@ -282,32 +285,32 @@ out:
 }
 
 static void job_event(int64_t job_id, int64_t batch_id, const char *state,
-		      int attempts)
+		      int attempts, int64_t log_id)
 {
 	char id[32], bid[32];
 
 	fmt_id(id, sizeof(id), 'j', job_id);
 	fmt_id(bid, sizeof(bid), 'b', batch_id);
 	emit("job", batch_id, json_pack("{s:s, s:s, s:s, s:i}", "id", id,
-		"batch_id", bid, "state", state, "attempts", attempts));
+		"batch_id", bid, "state", state, "attempts", attempts), log_id);
 }
 
 /* batch_event sends the batch b (borrowed) as it was at its change. */
-static void batch_event(int64_t batch_id, const json_t *b)
+static void batch_event(int64_t batch_id, const json_t *b, int64_t log_id)
 {
 	emit("batch", batch_id, json_pack("{s:O, s:O, s:O}",
 		"id", json_object_get(b, "id"),
 		"state", json_object_get(b, "state"),
-		"counts", json_object_get(b, "counts")));
+		"counts", json_object_get(b, "counts")), log_id);
 }
 
 static void on_change(const struct change *c)
 {
 	if (c->is_batch)
-		batch_event(c->id, c->batch);
+		batch_event(c->id, c->batch, c->event_id);
 	else
 		job_event(c->id, c->batch_id, job_state_name(c->state),
-			  c->attempts);
+			  c->attempts, c->event_id);
 }
 
 /* on_reset: state changed without events (a resync after a lost
@@ -325,6 +328,14 @@ static const struct subscriber events_sub = {
 	.change = on_change,
 	.reset = on_reset,
 };
+
+/* events_log_start: ids come from a shared log (PostgreSQL) whose events
+ * this node reads from first on; no earlier one is known here. */
+void events_log_start(int64_t first_id)
+{
+	start_id = first_id;
+	last_id = first_id - 1;
+}
 
 int events_init(void)
 {

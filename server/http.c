@@ -814,7 +814,7 @@ void http_stop(void)
 	/* Answer suspended requests before MHD tears their connections down:
 	 * MHD refuses to stop with suspended connections. */
 	wake_all();
-	publish_commit(store_flush() == 0);
+	publish_flush();
 	events_close();
 	http_run();
 	http_run();

@@ -162,6 +162,7 @@ int store_lock(const char *path, pid_t *holder);
  * URL (store_is_url) selects PostgreSQL, anything else is a SQLite file. */
 int store_open(const char *path);
 int store_is_url(const char *db);
+struct change;
 /* What store_tick reports to the engine. */
 struct store_tick {
 	void (*job)(int64_t job_id, int64_t batch_id, enum job_state st,
@@ -171,11 +172,20 @@ struct store_tick {
 	void (*batch)(const struct batch_info *b, void *ctx);
 	/* this node lost its lease: stop every job now, write nothing */
 	void (*fence)(void *ctx);
+	/* a change from the shared event log, any node's, in log order */
+	void (*event)(const struct change *c, void *ctx);
 	void *ctx;
 	int busy, pool_size;    /* this node's workers, for GET /v1/nodes */
 };
 int store_tick(int64_t now, const struct store_tick *cb);
 int store_dispatch_after_commit(void);
+/* store_events_append writes n changes into the store's shared event log,
+ * in the open transaction (opened if none is); -1 when the store keeps no
+ * log (SQLite: the event stream is this process's own). */
+int store_events_append(const struct change *c, size_t n);
+/* store_events_start is the id of the first event of the shared log this
+ * node will deliver, 0 without a log. */
+int64_t store_events_start(void);
 json_t *store_nodes_json(void);         /* NULL: this node only */
 const char *store_backend(void);        /* "sqlite" or "postgresql" */
 void store_close(void);
@@ -448,6 +458,9 @@ struct change {
 	enum job_state state;   /* jobs only */
 	int attempts;
 	json_t *batch;          /* batches: as of the change; borrowed */
+	/* Its event id when a shared log gave it one (PostgreSQL), 0: the
+	 * event stream numbers it. */
+	int64_t event_id;
 };
 /* What a subscriber is told, each optional: every committed change, the
  * outcome of each commit (1) or of a lost transaction (0), and a reset
@@ -463,6 +476,12 @@ void publish_job(int64_t job_id, int64_t batch_id, enum job_state state,
 void publish_batch(int64_t batch_id);
 int publish_pending(void);
 void publish_commit(int ok);
+/* publish_flush commits the turn and then publishes: with a store that
+ * keeps a shared event log, the changes go into that log first, in the
+ * same transaction, and reach the subscribers from it (publish_deliver)
+ * on every node.  Returns store_flush's result. */
+int publish_flush(void);
+void publish_deliver(const struct change *c);
 void publish_reset(void);
 void publish_free(void);
 
@@ -477,6 +496,7 @@ void metrics_free(void);
 
 /* ---- events.c ---- */
 int events_init(void);          /* subscribes to the publisher */
+void events_log_start(int64_t first);
 int64_t events_tick(int64_t now_mono);
 /* events_held reports the window: events kept, and the bytes allocated
  * for them (text buffer and slots), which --events-buffer-bytes bounds. */

@@ -536,12 +536,10 @@ static void purge(int64_t now)
  * publisher: every reply and notice that waited for it. */
 static int commit(int64_t *dirty_since)
 {
-	int rc = store_flush();
+	int rc = publish_flush();
 
 	if (rc < 0)
 		log_warn("store: commit failed");
-	else
-		publish_commit(1);
 	*dirty_since = 0;
 	return rc;
 }
@@ -626,7 +624,7 @@ static int turn(int64_t *dirty_since)
 	/* Notices of changes already committed (a batch joining the
 	 * scheduler after its ack) need no further commit. */
 	if (!store_dirty() && publish_pending()) {
-		publish_commit(1);
+		publish_flush();
 		http_run();
 	}
 	if (shutting_down) {
@@ -742,6 +740,8 @@ int main(int argc, char **argv)
 			 "interrupted", requeued, interrupted);
 	if (events_init() < 0)
 		return 1;
+	if (store_events_start() > 0)
+		events_log_start(store_events_start());
 	n = engine_load();
 	/* Processes a dying worker's command job leaves behind come to us,
 	 * not to init, so they can be killed (pool_kill_orphans). */

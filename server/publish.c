@@ -24,6 +24,9 @@ static const struct subscriber *subs[MAX_SUBSCRIBERS];
 static int nsubs;
 static struct change *changes;
 static size_t nchanges, capchanges;
+/* The pending changes went into the store's shared log: subscribers get
+ * them from there. */
+static int logged;
 
 void publish_subscribe(const struct subscriber *s)
 {
@@ -85,11 +88,13 @@ void publish_commit(int ok)
 	changes = NULL;
 	nchanges = capchanges = 0;
 	for (i = 0; i < n; i++) {
-		for (k = 0; ok && k < nsubs; k++)
+		/* In the shared log, they come back through publish_deliver. */
+		for (k = 0; ok && !logged && k < nsubs; k++)
 			if (subs[k]->change)
 				subs[k]->change(&list[i]);
 		json_decref(list[i].batch);
 	}
+	logged = 0;
 	if (!changes && cap <= KEEP_CHANGES) {
 		changes = list;         /* keep the array for the next turn */
 		capchanges = cap;
@@ -99,6 +104,29 @@ void publish_commit(int ok)
 	for (k = 0; k < nsubs; k++)
 		if (subs[k]->commit)
 			subs[k]->commit(ok);
+}
+
+int publish_flush(void)
+{
+	int rc;
+
+	if (nchanges && store_events_append(changes, nchanges) == 0)
+		logged = 1;
+	rc = store_flush();
+	if (rc == 0)
+		publish_commit(1);      /* a failure ran the rollback hook */
+	return rc;
+}
+
+/* publish_deliver hands one change read from the shared log to the
+ * subscribers. */
+void publish_deliver(const struct change *c)
+{
+	int k;
+
+	for (k = 0; k < nsubs; k++)
+		if (subs[k]->change)
+			subs[k]->change(c);
 }
 
 /* publish_reset tells the subscribers that state changed in ways no note

@@ -40,6 +40,16 @@ int store_dispatch_after_commit(void)
 	return store_be->dispatch_after_commit;
 }
 
+int store_events_append(const struct change *c, size_t n)
+{
+	return store_be->events_append ? store_be->events_append(c, n) : -1;
+}
+
+int64_t store_events_start(void)
+{
+	return store_be->events_start ? store_be->events_start() : 0;
+}
+
 json_t *store_nodes_json(void)
 {
 	return store_be->nodes_json ? store_be->nodes_json() : NULL;

@@ -20,6 +20,9 @@ struct store_ops {
 	int (*tick)(int64_t now, const struct store_tick *cb);
 	/* nodes_json lists the nodes sharing the store; NULL: this one only */
 	json_t *(*nodes_json)(void);
+	/* the shared event log (see store_events_append); NULL: none */
+	int (*events_append)(const struct change *c, size_t n);
+	int64_t (*events_start)(void);
 	int (*open)(const char *path);
 	void (*close)(void);
 	int (*flush)(void);

@@ -33,7 +33,10 @@ static void (*on_rollback)(void);
 /* Batches whose last queued job this turn ended: after the commit each
  * gets its own short transaction that stores its final state (see
  * settle_now). */
-static int64_t *to_settle;
+static struct settle {
+	int64_t batch_id;
+	int announced;
+} *to_settle;
 static size_t nsettle, settle_cap;
 
 #define JOB_COLS "id, batch_id, idx, name, kind, args, state, attempts, " \
@@ -252,6 +255,18 @@ static const char *const sql[P__COUNT] = {
 	/* one reaper at a time, cluster-wide, for this transaction */
 	[P_REAP_LOCK] = "SELECT pg_try_advisory_xact_lock(7478353, 2)",
 	[P_NODE_GONE] = "UPDATE jp_nodes SET state = 'gone' WHERE id = $1",
+	/* one row per transaction; a second append in it joins the first */
+	[P_EVENT_ADD] = "INSERT INTO jp_events AS e (xid, node_id, created_at, "
+		"body) VALUES (pg_current_xact_id(), $1, $2, $3) "
+		"ON CONFLICT (xid) DO UPDATE SET body = left(e.body, -1) || "
+		"',' || substr(EXCLUDED.body, 2)",
+	[P_NOTIFY] = "SELECT pg_notify('jp_events', '')",
+	[P_EVENTS_READ] = "SELECT xid::text, node_id, body FROM jp_events "
+		"WHERE xid >= $1::xid8 "
+		"AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
+		"ORDER BY xid LIMIT $2",
+	[P_EVENTS_TRIM] = "DELETE FROM jp_events WHERE xid IN (SELECT xid "
+		"FROM jp_events WHERE created_at < $1 LIMIT 1000)",
 	[P_NODES] = "SELECT name, id = $1, started_at, "
 		"(extract(epoch FROM heartbeat_at) * 1000000)::bigint, "
 		"pool_size, busy FROM jp_nodes WHERE state = 'alive' "
@@ -471,41 +486,59 @@ int pg_batch_sums(int64_t batch_id, int64_t *queued, int64_t *running)
 	return 0;
 }
 
-void pg_settle_later(int64_t batch_id)
+void pg_settle_later(int64_t batch_id, int announced)
 {
 	size_t i;
 
 	for (i = 0; i < nsettle; i++)
-		if (to_settle[i] == batch_id)
+		if (to_settle[i].batch_id == batch_id) {
+			to_settle[i].announced |= announced;
 			return;
+		}
 	if (nsettle == settle_cap) {
 		size_t cap = settle_cap ? settle_cap * 2 : 16;
-		int64_t *p = realloc(to_settle, cap * sizeof(*p));
+		struct settle *p = realloc(to_settle, cap * sizeof(*p));
 
 		if (!p)
-			return;         /* the reconcile stores it later */
+			return;         /* the next look settles it */
 		to_settle = p;
 		settle_cap = cap;
 	}
-	to_settle[nsettle++] = batch_id;
+	to_settle[nsettle].batch_id = batch_id;
+	to_settle[nsettle++].announced = announced;
 }
 
 /* settle_now stores a batch's final state, in its own transaction after
  * the turn's commit: it locks the batch row first and only then sums the
  * shards, so of two nodes ending a batch's last two jobs at once, the one
  * that commits last sees both and settles it. */
-static void settle_now(int64_t batch_id)
+static void settle_now(const struct settle *w)
 {
 	struct pgp p = { 0 };
+	struct change c = { .is_batch = 1 };
+	int n;
 
-	pgp_i64(&p, batch_id);
+	pgp_i64(&p, w->batch_id);
 	if (pg_exec("BEGIN") < 0)
 		return;
-	if (pg_step(P_SETTLE_LOCK, &p) < 0 || pg_step(P_SETTLE, &p) < 0) {
-		pg_exec("ROLLBACK");
-		return;
+	if ((n = pg_step(P_SETTLE_LOCK, &p)) < 0 ||
+	    (n > 0 && (n = pg_step(P_SETTLE, &p)) < 0))
+		goto fail;
+	/* Ended by this transaction and nobody said so yet (two nodes ended
+	 * its last jobs at once): its end goes into the log. */
+	if (n > 0 && !w->announced) {
+		c.id = c.batch_id = w->batch_id;
+		c.batch = store_batch_json_pending(w->batch_id);
+		if (c.batch && pg_event_row(&c, 1) < 0) {
+			json_decref(c.batch);
+			goto fail;
+		}
+		json_decref(c.batch);
 	}
 	pg_exec("COMMIT");
+	return;
+fail:
+	pg_exec("ROLLBACK");
 }
 
 static int pg_flush(void)
@@ -535,7 +568,7 @@ settle:
 	n = nsettle;
 	nsettle = 0;
 	for (i = 0; i < n; i++)
-		settle_now(to_settle[i]);
+		settle_now(&to_settle[i]);
 	return 0;
 }
 
@@ -1243,6 +1276,8 @@ const struct store_ops pg_store_ops = {
 	.dispatch_after_commit = 1,
 	.tick = pg_tick,
 	.nodes_json = pg_nodes_json,
+	.events_append = pg_events_append,
+	.events_start = pg_events_start,
 	.open = pg_open,
 	.close = pg_close,
 	.flush = pg_flush,

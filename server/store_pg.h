@@ -23,6 +23,7 @@ enum pg_stmt {
 	P_IDEM_PUT, P_PURGE_PICK, P_PURGE_JOBS, P_PURGE_KEYS, P_COUNTS, P_SIZE,
 	P_SETTLE_LOCK, P_SETTLE, P_REVIVE, P_LOST, P_DEAD, P_REAP,
 	P_MY_CANCELS, P_NODE_ADD, P_RENEW, P_REAP_LOCK, P_NODE_GONE, P_NODES,
+	P_EVENT_ADD, P_NOTIFY, P_EVENTS_READ, P_EVENTS_TRIM,
 	P__COUNT
 };
 
@@ -54,7 +55,9 @@ int pg_sp_begin(void);
 int pg_sp_end(int rc);
 int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
 	      int64_t last_finish);
-void pg_settle_later(int64_t batch_id);
+/* pg_settle_later: after the commit, store the batch's final state;
+ * announced: this turn published its end already. */
+void pg_settle_later(int64_t batch_id, int announced);
 int pg_batch_sums(int64_t batch_id, int64_t *queued, int64_t *running);
 void pg_row(struct row *r, PGresult *res, int n);
 
@@ -109,6 +112,11 @@ int pg_recover(int64_t now, int *requeued, int *interrupted,
 int pg_resync(int64_t now, const struct live_job *live, size_t n,
 	      int *requeued, int *interrupted);
 json_t *pg_nodes_json(void);
+/* store_pg_events.c */
+int pg_events_append(const struct change *c, size_t n);
+int pg_event_row(const struct change *c, size_t n);
+int64_t pg_events_start(void);
+int pg_events_tick(int64_t mono, const struct store_tick *cb);
 int pg_tick(int64_t now, const struct store_tick *cb);
 /* pg_connect_thread opens another connection to the store's database, for
  * a thread of its own (the lease thread). */

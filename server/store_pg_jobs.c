@@ -70,7 +70,7 @@ static int settle(int64_t batch_id, int *done)
 	if (done)
 		*done = queued == 0 && running == 0;
 	if (queued == 0)
-		pg_settle_later(batch_id);
+		pg_settle_later(batch_id, queued == 0 && running == 0);
 	return 0;
 }
 
@@ -557,7 +557,7 @@ int pg_lost_rows(PGresult *r, int64_t now, const struct store_tick *cb,
 			(*requeued)++;
 		else {
 			(*ended)++;
-			pg_settle_later(batch_id);
+			pg_settle_later(batch_id, 0);
 		}
 		if (cb && cb->job)
 			cb->job(pg_i64(r, i, 0), batch_id, st,

@@ -147,3 +147,19 @@ FROM jp_batches b CROSS JOIN LATERAL (
 	       min(c.first_start) AS first_start,
 	       max(c.last_finish) AS last_finish
 	FROM jp_batch_counts c WHERE c.batch_id = b.id) k;
+
+-- The event log every node reads: one row per transaction that changed
+-- something, keyed by that transaction's id.  Readers take only rows below
+-- the oldest transaction still running (pg_snapshot_xmin), so no row can
+-- appear later behind one already read: every node sees the same events in
+-- the same order, and an event id (xid * 2^22 + position) read on one node
+-- resumes a stream on another.  UNLOGGED: no WAL; a PostgreSQL crash empties
+-- it, which streams hear as a reset.
+CREATE UNLOGGED TABLE jp_events (
+	xid        xid8   PRIMARY KEY,
+	node_id    bigint NOT NULL,
+	created_at bigint NOT NULL,
+	-- [[0, job, batch, state, attempts] | [1, batch, {id, state, counts}], ...]
+	body       text   NOT NULL
+);
+CREATE INDEX jp_events_by_age ON jp_events (created_at);
