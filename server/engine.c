@@ -181,8 +181,20 @@ static int start_one(struct slot *s, struct sbatch *b)
 	/* The job's start, on both clocks at once: started_at is stored,
 	 * run_ms is measured from the monotonic one. */
 	int64_t now = now_us(), mono = mono_us();
-	int n = take(b, 1, now, 0, &c);
+	int n, rc;
 
+	if (store_dispatch_after_commit()) {
+		/* Shared with other nodes: no held jobs to skip, and the
+		 * claim is one statement that locks and starts the job.  Due
+		 * jobs only: the others' retry backoffs are not in memory
+		 * here, only in the rows. */
+		rc = store_job_claim(sched_id(b), s->index, s->pid, now, 0,
+				     &c);
+		if (rc != 0)
+			return rc;
+		goto claimed;
+	}
+	n = take(b, 1, now, 0, &c);
 	if (n == 0) {
 		/* The scheduler's (monotonic) backoff says a job is due but
 		 * the store's (wall-clock) not_before disagrees: the clock
@@ -195,6 +207,7 @@ static int start_one(struct slot *s, struct sbatch *b)
 		free(c.args);
 		return -1;
 	}
+claimed:
 	sched_set_cursor(b, c.idx);
 	sched_started(b);
 	publish_job(c.job_id, c.batch_id, JS_RUNNING, c.attempts);

@@ -33,10 +33,7 @@ static void (*on_rollback)(void);
 /* Batches whose last queued job this turn ended: after the commit each
  * gets its own short transaction that stores its final state (see
  * settle_now). */
-static struct settle {
-	int64_t batch_id;
-	int announced;
-} *to_settle;
+static int64_t *to_settle;
 static size_t nsettle, settle_cap;
 
 #define JOB_COLS "id, batch_id, idx, name, kind, args, state, attempts, " \
@@ -105,6 +102,22 @@ static const char *const sql[P__COUNT] = {
 		"FROM jp_jobs WHERE batch_id = $1 AND state = 'queued' "
 		"AND not_before <= $2 AND idx > $3 AND NOT cancel_req "
 		"ORDER BY idx LIMIT $4 FOR UPDATE SKIP LOCKED",
+	/* peek and start in one: the rows are this turn's once locked */
+	[P_CLAIM] = "WITH c AS MATERIALIZED (SELECT id FROM jp_jobs "
+		"WHERE batch_id = $1 AND state = 'queued' AND not_before <= $2 "
+		"AND NOT cancel_req ORDER BY idx LIMIT $3 FOR UPDATE SKIP LOCKED) "
+		"UPDATE jp_jobs j SET state = 'running', "
+		"attempts = attempts + 1, started_at = $4, finished_at = NULL, "
+		"worker_slot = $5, worker_pid = $6, worker_node = $7, "
+		"node_id = $8, run_us = NULL, user_us = NULL, sys_us = NULL, "
+		"max_rss_kb = NULL, exit_code = NULL, signal = NULL, "
+		"error = NULL, result = NULL, output = NULL "
+		/* ANY(ARRAY(...)): a primary-key lookup; a join with c can
+		 * turn into a scan of the whole table */
+		"WHERE j.id = ANY (ARRAY(SELECT id FROM c)) "
+		"RETURNING j.id, j.created_at, j.attempts - 1, j.timeout_s, "
+		"j.kind, j.args, j.max_attempts, j.retry_on, j.retry_backoff_s, "
+		"j.queued_at, j.idx",
 	[P_CONC] = "SELECT coalesce(concurrency, 0) FROM jp_batches "
 		"WHERE id = $1",
 	/* The concurrency gate: whoever claims from a limited batch holds
@@ -138,7 +151,11 @@ static const char *const sql[P__COUNT] = {
 		"run_us = c.run_us + EXCLUDED.run_us, "
 		"cpu_us = c.cpu_us + EXCLUDED.cpu_us, "
 		"first_start = least(c.first_start, EXCLUDED.first_start), "
-		"last_finish = greatest(c.last_finish, EXCLUDED.last_finish)",
+		"last_finish = greatest(c.last_finish, EXCLUDED.last_finish) "
+		/* the batch's queued jobs after it: the subquery sees the rows
+		 * as they were before this statement */
+		"RETURNING (SELECT coalesce(sum(queued), 0) FROM jp_batch_counts "
+		"WHERE batch_id = $1) + $3",
 	/* Best effort, never waiting: listings by state may lag a turn. */
 	[P_BATCH_STARTED] = "UPDATE jp_batches SET state = 'running', "
 		"started_at = $2 WHERE id = (SELECT id FROM jp_batches "
@@ -194,8 +211,6 @@ static const char *const sql[P__COUNT] = {
 	[P_INFO] = "SELECT id, priority, coalesce(concurrency, 0), queued, "
 		"running, cancel_req::int, (started_at IS NOT NULL)::int "
 		"FROM jp_batch_view WHERE id = $1",
-	[P_SUMS] = "SELECT coalesce(sum(queued), 0), coalesce(sum(running), 0) "
-		"FROM jp_batch_counts WHERE batch_id = $1",
 	[P_IDEM_GET] = "SELECT body_hash, batch_id FROM jp_idempotency "
 		"WHERE key = $1 AND created_at >= $2",
 	/* An expired key is replaced; a live one (another node's, committed
@@ -256,11 +271,13 @@ static const char *const sql[P__COUNT] = {
 	[P_REAP_LOCK] = "SELECT pg_try_advisory_xact_lock(7478353, 2)",
 	[P_NODE_GONE] = "UPDATE jp_nodes SET state = 'gone' WHERE id = $1",
 	/* one row per transaction; a second append in it joins the first */
+	/* The doorbell rides along (sent by PostgreSQL at the commit):
+	 * one round trip for both. */
 	[P_EVENT_ADD] = "INSERT INTO jp_events AS e (xid, node_id, created_at, "
-		"body) VALUES (pg_current_xact_id(), $1, $2, $3) "
+		"body) SELECT pg_current_xact_id(), $1, $2, $3 "
+		"FROM (SELECT pg_notify('jp_events', '')) AS doorbell "
 		"ON CONFLICT (xid) DO UPDATE SET body = left(e.body, -1) || "
 		"',' || substr(EXCLUDED.body, 2)",
-	[P_NOTIFY] = "SELECT pg_notify('jp_events', '')",
 	[P_EVENTS_READ] = "SELECT xid::text, node_id, body FROM jp_events "
 		"WHERE xid >= $1::xid8 "
 		"AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
@@ -308,11 +325,130 @@ int64_t pg_i64(const PGresult *r, int row, int col)
 	       strtoll(PQgetvalue(r, row, col), NULL, 10);
 }
 
+/* ---- counter deltas ----
+ *
+ * A turn's changes to its batches' counters add up here and reach this
+ * node's jp_batch_counts rows in one statement per batch, just before the
+ * COMMIT (count_flush); an operation's savepoint takes a copy, so a failed
+ * one takes its deltas back with it. */
+struct delta {
+	int64_t batch_id;
+	int64_t d[8];
+	int64_t first_start, last_finish;
+};
+static struct delta *deltas, *sp_deltas;
+static size_t ndeltas, nsp_deltas, delta_cap, sp_delta_cap;
+
+static struct delta *delta_of(int64_t batch_id, int add)
+{
+	size_t i;
+
+	for (i = 0; i < ndeltas; i++)
+		if (deltas[i].batch_id == batch_id)
+			return &deltas[i];
+	if (!add)
+		return NULL;
+	if (ndeltas == delta_cap) {
+		size_t cap = delta_cap ? delta_cap * 2 : 16;
+		struct delta *p = realloc(deltas, cap * sizeof(*p));
+
+		if (!p)
+			return NULL;
+		deltas = p;
+		delta_cap = cap;
+	}
+	memset(&deltas[ndeltas], 0, sizeof(deltas[0]));
+	deltas[ndeltas].batch_id = batch_id;
+	return &deltas[ndeltas++];
+}
+
+int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
+	     int64_t last_finish)
+{
+	struct delta *x = delta_of(batch_id, 1);
+	int i;
+
+	if (!x)
+		return -1;
+	for (i = 0; i < 8; i++)
+		x->d[i] += d[i];
+	if (first_start > 0 && (!x->first_start ||
+				first_start < x->first_start))
+		x->first_start = first_start;
+	if (last_finish > x->last_finish)
+		x->last_finish = last_finish;
+	return 0;
+}
+
+/* pg_pending_running is this turn's change to a batch's running count,
+ * not in the database yet (the concurrency gate adds it). */
+int64_t pg_pending_running(int64_t batch_id)
+{
+	struct delta *x = delta_of(batch_id, 0);
+
+	return x ? x->d[D_RUNNING] : 0;
+}
+
+static void deltas_mark(void)
+{
+	if (sp_delta_cap < ndeltas) {
+		struct delta *p = realloc(sp_deltas, delta_cap * sizeof(*p));
+
+		if (!p) {
+			nsp_deltas = 0;
+			return;
+		}
+		sp_deltas = p;
+		sp_delta_cap = delta_cap;
+	}
+	if (ndeltas)
+		memcpy(sp_deltas, deltas, ndeltas * sizeof(*deltas));
+	nsp_deltas = ndeltas;
+}
+
+static void deltas_undo(void)
+{
+	if (nsp_deltas)
+		memcpy(deltas, sp_deltas, nsp_deltas * sizeof(*deltas));
+	ndeltas = nsp_deltas;
+}
+
+/* count_flush writes the turn's deltas.  A batch left with nothing queued
+ * is settled after the commit: another node may end its last running job
+ * at the same moment, and settle_now decides. */
+static int count_flush(void)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	size_t i;
+	int k;
+
+	for (i = 0; i < ndeltas; i++) {
+		struct delta *x = &deltas[i];
+
+		p.n = 0;
+		pgp_i64(&p, x->batch_id);
+		pgp_i64(&p, pg_node_id);
+		for (k = 0; k < 8; k++)
+			pgp_i64(&p, x->d[k]);
+		pgp_opt(&p, x->first_start, x->first_start > 0);
+		pgp_opt(&p, x->last_finish, x->last_finish > 0);
+		if (!(r = pg_run(P_COUNT, &p)))
+			return -1;
+		if (PQntuples(r) && pg_i64(r, 0, 0) <= 0)
+			pg_settle_later(x->batch_id);
+		PQclear(r);
+	}
+	ndeltas = nsp_deltas = 0;
+	return 0;
+}
+
 /* ---- statements and the turn's transaction ---- */
 
 static void rolled_back(const char *why)
 {
 	nsettle = 0;
+	ndeltas = nsp_deltas = 0;
 	if (!degraded)
 		log_warn("store: %s; writes are refused until memory and the "
 			 "database agree again", why);
@@ -400,6 +536,7 @@ void pg_fence_writes(int on)
 	if (on && in_txn) {
 		in_txn = 0;
 		nsettle = 0;
+		ndeltas = nsp_deltas = 0;
 		pg_exec("ROLLBACK");
 	}
 	if (on)
@@ -422,6 +559,7 @@ int pg_sp_begin(void)
 {
 	if (pg_begin() < 0)
 		return -1;
+	deltas_mark();
 	return pg_exec("SAVEPOINT op");
 }
 
@@ -431,6 +569,7 @@ int pg_sp_begin(void)
 int pg_sp_end(int rc)
 {
 	if (rc < 0) {
+		deltas_undo();
 		if (in_txn && pg_exec("ROLLBACK TO op") < 0) {
 			in_txn = 0;
 			pg_exec("ROLLBACK");
@@ -457,78 +596,45 @@ void pg_delta_state(int64_t d[8], int from, int to, int64_t n)
 		d[to] += n;
 }
 
-int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
-	     int64_t last_finish)
-{
-	struct pgp p = { 0 };
-	int i;
-
-	pgp_i64(&p, batch_id);
-	pgp_i64(&p, pg_node_id);
-	for (i = 0; i < 8; i++)
-		pgp_i64(&p, d[i]);
-	pgp_opt(&p, first_start, first_start > 0);
-	pgp_opt(&p, last_finish, last_finish > 0);
-	return pg_step(P_COUNT, &p) < 0 ? -1 : 0;
-}
-
-int pg_batch_sums(int64_t batch_id, int64_t *queued, int64_t *running)
-{
-	struct pgp p = { 0 };
-	PGresult *r;
-
-	pgp_i64(&p, batch_id);
-	if (!(r = pg_run(P_SUMS, &p)))
-		return -1;
-	*queued = pg_i64(r, 0, 0);
-	*running = pg_i64(r, 0, 1);
-	PQclear(r);
-	return 0;
-}
-
-void pg_settle_later(int64_t batch_id, int announced)
+void pg_settle_later(int64_t batch_id)
 {
 	size_t i;
 
 	for (i = 0; i < nsettle; i++)
-		if (to_settle[i].batch_id == batch_id) {
-			to_settle[i].announced |= announced;
+		if (to_settle[i] == batch_id)
 			return;
-		}
 	if (nsettle == settle_cap) {
 		size_t cap = settle_cap ? settle_cap * 2 : 16;
-		struct settle *p = realloc(to_settle, cap * sizeof(*p));
+		int64_t *p = realloc(to_settle, cap * sizeof(*p));
 
 		if (!p)
 			return;         /* the next look settles it */
 		to_settle = p;
 		settle_cap = cap;
 	}
-	to_settle[nsettle].batch_id = batch_id;
-	to_settle[nsettle++].announced = announced;
+	to_settle[nsettle++] = batch_id;
 }
 
 /* settle_now stores a batch's final state, in its own transaction after
  * the turn's commit: it locks the batch row first and only then sums the
  * shards, so of two nodes ending a batch's last two jobs at once, the one
  * that commits last sees both and settles it. */
-static void settle_now(const struct settle *w)
+static void settle_now(int64_t batch_id)
 {
 	struct pgp p = { 0 };
 	struct change c = { .is_batch = 1 };
 	int n;
 
-	pgp_i64(&p, w->batch_id);
+	pgp_i64(&p, batch_id);
 	if (pg_exec("BEGIN") < 0)
 		return;
 	if ((n = pg_step(P_SETTLE_LOCK, &p)) < 0 ||
 	    (n > 0 && (n = pg_step(P_SETTLE, &p)) < 0))
 		goto fail;
-	/* Ended by this transaction and nobody said so yet (two nodes ended
-	 * its last jobs at once): its end goes into the log. */
-	if (n > 0 && !w->announced) {
-		c.id = c.batch_id = w->batch_id;
-		c.batch = store_batch_json_pending(w->batch_id);
+	/* Ended by this transaction: its end goes into the log, once. */
+	if (n > 0) {
+		c.id = c.batch_id = batch_id;
+		c.batch = store_batch_json_pending(batch_id);
 		if (c.batch && pg_event_row(&c, 1) < 0) {
 			json_decref(c.batch);
 			goto fail;
@@ -549,6 +655,12 @@ static int pg_flush(void)
 
 	if (!in_txn)
 		goto settle;
+	if (count_flush() < 0) {
+		in_txn = 0;
+		pg_exec("ROLLBACK");
+		rolled_back("the counters could not be written");
+		return -1;
+	}
 	in_txn = 0;
 	r = PQexec(pg_conn, "COMMIT");
 	/* A COMMIT of a transaction that failed answers "ROLLBACK". */
@@ -568,7 +680,7 @@ settle:
 	n = nsettle;
 	nsettle = 0;
 	for (i = 0; i < n; i++)
-		settle_now(&to_settle[i]);
+		settle_now(to_settle[i]);
 	return 0;
 }
 

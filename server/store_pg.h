@@ -19,11 +19,11 @@ enum pg_stmt {
 	P_JOB_REQUEUE, P_JOB_CANCEL_Q, P_JOB_CANCEL_REQ, P_BATCH_CANCEL_REQ,
 	P_QUEUED_IDS, P_BATCH_CANCEL_JOBS, P_BATCH_DEL_JOBS, P_BATCH_DEL,
 	P_BATCH_DEL_KEYS, P_BATCH_GET, P_LIST_B, P_LIST_B_STATE, P_LIST_J,
-	P_LIST_J_STATE, P_JOB_RANGE, P_ACTIVE, P_INFO, P_SUMS, P_IDEM_GET,
+	P_LIST_J_STATE, P_JOB_RANGE, P_ACTIVE, P_INFO, P_IDEM_GET, P_CLAIM,
 	P_IDEM_PUT, P_PURGE_PICK, P_PURGE_JOBS, P_PURGE_KEYS, P_COUNTS, P_SIZE,
 	P_SETTLE_LOCK, P_SETTLE, P_REVIVE, P_LOST, P_DEAD, P_REAP,
 	P_MY_CANCELS, P_NODE_ADD, P_RENEW, P_REAP_LOCK, P_NODE_GONE, P_NODES,
-	P_EVENT_ADD, P_NOTIFY, P_EVENTS_READ, P_EVENTS_TRIM,
+	P_EVENT_ADD, P_EVENTS_READ, P_EVENTS_TRIM,
 	P__COUNT
 };
 
@@ -55,10 +55,10 @@ int pg_sp_begin(void);
 int pg_sp_end(int rc);
 int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
 	      int64_t last_finish);
-/* pg_settle_later: after the commit, store the batch's final state;
- * announced: this turn published its end already. */
-void pg_settle_later(int64_t batch_id, int announced);
-int pg_batch_sums(int64_t batch_id, int64_t *queued, int64_t *running);
+/* pg_settle_later: after the commit, store the batch's final state and
+ * announce it, if it has ended (settle_now). */
+void pg_settle_later(int64_t batch_id);
+int64_t pg_pending_running(int64_t batch_id);
 void pg_row(struct row *r, PGresult *res, int n);
 
 /* Counter deltas, in the column order of jp_batch_counts. */

@@ -61,8 +61,7 @@ int pg_event_row(const struct change *c, size_t n)
 	pgp_i64(&p, pg_node_id);
 	pgp_i64(&p, now_us());
 	pgp_txt(&p, body);
-	rc = pg_step(P_EVENT_ADD, &p) < 0 || pg_step(P_NOTIFY, NULL) < 0 ?
-	     -1 : 0;
+	rc = pg_step(P_EVENT_ADD, &p) < 0 ? -1 : 0;
 	pump_due = 1;   /* this node's own events come back through the log */
 out:
 	free(body);

@@ -57,20 +57,14 @@ int pg_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 	return n;
 }
 
-/* settle tells whether the batch has ended, as this turn sees it (its own
- * changes and what other nodes committed).  When nothing of it is queued
- * any more, the batch is settled after the commit (pg_settle_later):
- * another node may end its last running job at the same moment. */
+/* settle: with several nodes a batch's end is found after the commit, by
+ * whichever node then sees it (pg_settle_later, settle_now), and announced
+ * through the event log; never here, where another node may be ending its
+ * last job at the same moment. */
 static int settle(int64_t batch_id, int *done)
 {
-	int64_t queued, running;
-
-	if (pg_batch_sums(batch_id, &queued, &running) < 0)
-		return -1;
 	if (done)
-		*done = queued == 0 && running == 0;
-	if (queued == 0)
-		pg_settle_later(batch_id, queued == 0 && running == 0);
+		*done = 0;
 	return 0;
 }
 
@@ -134,6 +128,8 @@ static int claim_row(const PGresult *r, int i, int64_t batch_id,
 	return c->args ? 0 : -1;
 }
 
+static int gate(int64_t batch_id, int want);
+
 /* pg_jobs_peek locks up to limit due queued jobs of a batch for this turn
  * (rows other nodes are claiming are skipped), within the batch's
  * concurrency across all nodes.  The locks last until the turn commits, so
@@ -143,23 +139,12 @@ int pg_jobs_peek(int64_t batch_id, int64_t now, int any_due,
 {
 	struct pgp p = { 0 };
 	PGresult *r;
-	int conc, n, i;
+	int n, i;
 
-	if (pg_begin() < 0 || (conc = batch_conc(batch_id, NULL)) < 0)
+	if (pg_begin() < 0 || (limit = gate(batch_id, limit)) < 0)
 		return -1;
-	if (conc > 0) {
-		pgp_i64(&p, batch_id);
-		if (!(r = pg_run(P_GATE, &p)))
-			return -1;
-		/* no row: another node is claiming from it right now */
-		n = PQntuples(r) ? (int)pg_i64(r, 0, 0) : 0;
-		PQclear(r);
-		if (n <= 0)
-			return 0;
-		if (n < limit)
-			limit = n;
-		p.n = 0;
-	}
+	if (limit == 0)
+		return 0;
 	pgp_i64(&p, batch_id);
 	pgp_i64(&p, any_due ? INT64_MAX : now + 5000);
 	pgp_i64(&p, after_idx);
@@ -216,19 +201,84 @@ int pg_job_start(const struct claim *c, int slot, pid_t pid,
 	return pg_sp_end(job_start_(c, slot, pid, started_at));
 }
 
+/* gate tells how many jobs of a batch this node may claim now, of want:
+ * all of them without a concurrency of its own; within it, across all
+ * nodes, else (0 also when another node is claiming from it). */
+static int gate(int64_t batch_id, int want)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int conc, n;
+
+	if ((conc = batch_conc(batch_id, NULL)) <= 0)
+		return conc < 0 ? -1 : want;
+	pgp_i64(&p, batch_id);
+	if (!(r = pg_run(P_GATE, &p)))
+		return -1;
+	n = PQntuples(r) ? (int)(pg_i64(r, 0, 0) -
+				 pg_pending_running(batch_id)) : 0;
+	PQclear(r);
+	return n < want ? (n > 0 ? n : 0) : want;
+}
+
+/* claim_ locks the batch's first due job and starts it in one statement. */
+static int claim_(int64_t batch_id, int slot, pid_t pid, int64_t now,
+		  int any_due, struct claim *c)
+{
+	struct pgp p = { 0 };
+	int64_t d[8] = { 0 };
+	PGresult *r;
+	int n, started = 0;
+
+	if ((n = gate(batch_id, 1)) <= 0)
+		return n < 0 ? -1 : 1;
+	pgp_i64(&p, batch_id);
+	pgp_i64(&p, any_due ? INT64_MAX : now + 5000);
+	pgp_i64(&p, 1);
+	pgp_i64(&p, now);
+	pgp_i64(&p, slot);
+	pgp_i64(&p, pid);
+	pgp_txt(&p, cfg.node_name);
+	pgp_i64(&p, pg_node_id);
+	if (!(r = pg_run(P_CLAIM, &p)))
+		return -1;
+	if (!PQntuples(r)) {
+		PQclear(r);
+		return 1;
+	}
+	n = claim_row(r, 0, batch_id, c);
+	PQclear(r);
+	if (n < 0)
+		return -1;
+	pg_delta_state(d, JS_QUEUED, JS_RUNNING, 1);
+	if (pg_count(batch_id, d, now, 0) < 0)
+		return -1;
+	batch_conc(batch_id, &started);
+	if (!started) {
+		p.n = 0;
+		pgp_i64(&p, batch_id);
+		pgp_i64(&p, now);
+		if (pg_step(P_BATCH_STARTED, &p) < 0)
+			return -1;
+		batch_started(batch_id);
+	}
+	return 0;
+}
+
 int pg_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 		 int any_due, struct claim *c)
 {
-	int n = pg_jobs_peek(batch_id, now, any_due, -1, 1, c);
+	int rc;
 
-	if (n <= 0)
-		return n < 0 ? -1 : 1;
-	if (pg_job_start(c, slot, pid, now) < 0) {
+	c->args = NULL;
+	if (pg_sp_begin() < 0)
+		return -1;
+	rc = pg_sp_end(claim_(batch_id, slot, pid, now, any_due, c));
+	if (rc < 0) {
 		free(c->args);
 		c->args = NULL;
-		return -1;
 	}
-	return 0;
+	return rc;
 }
 
 /* ---- outcomes ---- */
@@ -557,7 +607,7 @@ int pg_lost_rows(PGresult *r, int64_t now, const struct store_tick *cb,
 			(*requeued)++;
 		else {
 			(*ended)++;
-			pg_settle_later(batch_id, 0);
+			pg_settle_later(batch_id);
 		}
 		if (cb && cb->job)
 			cb->job(pg_i64(r, i, 0), batch_id, st,

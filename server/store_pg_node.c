@@ -254,7 +254,7 @@ static int look(const struct store_tick *cb)
 		b.cancel_req = (int)pg_i64(r, i, 5);
 		b.started = (int)pg_i64(r, i, 6);
 		if (b.queued == 0 && b.running == 0)
-			pg_settle_later(b.id, 0);
+			pg_settle_later(b.id);
 		else if (b.started && pg_i64(r, i, 7) && pg_begin() == 0) {
 			p.n = 0;
 			pgp_i64(&p, b.id);
@@ -313,8 +313,10 @@ int pg_tick(int64_t now, const struct store_tick *cb)
 		next_reap = mono + 500000;
 		reap(now, cb);
 	}
-	if (pg_events_tick(mono, cb))
-		next_look = 0;          /* another node's work: look now */
+	/* Another node's work: look soon, but at most every 20 ms; with many
+	 * busy nodes, each commit of each rings every other. */
+	if (pg_events_tick(mono, cb) && next_look > mono + 20000)
+		next_look = mono + 20000;
 	if (mono >= next_look) {
 		next_look = mono + cfg.poll_interval_us;
 		look(cb);
