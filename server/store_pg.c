@@ -198,9 +198,12 @@ static const char *const sql[P__COUNT] = {
 		"WHERE stored_state = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
 	[P_LIST_J] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id > $1 "
 		"AND id < $2 ORDER BY id LIMIT $3",
+	/* the batch's id range, filtered: no (batch, state) index to keep
+	 * up on every transition */
 	[P_LIST_J_STATE] = "SELECT " JOB_COLS " FROM jp_jobs "
-		"WHERE batch_id = $1 AND state = $2 AND idx > $3 "
-		"ORDER BY idx LIMIT $4",
+		"WHERE id > (SELECT first_job FROM jp_batches WHERE id = $1) + $3 "
+		"AND id < (SELECT first_job + n_total FROM jp_batches "
+		"WHERE id = $1) AND state = $2 ORDER BY id LIMIT $4",
 	[P_JOB_RANGE] = "SELECT first_job, n_total FROM jp_batches "
 		"WHERE id = $1",
 	[P_ACTIVE] = "SELECT id, priority, coalesce(concurrency, 0), queued, "
@@ -561,6 +564,38 @@ int pg_sp_begin(void)
 		return -1;
 	deltas_mark();
 	return pg_exec("SAVEPOINT op");
+}
+
+/* pg_op_begin and pg_op_end frame a job transition (claim, outcome,
+ * retry, requeue) without a savepoint: those are the hot path, and a
+ * savepoint costs two round trips more per job.  A logical failure marks
+ * the store for the engine's resync; a failed statement has aborted the
+ * transaction, so the whole turn is lost and reported as such (replies
+ * that waited for it fail), as a failed COMMIT would be. */
+int pg_op_begin(void)
+{
+	if (pg_begin() < 0)
+		return -1;
+	deltas_mark();
+	return 0;
+}
+
+int pg_op_end(int rc)
+{
+	if (rc >= 0)
+		return rc;
+	deltas_undo();
+	if (in_txn && PQtransactionStatus(pg_conn) != PQTRANS_INTRANS) {
+		in_txn = 0;
+		pg_exec("ROLLBACK");
+		rolled_back("a write failed and took its transaction with it");
+		return rc;
+	}
+	if (!degraded)
+		log_warn("store: a write failed; writes are refused until "
+			 "memory and the database agree again");
+	degraded = 1;
+	return rc;
 }
 
 /* pg_sp_end closes an operation's savepoint; a failed one is undone alone

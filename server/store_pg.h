@@ -53,6 +53,8 @@ int64_t pg_i64(const PGresult *r, int row, int col);
 int pg_begin(void);
 int pg_sp_begin(void);
 int pg_sp_end(int rc);
+int pg_op_begin(void);
+int pg_op_end(int rc);
 int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
 	      int64_t last_finish);
 /* pg_settle_later: after the commit, store the batch's final state and

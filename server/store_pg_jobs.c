@@ -196,9 +196,9 @@ static int job_start_(const struct claim *c, int slot, pid_t pid,
 int pg_job_start(const struct claim *c, int slot, pid_t pid,
 		 int64_t started_at)
 {
-	if (pg_sp_begin() < 0)
+	if (pg_op_begin() < 0)
 		return -1;
-	return pg_sp_end(job_start_(c, slot, pid, started_at));
+	return pg_op_end(job_start_(c, slot, pid, started_at));
 }
 
 /* gate tells how many jobs of a batch this node may claim now, of want:
@@ -271,9 +271,9 @@ int pg_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	int rc;
 
 	c->args = NULL;
-	if (pg_sp_begin() < 0)
+	if (pg_op_begin() < 0)
 		return -1;
-	rc = pg_sp_end(claim_(batch_id, slot, pid, now, any_due, c));
+	rc = pg_op_end(claim_(batch_id, slot, pid, now, any_due, c));
 	if (rc < 0) {
 		free(c->args);
 		c->args = NULL;
@@ -366,9 +366,9 @@ static int job_finish_(int64_t job_id, int64_t batch_id,
 int pg_job_finish(int64_t job_id, int64_t batch_id, const struct outcome *o,
 		  const struct slot *w, int *batch_done)
 {
-	if (pg_sp_begin() < 0)
+	if (pg_op_begin() < 0)
 		return -1;
-	return pg_sp_end(job_finish_(job_id, batch_id, o, w, batch_done));
+	return pg_op_end(job_finish_(job_id, batch_id, o, w, batch_done));
 }
 
 static int requeue_row(int64_t job_id, int undo, int64_t queued_at,
@@ -398,9 +398,9 @@ static int job_retry_(int64_t job_id, int64_t batch_id,
 int pg_job_retry(int64_t job_id, int64_t batch_id, const struct outcome *o,
 		 const struct slot *w, int64_t not_before)
 {
-	if (pg_sp_begin() < 0)
+	if (pg_op_begin() < 0)
 		return -1;
-	return pg_sp_end(job_retry_(job_id, batch_id, o, w, not_before));
+	return pg_op_end(job_retry_(job_id, batch_id, o, w, not_before));
 }
 
 static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
@@ -421,9 +421,9 @@ static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
 int pg_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
 		   int64_t not_before)
 {
-	if (pg_sp_begin() < 0)
+	if (pg_op_begin() < 0)
 		return -1;
-	return pg_sp_end(job_requeue_(job_id, batch_id, undo_attempt,
+	return pg_op_end(job_requeue_(job_id, batch_id, undo_attempt,
 				      not_before));
 }
 
