@@ -240,6 +240,21 @@ static int groupable(const struct claim *c)
  * rows stay queued until the worker reports them.  Returns 0, 1 when b has
  * no due job, -1 when the store failed; falls back to one job when fewer
  * than two can go. */
+/* unclaim gives back jobs [from, n) of c that a group will not carry
+ * (with several nodes their rows are marked held) and frees them all. */
+static void unclaim(struct claim *c, int from, int n)
+{
+	int64_t ids[GROUP_MAX];
+	int i;
+
+	for (i = from; i < n; i++)
+		ids[i - from] = c[i].job_id;
+	if (n > from)
+		store_jobs_release(ids, (size_t)(n - from));
+	for (i = 0; i < n; i++)
+		free(c[i].args);
+}
+
 static int start_group(struct slot *s, struct sbatch *b, int k)
 {
 	struct claim c[GROUP_MAX];
@@ -250,14 +265,12 @@ static int start_group(struct slot *s, struct sbatch *b, int k)
 	while (m < n && groupable(&c[m]))
 		m++;
 	if (m < 2) {
-		for (i = 0; i < n; i++)
-			free(c[i].args);
+		unclaim(c, 0, n);
 		return start_one(s, b);
 	}
 	sent = pool_send_group(s, c, m);
 	if (sent < 0) {
-		for (i = 0; i < n; i++)
-			free(c[i].args);
+		unclaim(c, 0, n);
 		return -1;      /* out of memory, or the worker is dying */
 	}
 	for (i = 0; i < sent; i++) {
@@ -267,8 +280,7 @@ static int start_group(struct slot *s, struct sbatch *b, int k)
 	}
 	sched_set_cursor(b, c[sent - 1].idx);
 	metrics_grouped(sent);
-	for (i = 0; i < n; i++)
-		free(c[i].args);
+	unclaim(c, sent, n);
 	return 0;
 }
 
@@ -284,13 +296,12 @@ void engine_dispatch(void)
 	int shared = store_dispatch_after_commit();
 
 	/* With several nodes a claim must commit before its worker starts
-	 * (main.c commits, then pool_release sends), and no job is held in a
-	 * group: its row would look queued to the others. */
+	 * (main.c commits, then pool_release sends). */
 	if (shared)
 		pool_hold();
 	while (!shutting_down && !store_degraded() && (s = pool_idle()) &&
 	       (b = sched_pick())) {
-		k = shared ? 1 : sched_group_size(b);
+		k = sched_group_size(b);
 		rc = k > 1 ? start_group(s, b, k) : start_one(s, b);
 		if (rc == 1 && shared) {
 			/* Other nodes took them, or the batch is at its
@@ -825,8 +836,10 @@ static int group_lost(struct slot *s)
 		} else if (rc < 0) {
 			/* The store is degraded: its resync cancels the job
 			 * from the stored request and rebuilds the counts. */
-		} else if (hb) {
-			sched_requeued(hb);
+		} else {
+			store_jobs_release(&h->job_id, 1);
+			if (hb)
+				sched_requeued(hb);
 		}
 	}
 	if (started) {

@@ -179,6 +179,9 @@ struct store_tick {
 };
 int store_tick(int64_t now, const struct store_tick *cb);
 int store_dispatch_after_commit(void);
+/* store_jobs_release: queued jobs this node held for a group and will not
+ * run after all may be claimed again (with SQLite nothing marks them). */
+int store_jobs_release(const int64_t *ids, size_t n);
 /* store_events_append writes n changes into the store's shared event log,
  * in the open transaction (opened if none is); -1 when the store keeps no
  * log (SQLite: the event stream is this process's own). */

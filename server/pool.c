@@ -382,7 +382,8 @@ void pool_release(int ok)
 			continue;
 		}
 		free(held_msgs[i].msg);
-		pool_job_ended(s);      /* never ran: idle again */
+		s->group_len = 0;       /* never ran: idle again */
+		pool_job_ended(s);
 	}
 	nheld_msgs = 0;
 }
@@ -463,6 +464,23 @@ int pool_send_group(struct slot *s, const struct claim *c, int n)
 	s->kill = KILL_NONE;
 	s->kill_at_mono = 0;
 	load_head(s);
+	if (holding) {
+		struct held_msg *p = realloc(held_msgs, (nheld_msgs + 1) *
+					     sizeof(*p));
+		char *copy = malloc(t.len + 1);
+
+		if (p && copy) {
+			memcpy(copy, t.p, t.len);
+			copy[t.len] = 0;
+			held_msgs = p;
+			held_msgs[nheld_msgs].slot = s->index;
+			held_msgs[nheld_msgs++].msg = copy;
+			return sent;
+		}
+		free(copy);
+		if (p)
+			held_msgs = p;
+	}
 	rc = send(s->fd, t.p, t.len, MSG_NOSIGNAL | MSG_DONTWAIT);
 	if (rc < 0) {
 		/* Nothing was handed: the worker's death settles no job. */

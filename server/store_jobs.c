@@ -259,8 +259,8 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 /* history_text writes the history entry of one attempt as history_entry
  * would, without building it in jansson first (a group's jobs are many and
  * their entries alike).  Returns the length, or -1 when it did not fit. */
-static int history_text(char *buf, size_t size, const struct outcome *o,
-			int64_t started_at, int attempt, int slot, pid_t pid)
+int store_history_text(char *buf, size_t size, const struct outcome *o,
+		       int64_t started_at, int attempt, int slot, pid_t pid)
 {
 	char start[40], end[40], ms[40], code[16] = "null", sig[24] = "null";
 	char *error = NULL;
@@ -323,7 +323,7 @@ static int jobs_done_(int64_t batch_id, const struct group_done *d, int n,
 			struct outcome h = *o;
 
 			h.error = error;
-			len = history_text(htext, sizeof(htext), &h,
+			len = store_history_text(htext, sizeof(htext), &h,
 					   d[i].started_at, d[i].attempt, slot,
 					   pid);
 		}

@@ -45,6 +45,11 @@ int store_events_append(const struct change *c, size_t n)
 	return store_be->events_append ? store_be->events_append(c, n) : -1;
 }
 
+int store_jobs_release(const int64_t *ids, size_t n)
+{
+	return store_be->jobs_release ? store_be->jobs_release(ids, n) : 0;
+}
+
 int64_t store_events_start(void)
 {
 	return store_be->events_start ? store_be->events_start() : 0;

@@ -23,6 +23,7 @@ struct store_ops {
 	/* the shared event log (see store_events_append); NULL: none */
 	int (*events_append)(const struct change *c, size_t n);
 	int64_t (*events_start)(void);
+	int (*jobs_release)(const int64_t *ids, size_t n);
 	int (*open)(const char *path);
 	void (*close)(void);
 	int (*flush)(void);
@@ -105,6 +106,10 @@ json_t *store_render_job(const struct row *r);
  * this node (store_jobs.c). */
 json_t *store_history_entry(const struct outcome *o, int64_t started_at,
 			    int attempt, int slot, pid_t pid);
+
+/* The same entry as text, written without jansson (a group's many). */
+int store_history_text(char *buf, size_t size, const struct outcome *o,
+		       int64_t started_at, int attempt, int slot, pid_t pid);
 
 extern const struct store_ops sqlite_store_ops;
 #ifdef HAVE_LIBPQ

@@ -96,16 +96,46 @@ static const char *const sql[P__COUNT] = {
 	[P_JOB_GET] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id = $1",
 	[P_JOB_BATCH] = "SELECT batch_id, state, attempts FROM jp_jobs "
 		"WHERE id = $1",
-	/* Rows another node is claiming are skipped, never waited for. */
-	[P_PEEK] = "SELECT id, created_at, attempts, timeout_s, kind, args, "
-		"max_attempts, retry_on, retry_backoff_s, queued_at, idx "
-		"FROM jp_jobs WHERE batch_id = $1 AND state = 'queued' "
+	/* A group's jobs: held by this incarnation, still queued.  Rows
+	 * another node is claiming are skipped, never waited for. */
+	[P_PEEK] = "WITH c AS MATERIALIZED (SELECT id FROM jp_jobs "
+		"WHERE batch_id = $1 AND state = 'queued' AND held_by IS NULL "
 		"AND not_before <= $2 AND idx > $3 AND NOT cancel_req "
-		"ORDER BY idx LIMIT $4 FOR UPDATE SKIP LOCKED",
+		"ORDER BY idx LIMIT $4 FOR UPDATE SKIP LOCKED) "
+		"UPDATE jp_jobs j SET held_by = $5 "
+		"WHERE j.id = ANY (ARRAY(SELECT id FROM c)) "
+		"RETURNING j.id, j.created_at, j.attempts, j.timeout_s, j.kind, "
+		"j.args, j.max_attempts, j.retry_on, j.retry_backoff_s, "
+		"j.queued_at, j.idx",
+	/* the results of a group: held queued jobs to their end at once */
+	[P_JOBS_DONE] = "UPDATE jp_jobs j SET state = u.st, "
+		"attempts = j.attempts + 1, started_at = u.sa, "
+		"finished_at = u.fa, worker_slot = $2, worker_pid = $3, "
+		"worker_node = $4, node_id = $1, run_us = u.run, "
+		"user_us = u.usr, sys_us = u.sys, max_rss_kb = u.rss, "
+		"exit_code = u.code, signal = u.sig, error = u.err, "
+		"result = u.res, output = NULL, held_by = NULL, "
+		"history = left(j.history, -1) || CASE WHEN j.history = '[]' "
+		"THEN '' ELSE ',' END || u.hist || ']' "
+		"FROM unnest($5::bigint[], $6::text[], $7::bigint[], "
+		"$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
+		"$12::bigint[], $13::int[], $14::text[], $15::text[], "
+		"$16::text[], $17::text[]) AS u(id, st, sa, fa, run, usr, sys, "
+		"rss, code, sig, err, res, hist) "
+		"WHERE j.id = u.id AND j.state = 'queued' AND j.held_by = $1 "
+		"RETURNING j.id",
+	[P_RELEASE] = "UPDATE jp_jobs SET held_by = NULL "
+		"WHERE id = ANY ($1::bigint[]) AND held_by = $2",
+	/* held rows of incarnations that are gone, or of this one that no
+	 * worker holds any more (resync) */
+	[P_UNHOLD] = "UPDATE jp_jobs SET held_by = NULL "
+		"WHERE held_by = ANY ($1::bigint[]) "
+		"AND NOT (id = ANY ($2::bigint[]))",
 	/* peek and start in one: the rows are this turn's once locked */
 	[P_CLAIM] = "WITH c AS MATERIALIZED (SELECT id FROM jp_jobs "
-		"WHERE batch_id = $1 AND state = 'queued' AND not_before <= $2 "
-		"AND NOT cancel_req ORDER BY idx LIMIT $3 FOR UPDATE SKIP LOCKED) "
+		"WHERE batch_id = $1 AND state = 'queued' AND held_by IS NULL "
+		"AND not_before <= $2 AND NOT cancel_req ORDER BY idx LIMIT $3 "
+		"FOR UPDATE SKIP LOCKED) "
 		"UPDATE jp_jobs j SET state = 'running', "
 		"attempts = attempts + 1, started_at = $4, finished_at = NULL, "
 		"worker_slot = $5, worker_pid = $6, worker_node = $7, "
@@ -135,8 +165,8 @@ static const char *const sql[P__COUNT] = {
 		"worker_slot = $2, worker_pid = $3, worker_node = $5, "
 		"node_id = $6, run_us = NULL, user_us = NULL, sys_us = NULL, "
 		"max_rss_kb = NULL, exit_code = NULL, signal = NULL, "
-		"error = NULL, result = NULL, output = NULL "
-		"WHERE id = $4 AND state = 'queued'",
+		"error = NULL, result = NULL, output = NULL, held_by = NULL "
+		"WHERE id = $4 AND state = 'queued' AND held_by = $6",
 	[P_COUNT] = "INSERT INTO jp_batch_counts AS c (batch_id, node_id, "
 		"queued, running, succeeded, failed, timed_out, canceled, "
 		"run_us, cpu_us, first_start, last_finish) VALUES ($1, $2, $3, "
@@ -174,8 +204,8 @@ static const char *const sql[P__COUNT] = {
 		"worker_node = NULL, node_id = NULL, not_before = $3 "
 		"WHERE id = $4 AND node_id = $5 AND state IN ('running', 'queued')",
 	[P_JOB_CANCEL_Q] = "UPDATE jp_jobs SET state = 'canceled', "
-		"finished_at = $1, error = 'canceled before it started' "
-		"WHERE id = $2 AND state = 'queued'",
+		"finished_at = $1, error = 'canceled before it started', "
+		"held_by = NULL WHERE id = $2 AND state = 'queued'",
 	[P_JOB_CANCEL_REQ] = "UPDATE jp_jobs SET cancel_req = true "
 		"WHERE id = $1",
 	[P_BATCH_CANCEL_REQ] = "UPDATE jp_batches SET cancel_req = true "
@@ -184,7 +214,8 @@ static const char *const sql[P__COUNT] = {
 		"AND state = 'queued' AND NOT (id = ANY ($2::bigint[])) "
 		"ORDER BY idx",
 	[P_BATCH_CANCEL_JOBS] = "UPDATE jp_jobs SET state = 'canceled', "
-		"finished_at = $1, error = 'canceled before it started' "
+		"finished_at = $1, error = 'canceled before it started', "
+		"held_by = NULL "
 		"WHERE batch_id = $2 AND state = 'queued' "
 		"AND NOT (id = ANY ($3::bigint[]))",
 	[P_BATCH_DEL_JOBS] = "DELETE FROM jp_jobs WHERE batch_id = $1",
@@ -917,13 +948,6 @@ static int pg_ping(void)
 
 /* ---- submission ---- */
 
-/* A PostgreSQL array literal, built as text. */
-struct arr {
-	char *p;
-	size_t len, cap;
-	int n;
-};
-
 static int arr_put(struct arr *a, const char *s, size_t n)
 {
 	if (a->len + n + 2 > a->cap) {
@@ -944,7 +968,7 @@ static int arr_put(struct arr *a, const char *s, size_t n)
 }
 
 /* arr_add appends one element: NULL, or v quoted (" and \ escaped). */
-static int arr_add(struct arr *a, const char *v)
+int arr_add(struct arr *a, const char *v)
 {
 	const char *s;
 
@@ -963,7 +987,7 @@ static int arr_add(struct arr *a, const char *v)
 	return arr_put(a, "\"", 1);
 }
 
-static const char *arr_end(struct arr *a)
+const char *arr_end(struct arr *a)
 {
 	if (arr_put(a, a->n ? "}" : "{}", a->n ? 1 : 2) < 0)
 		return NULL;
@@ -1425,6 +1449,7 @@ const struct store_ops pg_store_ops = {
 	.nodes_json = pg_nodes_json,
 	.events_append = pg_events_append,
 	.events_start = pg_events_start,
+	.jobs_release = pg_jobs_release,
 	.open = pg_open,
 	.close = pg_close,
 	.flush = pg_flush,

@@ -23,7 +23,7 @@ enum pg_stmt {
 	P_IDEM_PUT, P_PURGE_PICK, P_PURGE_JOBS, P_PURGE_KEYS, P_COUNTS, P_SIZE,
 	P_SETTLE_LOCK, P_SETTLE, P_REVIVE, P_LOST, P_DEAD, P_REAP,
 	P_MY_CANCELS, P_NODE_ADD, P_RENEW, P_REAP_LOCK, P_NODE_GONE, P_NODES,
-	P_EVENT_ADD, P_EVENTS_READ, P_EVENTS_TRIM,
+	P_EVENT_ADD, P_EVENTS_READ, P_JOBS_DONE, P_RELEASE, P_UNHOLD, P_EVENTS_TRIM,
 	P__COUNT
 };
 
@@ -38,6 +38,15 @@ void pgp_i64(struct pgp *p, int64_t v);
 void pgp_dbl(struct pgp *p, double v);
 void pgp_txt(struct pgp *p, const char *v);     /* NULL: SQL NULL */
 void pgp_opt(struct pgp *p, int64_t v, int present);
+
+/* A PostgreSQL array literal, built as text (the caller frees p). */
+struct arr {
+	char *p;
+	size_t len, cap;
+	int n;
+};
+int arr_add(struct arr *a, const char *v);      /* v NULL: NULL */
+const char *arr_end(struct arr *a);
 
 extern PGconn *pg_conn;
 extern int64_t pg_node_id;      /* this process's incarnation */
@@ -109,6 +118,7 @@ int pg_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 			   void (*fn)(int64_t job_id, int attempts, void *ctx),
 			   void *ctx, const int64_t *keep, size_t nkeep);
 int pg_batch_delete(int64_t batch_id);
+int pg_jobs_release(const int64_t *ids, size_t n);
 int pg_recover(int64_t now, int *requeued, int *interrupted,
 	       void (*fn)(int64_t job_id, void *ctx), void *ctx);
 int pg_resync(int64_t now, const struct live_job *live, size_t n,

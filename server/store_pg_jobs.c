@@ -9,6 +9,10 @@
 #include "jobpool.h"
 #include "store_pg.h"
 
+/* Outcomes a fencing token refused: the attempt's node had been declared
+ * dead and its job re-queued or ended by another node. */
+static int64_t stale_outcomes;
+
 /* ---- scheduler support ---- */
 
 static void info_row(const PGresult *r, int i, struct batch_info *b)
@@ -129,6 +133,14 @@ static int claim_row(const PGresult *r, int i, int64_t batch_id,
 }
 
 static int gate(int64_t batch_id, int want);
+static char *id_array(const int64_t *ids, size_t n);
+
+static int by_idx(const void *a, const void *b)
+{
+	const struct claim *x = a, *y = b;
+
+	return (x->idx > y->idx) - (x->idx < y->idx);
+}
 
 /* pg_jobs_peek locks up to limit due queued jobs of a batch for this turn
  * (rows other nodes are claiming are skipped), within the batch's
@@ -149,6 +161,7 @@ int pg_jobs_peek(int64_t batch_id, int64_t now, int any_due,
 	pgp_i64(&p, any_due ? INT64_MAX : now + 5000);
 	pgp_i64(&p, after_idx);
 	pgp_i64(&p, limit);
+	pgp_i64(&p, pg_node_id);
 	if (!(r = pg_run(P_PEEK, &p)))
 		return -1;
 	n = PQntuples(r);
@@ -160,7 +173,27 @@ int pg_jobs_peek(int64_t batch_id, int64_t now, int any_due,
 			return -1;
 		}
 	PQclear(r);
+	/* RETURNING keeps no order; a group runs in index order */
+	qsort(out, (size_t)n, sizeof(*out), by_idx);
 	return n;
+}
+
+/* pg_jobs_release gives back held jobs no worker will run. */
+int pg_jobs_release(const int64_t *ids, size_t n)
+{
+	struct pgp p = { 0 };
+	char *arr = id_array(ids, n);
+	int rc;
+
+	if (!arr || pg_begin() < 0) {
+		free(arr);
+		return -1;
+	}
+	pgp_txt(&p, arr);
+	pgp_i64(&p, pg_node_id);
+	rc = pg_step(P_RELEASE, &p) < 0 ? -1 : 0;
+	free(arr);
+	return rc;
 }
 
 static int job_start_(const struct claim *c, int slot, pid_t pid,
@@ -282,10 +315,6 @@ int pg_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 }
 
 /* ---- outcomes ---- */
-
-/* Outcomes a fencing token refused: the attempt's node had been declared
- * dead and its job re-queued or ended by another node. */
-static int64_t stale_outcomes;
 
 int64_t pg_stale_outcomes(void)
 {
@@ -427,16 +456,104 @@ int pg_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
 				      not_before));
 }
 
-/* A group's jobs go from queued to their end in one write.  Groups are not
- * handed out with this store (dispatch_after_commit): a held job's row
- * would look queued to the other nodes. */
+/* A group's jobs go from queued (held by this incarnation) to their end
+ * in one statement; one the fence refuses (the incarnation was declared
+ * dead and the hold released) is counted stale and runs again elsewhere,
+ * as a held job of a dead server does. */
+static int jobs_done_(int64_t batch_id, const struct group_done *d, int n,
+		      int slot, pid_t pid)
+{
+	struct arr a[13];
+	const char *av[13];
+	struct pgp p = { 0 };
+	char num[13][32], htext[1024], *rtext;
+	int64_t delta[8] = { 0 }, first = 0, last = 0;
+	PGresult *r;
+	int i, k, got, rc = -1;
+
+	memset(a, 0, sizeof(a));
+	for (i = 0; i < n; i++) {
+		const struct outcome *o = &d[i].o;
+
+		if (store_history_text(htext, sizeof(htext), o,
+				       d[i].started_at, d[i].attempt, slot,
+				       pid) < 0)
+			goto out;
+		rtext = o->result ? json_dumps(o->result, JSON_COMPACT |
+					       JSON_REAL_PRECISION(17)) : NULL;
+		snprintf(num[0], 32, "%lld", (long long)d[i].job_id);
+		snprintf(num[2], 32, "%lld", (long long)d[i].started_at);
+		snprintf(num[3], 32, "%lld", (long long)o->finished_at);
+		snprintf(num[4], 32, "%lld", (long long)o->run_us);
+		snprintf(num[5], 32, "%lld", (long long)o->user_us);
+		snprintf(num[6], 32, "%lld", (long long)o->sys_us);
+		snprintf(num[7], 32, "%lld", (long long)o->max_rss_kb);
+		snprintf(num[8], 32, "%d", o->exit_code);
+		arr_add(&a[0], num[0]);
+		arr_add(&a[1], job_state_name(o->state));
+		arr_add(&a[2], num[2]);
+		arr_add(&a[3], num[3]);
+		arr_add(&a[4], num[4]);
+		arr_add(&a[5], o->user_us >= 0 ? num[5] : NULL);
+		arr_add(&a[6], o->sys_us >= 0 ? num[6] : NULL);
+		arr_add(&a[7], o->max_rss_kb >= 0 ? num[7] : NULL);
+		arr_add(&a[8], o->exit_code >= 0 ? num[8] : NULL);
+		arr_add(&a[9], o->signal ? signal_name(o->signal) : NULL);
+		arr_add(&a[10], o->error);
+		arr_add(&a[11], rtext);
+		arr_add(&a[12], htext);
+		free(rtext);
+	}
+	for (k = 0; k < 13; k++)
+		if (!(av[k] = arr_end(&a[k])))
+			goto out;
+	pgp_i64(&p, pg_node_id);
+	pgp_i64(&p, slot);
+	pgp_i64(&p, pid);
+	pgp_txt(&p, cfg.node_name);
+	for (k = 0; k < 13; k++)
+		pgp_txt(&p, av[k]);
+	if (!(r = pg_run(P_JOBS_DONE, &p)))
+		goto out;
+	got = PQntuples(r);
+	for (i = 0; i < n; i++) {
+		const struct outcome *o = &d[i].o;
+		int applied = 0;
+
+		for (k = 0; k < got && !applied; k++)
+			applied = pg_i64(r, k, 0) == d[i].job_id;
+		if (!applied) {
+			stale_outcomes++;
+			continue;
+		}
+		pg_delta_state(delta, JS_QUEUED, o->state, 1);
+		delta[D_RUN_US] += o->run_us;
+		delta[D_CPU_US] += (o->user_us > 0 ? o->user_us : 0) +
+				   (o->sys_us > 0 ? o->sys_us : 0);
+		if (!first || d[i].started_at < first)
+			first = d[i].started_at;
+		if (o->finished_at > last)
+			last = o->finished_at;
+	}
+	PQclear(r);
+	if (got < n)
+		log_warn("store: %d group outcome(s) came after this node lost "
+			 "its lease; not written", n - got);
+	rc = got ? pg_count(batch_id, delta, first, last) : 0;
+out:
+	for (k = 0; k < 13; k++)
+		free(a[k].p);
+	return rc;
+}
+
 int pg_jobs_done(int64_t batch_id, const struct group_done *d, int n,
 		 int slot, pid_t pid, int *batch_done)
 {
-	log_warn("store: a group's results reached the PostgreSQL store, "
-		 "which hands out no groups");
-	store_diverged();
-	return -1;
+	if (batch_done)
+		*batch_done = 0;
+	if (pg_op_begin() < 0)
+		return -1;
+	return pg_op_end(jobs_done_(batch_id, d, n, slot, pid));
 }
 
 /* ---- cancels ---- */
@@ -695,6 +812,17 @@ int pg_resync(int64_t now, const struct live_job *live, size_t n,
 		PQclear(r);
 	}
 	rc = lost_of(now, ids, n, requeued, interrupted);
+	if (rc == 0) {
+		/* held rows no worker of this node holds any more */
+		char mine[32], *arr = id_array(ids, n);
+
+		snprintf(mine, sizeof(mine), "{%lld}", (long long)pg_node_id);
+		p.n = 0;
+		pgp_txt(&p, mine);
+		pgp_txt(&p, arr);
+		rc = arr && pg_step(P_UNHOLD, &p) >= 0 ? 0 : -1;
+		free(arr);
+	}
 out:
 	free(ids);
 	return rc;

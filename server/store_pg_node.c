@@ -223,6 +223,12 @@ static int reap(int64_t now, const struct store_tick *cb)
 		rc = pg_lost_rows(r, now, cb, &requeued, &ended);
 		PQclear(r);
 	}
+	/* jobs they held for groups, never started: claimable again */
+	p.n = 0;
+	pgp_txt(&p, arr);
+	pgp_txt(&p, "{}");
+	if (rc == 0 && pg_step(P_UNHOLD, &p) < 0)
+		rc = -1;
 	for (i = 0; i < n; i++)
 		log_warn("store: node incarnation %lld missed its lease; "
 			 "%d of its jobs re-queued, %d ended", (long long)ids[i],

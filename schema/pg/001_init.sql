@@ -96,14 +96,18 @@ CREATE TABLE jp_jobs (
 	output          text,
 	worker_node     text,                  -- the node's name
 	node_id         bigint,                -- the incarnation (fencing token)
+	-- a queued job an incarnation handed to a worker in a group: claims
+	-- skip it; it ends (or is released) by that incarnation alone
+	held_by         bigint,
 	cancel_req      boolean NOT NULL DEFAULT false
 ) WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02,
         autovacuum_vacuum_threshold = 1000);
 -- Claims read the queued jobs of one batch in index order; the index holds
 -- only queued rows, so it stays the size of the queue.
 CREATE INDEX jp_jobs_queued ON jp_jobs (batch_id, idx) WHERE state = 'queued';
--- The reaper and cancels find a node's running jobs.
+-- The reaper and cancels find a node's running jobs, and held ones.
 CREATE INDEX jp_jobs_running ON jp_jobs (node_id) WHERE state = 'running';
+CREATE INDEX jp_jobs_held ON jp_jobs (held_by) WHERE held_by IS NOT NULL;
 -- Lean on purpose: a state change rewrites the row (state is in index
 -- predicates), and every index costs an entry per rewrite.  ?state=
 -- listings of a batch walk its primary-key range instead.
