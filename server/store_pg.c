@@ -84,15 +84,6 @@ static const char *const sql[P__COUNT] = {
 	[P_BATCH_INSERT] = "INSERT INTO jp_batches (id, name, state, "
 		"concurrency, priority, created_at, n_total, first_job) "
 		"VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
-	/* a block of jobs: $3.. are arrays, one element per job */
-	[P_JOB_INSERT] = "INSERT INTO jp_jobs (id, batch_id, idx, name, kind, "
-		"args, state, max_attempts, retry_on, retry_backoff_s, "
-		"timeout_s, created_at, queued_at) "
-		"SELECT $1::bigint + u.i - 1, $2, $10::int + u.i - 1, u.name, "
-		"u.kind, u.args, 'queued', u.ma, u.ro, u.rb, u.ts, $9, $9 "
-		"FROM unnest($3::text[], $4::text[], $5::text[], $6::int[], "
-		"$7::text[], $8::float8[], $11::float8[]) WITH ORDINALITY "
-		"AS u(name, kind, args, ma, ro, rb, ts, i)",
 	[P_JOB_GET] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id = $1",
 	[P_JOB_BATCH] = "SELECT batch_id, state, attempts FROM jp_jobs "
 		"WHERE id = $1",
@@ -1018,63 +1009,131 @@ static int64_t next_ids(const char *kind, int64_t n)
 	return first;
 }
 
-#define JOB_BLOCK 5000
-
 static char *json_text(const json_t *j, const char *dflt)
 {
 	return j ? json_dumps(j, JSON_COMPACT) : strdup(dflt);
 }
 
-/* insert_jobs inserts jobs [from, to) of a batch in one statement. */
-static int insert_jobs(int64_t batch_id, int64_t first, const json_t *jobs,
-		       size_t from, size_t to, int64_t now)
-{
-	struct arr a[7] = { { 0 } };
-	const char *av[7];
-	struct pgp p = { 0 };
-	char num[32];
-	size_t i;
-	int k, rc = -1;
+/* A COPY row is built as text: a field is \N (NULL) or its text with
+ * backslash, tab, newline and carriage return escaped. */
+struct copybuf {
+	char *p;
+	size_t len, cap;
+};
 
-	for (i = from; i < to; i++) {
+static int cb_put(struct copybuf *b, const char *s, size_t n)
+{
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 1 << 16;
+		char *p;
+
+		while (cap < b->len + n)
+			cap *= 2;
+		if (!(p = realloc(b->p, cap)))
+			return -1;
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	return 0;
+}
+
+static int cb_field(struct copybuf *b, const char *v, int last)
+{
+	const char *s, *run;
+	int rc = 0;
+
+	if (!v)
+		rc = cb_put(b, "\\N", 2);
+	for (s = run = v; v && *s; s++) {
+		const char *esc = *s == '\\' ? "\\\\" : *s == '\t' ? "\\t" :
+				  *s == '\n' ? "\\n" : *s == '\r' ? "\\r" : NULL;
+
+		if (!esc)
+			continue;
+		rc |= cb_put(b, run, (size_t)(s - run));
+		rc |= cb_put(b, esc, 2);
+		run = s + 1;
+	}
+	if (v)
+		rc |= cb_put(b, run, (size_t)(s - run));
+	return rc | cb_put(b, last ? "\n" : "\t", 1);
+}
+
+/* insert_jobs writes a batch's jobs with COPY: several times faster than
+ * INSERTs for large batches (the rows travel as one stream). */
+static int insert_jobs(int64_t batch_id, int64_t first, const json_t *jobs,
+		       int64_t now)
+{
+	struct copybuf b = { 0 };
+	char num[6][32];
+	size_t i, n = json_array_size(jobs);
+	PGresult *r;
+	int rc = 0, ok;
+
+	snprintf(num[0], 32, "%lld", (long long)batch_id);
+	snprintf(num[1], 32, "%lld", (long long)now);
+	r = PQexec(pg_conn, "COPY jp_jobs (id, batch_id, idx, name, kind, "
+		   "args, state, max_attempts, retry_on, retry_backoff_s, "
+		   "timeout_s, created_at, queued_at) FROM STDIN");
+	ok = PQresultStatus(r) == PGRES_COPY_IN;
+	if (!ok)
+		failed("COPY jp_jobs", r);
+	PQclear(r);
+	if (!ok)
+		return -1;
+	for (i = 0; i < n && rc == 0; i++) {
 		const json_t *job = json_array_get(jobs, i), *v;
 		char *args = json_text(json_object_get(job, "args"), "{}");
 		char *ro = json_text(json_object_get(job, "retry_on"), "[]");
 
-		v = json_object_get(job, "name");
-		arr_add(&a[0], json_is_string(v) ? json_string_value(v) : NULL);
-		arr_add(&a[1], json_string_value(json_object_get(job, "kind")));
-		arr_add(&a[2], args);
+		snprintf(num[2], 32, "%lld", (long long)(first + (int64_t)i));
+		snprintf(num[3], 32, "%zu", i);
 		v = json_object_get(job, "max_attempts");
-		snprintf(num, sizeof(num), "%d", v ? (int)json_number_value(v) : 1);
-		arr_add(&a[3], num);
-		arr_add(&a[4], ro);
+		snprintf(num[4], 32, "%d", v ? (int)json_number_value(v) : 1);
 		v = json_object_get(job, "retry_backoff_s");
-		snprintf(num, sizeof(num), "%.17g", v ? json_number_value(v) : 1.0);
-		arr_add(&a[5], num);
+		snprintf(num[5], 32, "%.17g", v ? json_number_value(v) : 1.0);
+		rc |= cb_field(&b, num[2], 0);
+		rc |= cb_field(&b, num[0], 0);
+		rc |= cb_field(&b, num[3], 0);
+		v = json_object_get(job, "name");
+		rc |= cb_field(&b, json_is_string(v) ? json_string_value(v) :
+			       NULL, 0);
+		rc |= cb_field(&b, json_string_value(json_object_get(job,
+								    "kind")), 0);
+		rc |= cb_field(&b, args, 0);
+		rc |= cb_field(&b, "queued", 0);
+		rc |= cb_field(&b, num[4], 0);
+		rc |= cb_field(&b, ro, 0);
+		rc |= cb_field(&b, num[5], 0);
 		v = json_object_get(job, "timeout_s");
 		if (v)
-			snprintf(num, sizeof(num), "%.17g", json_number_value(v));
-		arr_add(&a[6], v ? num : NULL);
+			snprintf(num[5], 32, "%.17g", json_number_value(v));
+		rc |= cb_field(&b, v ? num[5] : NULL, 0);
+		rc |= cb_field(&b, num[1], 0);
+		rc |= cb_field(&b, num[1], 1);
 		free(args);
 		free(ro);
+		if (b.len >= 1 << 20 || i + 1 == n) {
+			if (PQputCopyData(pg_conn, b.p, (int)b.len) != 1)
+				rc = -1;
+			b.len = 0;
+		}
 	}
-	for (k = 0; k < 7; k++)
-		if (!(av[k] = arr_end(&a[k])))
-			goto out;
-	pgp_i64(&p, first + (int64_t)from);
-	pgp_i64(&p, batch_id);
-	for (k = 0; k < 5; k++)
-		pgp_txt(&p, av[k]);
-	pgp_txt(&p, av[5]);
-	pgp_i64(&p, now);
-	pgp_i64(&p, (int64_t)from);
-	pgp_txt(&p, av[6]);
-	rc = pg_step(P_JOB_INSERT, &p) < 0 ? -1 : 0;
-out:
-	for (k = 0; k < 7; k++)
-		free(a[k].p);
-	return rc;
+	free(b.p);
+	if (PQputCopyEnd(pg_conn, rc ? "the batch could not be built" :
+			 NULL) != 1)
+		rc = -1;
+	while ((r = PQgetResult(pg_conn))) {
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			if (!rc)
+				failed("COPY jp_jobs", r);
+			rc = -1;
+		}
+		PQclear(r);
+	}
+	return rc ? -1 : 0;
 }
 
 /* batch_insert_ returns 0, -1, or 1 when the key turned out to be taken
@@ -1106,10 +1165,8 @@ static int batch_insert_(const json_t *req, int64_t now, const char *key,
 	pgp_i64(&p, first);
 	if (pg_step(P_BATCH_INSERT, &p) < 0)
 		return -1;
-	for (i = 0; i < n; i += JOB_BLOCK)
-		if (insert_jobs(*id, first, jobs, i,
-				i + JOB_BLOCK < n ? i + JOB_BLOCK : n, now) < 0)
-			return -1;
+	if (n && insert_jobs(*id, first, jobs, now) < 0)
+		return -1;
 	d[D_QUEUED] = (int64_t)n;
 	if (pg_count(*id, d, 0, n ? 0 : now) < 0)
 		return -1;
