@@ -554,6 +554,7 @@ int pg_reconnect(void)
 }
 
 static int fenced_writes;
+static void pg_diverged(void);
 
 void pg_fence_writes(int on)
 {
@@ -574,8 +575,13 @@ int pg_begin(void)
 		return -1;
 	if (in_txn)
 		return 0;
-	if (pg_reconnect() < 0 || pg_exec("BEGIN") < 0)
+	if (pg_reconnect() < 0 || pg_exec("BEGIN") < 0) {
+		/* The caller has moved on in memory (a worker is free): the
+		 * resync, once PostgreSQL answers, writes what it kept. */
+		if (!resyncing)
+			pg_diverged();
 		return -1;
+	}
 	in_txn = 1;
 	return 0;
 }
@@ -733,6 +739,7 @@ static int pg_flush(void)
 		rolled_back("a commit failed");
 		return -1;
 	}
+	pg_replay_clear();      /* the outcomes are in */
 settle:
 	n = nsettle;
 	nsettle = 0;

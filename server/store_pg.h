@@ -119,6 +119,7 @@ int pg_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 			   void *ctx, const int64_t *keep, size_t nkeep);
 int pg_batch_delete(int64_t batch_id);
 int pg_jobs_release(const int64_t *ids, size_t n);
+void pg_replay_clear(void);
 int pg_recover(int64_t now, int *requeued, int *interrupted,
 	       void (*fn)(int64_t job_id, void *ctx), void *ctx);
 int pg_resync(int64_t now, const struct live_job *live, size_t n,

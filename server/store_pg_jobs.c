@@ -314,6 +314,139 @@ int pg_job_claim(int64_t batch_id, int slot, pid_t pid, int64_t now,
 	return rc;
 }
 
+/* ---- the turn's outcomes, kept until they commit ----
+ *
+ * A worker's outcome is forgotten by the engine once written here.  If
+ * the turn's transaction is then lost with the connection (PostgreSQL
+ * restarting, a network blip), the outcomes would be lost with it and the
+ * jobs re-run as interrupted.  So the turn's outcome writes are kept, as
+ * the engine gave them, until the COMMIT returns, and the resync that
+ * follows a lost transaction writes them again first (still fenced: if
+ * this node's lease ran out meanwhile, they change nothing). */
+enum rp_kind { RP_FINISH, RP_RETRY, RP_REQUEUE, RP_DONE };
+struct replay {
+	enum rp_kind kind;
+	int64_t job_id, batch_id, not_before;
+	int undo, n;
+	struct outcome o;
+	struct slot w;
+	struct group_done *d;
+};
+static struct replay *replays;
+static size_t nreplays, replay_cap;
+static int replaying;
+
+static void outcome_copy(struct outcome *to, const struct outcome *o)
+{
+	*to = *o;
+	to->error = o->error ? strdup(o->error) : NULL;
+	json_incref(o->result);
+	json_incref(o->output);
+}
+
+static void outcome_free(struct outcome *o)
+{
+	free((char *)o->error);
+	json_decref(o->result);
+	json_decref(o->output);
+}
+
+static struct replay *replay_add(enum rp_kind kind, int64_t job_id,
+				 int64_t batch_id)
+{
+	struct replay *r;
+
+	if (replaying)
+		return NULL;
+	if (nreplays == replay_cap) {
+		size_t cap = replay_cap ? replay_cap * 2 : 64;
+		struct replay *p = realloc(replays, cap * sizeof(*p));
+
+		if (!p)
+			return NULL;    /* not kept: lost with a lost turn */
+		replays = p;
+		replay_cap = cap;
+	}
+	r = &replays[nreplays++];
+	memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->job_id = job_id;
+	r->batch_id = batch_id;
+	return r;
+}
+
+static void replay_slot(struct replay *r, const struct slot *w)
+{
+	r->w.started_at = w->started_at;
+	r->w.job_attempts = w->job_attempts;
+	r->w.index = w->index;
+	r->w.pid = w->pid;
+}
+
+/* pg_replay_clear forgets the kept outcomes: their turn committed (or
+ * they were written again). */
+void pg_replay_clear(void)
+{
+	size_t i;
+	int k;
+
+	for (i = 0; i < nreplays; i++) {
+		outcome_free(&replays[i].o);
+		for (k = 0; k < replays[i].n; k++)
+			outcome_free(&replays[i].d[k].o);
+		free(replays[i].d);
+	}
+	nreplays = 0;
+}
+
+static int job_finish_(int64_t job_id, int64_t batch_id,
+		       const struct outcome *o, const struct slot *w,
+		       int *batch_done);
+static int job_retry_(int64_t job_id, int64_t batch_id,
+		      const struct outcome *o, const struct slot *w,
+		      int64_t not_before);
+static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
+			int64_t not_before);
+static int jobs_done_(int64_t batch_id, const struct group_done *d, int n,
+		      int slot, pid_t pid);
+
+/* replay_all writes the kept outcomes of a lost turn again. */
+static int replay_all(void)
+{
+	size_t i;
+	int rc = 0;
+
+	if (nreplays)
+		log_info("store: writing %zu outcome(s) of the lost "
+			 "transaction again", nreplays);
+	replaying = 1;
+	for (i = 0; i < nreplays && rc >= 0; i++) {
+		struct replay *r = &replays[i];
+
+		switch (r->kind) {
+		case RP_FINISH:
+			rc = job_finish_(r->job_id, r->batch_id, &r->o, &r->w,
+					 NULL);
+			break;
+		case RP_RETRY:
+			rc = job_retry_(r->job_id, r->batch_id, &r->o, &r->w,
+					r->not_before);
+			break;
+		case RP_REQUEUE:
+			rc = job_requeue_(r->job_id, r->batch_id, r->undo,
+					  r->not_before);
+			break;
+		case RP_DONE:
+			rc = jobs_done_(r->batch_id, r->d, r->n, r->w.index,
+					r->w.pid);
+			break;
+		}
+	}
+	replaying = 0;
+	pg_replay_clear();
+	return rc < 0 ? -1 : 0;
+}
+
 /* ---- outcomes ---- */
 
 int64_t pg_stale_outcomes(void)
@@ -395,6 +528,12 @@ static int job_finish_(int64_t job_id, int64_t batch_id,
 int pg_job_finish(int64_t job_id, int64_t batch_id, const struct outcome *o,
 		  const struct slot *w, int *batch_done)
 {
+	struct replay *r = replay_add(RP_FINISH, job_id, batch_id);
+
+	if (r) {
+		outcome_copy(&r->o, o);
+		replay_slot(r, w);
+	}
 	if (pg_op_begin() < 0)
 		return -1;
 	return pg_op_end(job_finish_(job_id, batch_id, o, w, batch_done));
@@ -427,6 +566,13 @@ static int job_retry_(int64_t job_id, int64_t batch_id,
 int pg_job_retry(int64_t job_id, int64_t batch_id, const struct outcome *o,
 		 const struct slot *w, int64_t not_before)
 {
+	struct replay *r = replay_add(RP_RETRY, job_id, batch_id);
+
+	if (r) {
+		outcome_copy(&r->o, o);
+		replay_slot(r, w);
+		r->not_before = not_before;
+	}
 	if (pg_op_begin() < 0)
 		return -1;
 	return pg_op_end(job_retry_(job_id, batch_id, o, w, not_before));
@@ -450,6 +596,12 @@ static int job_requeue_(int64_t job_id, int64_t batch_id, int undo_attempt,
 int pg_job_requeue(int64_t job_id, int64_t batch_id, int undo_attempt,
 		   int64_t not_before)
 {
+	struct replay *r = replay_add(RP_REQUEUE, job_id, batch_id);
+
+	if (r) {
+		r->undo = undo_attempt;
+		r->not_before = not_before;
+	}
 	if (pg_op_begin() < 0)
 		return -1;
 	return pg_op_end(job_requeue_(job_id, batch_id, undo_attempt,
@@ -549,6 +701,18 @@ out:
 int pg_jobs_done(int64_t batch_id, const struct group_done *d, int n,
 		 int slot, pid_t pid, int *batch_done)
 {
+	struct replay *r = replay_add(RP_DONE, 0, batch_id);
+	int i;
+
+	if (r && (r->d = calloc((size_t)n, sizeof(*d)))) {
+		r->n = n;
+		r->w.index = slot;
+		r->w.pid = pid;
+		for (i = 0; i < n; i++) {
+			r->d[i] = d[i];
+			outcome_copy(&r->d[i].o, &d[i].o);
+		}
+	}
 	if (batch_done)
 		*batch_done = 0;
 	if (pg_op_begin() < 0)
@@ -785,6 +949,10 @@ int pg_resync(int64_t now, const struct live_job *live, size_t n,
 
 	if (!ids)
 		return -1;
+	if (replay_all() < 0) {
+		free(ids);
+		return -1;
+	}
 	for (i = 0; i < n; i++) {
 		ids[i] = live[i].job_id;
 		if (live[i].held)
