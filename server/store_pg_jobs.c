@@ -501,8 +501,8 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	if (n == 0) {
 		stale_outcomes++;
 		log_warn("store: the outcome of job j_%012lld attempt %d "
-			 "came after this node lost its lease; another node "
-			 "settled that attempt, so it is not written",
+			 "came after this node lost its lease; the attempt is "
+			 "the other nodes' to settle, so it is not written",
 			 (long long)job_id, w->job_attempts);
 		return 1;
 	}

@@ -303,6 +303,9 @@ int pg_tick(int64_t now, const struct store_tick *cb)
 			 cfg.node_name, atomic_load(&lease_lost) ?
 			 "the others declared it dead" :
 			 "no renewal acknowledged in time");
+		/* The old incarnation is not renewed again: it must run out,
+		 * so the others take its jobs over. */
+		atomic_store(&lease_id, 0);
 		pg_fence_writes(1);
 		if (cb && cb->fence)
 			cb->fence(cb->ctx);
