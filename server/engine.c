@@ -432,12 +432,20 @@ static void tick_job(int64_t job_id, int64_t batch_id, enum job_state st,
 static struct slot *slot_of_job(int64_t job_id);
 
 /* tick_cancel: another node stored a cancel of a job this one runs. */
+static struct handed *held_job(int64_t job_id, struct slot **slot);
+static void cancel_held(struct slot *s, struct handed *h);
+
 static void tick_cancel(int64_t job_id, void *ctx)
 {
 	struct slot *s = slot_of_job(job_id);
+	struct handed *h;
 
-	if (s && !s->cancel_requested)
+	if ((h = held_job(job_id, &s))) {
+		if (!h->cancel)
+			cancel_held(s, h);      /* not started: not to start */
+	} else if (s && !s->cancel_requested) {
 		pool_stop_job(s, KILL_CANCEL);
+	}
 }
 
 /* tick_batch: an unfinished batch as the store has it, maybe new (posted
@@ -659,6 +667,9 @@ static void group_dropped(struct slot *s, const struct handed *h)
 	if (rc == 0)
 		publish_job(h->job_id, h->batch_id, JS_CANCELED,
 			    h->attempts - 1);
+	else if (rc == 1)
+		/* canceled already, through another node */
+		store_jobs_release(&h->job_id, 1);
 	pool_job_ended(s);
 	if (rc == 0)
 		settle_batch(b, h->batch_id, done);

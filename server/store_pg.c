@@ -194,9 +194,11 @@ static const char *const sql[P__COUNT] = {
 		"finished_at = NULL, worker_slot = NULL, worker_pid = NULL, "
 		"worker_node = NULL, node_id = NULL, not_before = $3 "
 		"WHERE id = $4 AND node_id = $5 AND state IN ('running', 'queued')",
+	/* held_by stays: the node holding it learns of the cancel (see
+	 * P_MY_CANCELS) and tells its worker not to start it */
 	[P_JOB_CANCEL_Q] = "UPDATE jp_jobs SET state = 'canceled', "
-		"finished_at = $1, error = 'canceled before it started', "
-		"held_by = NULL WHERE id = $2 AND state = 'queued'",
+		"finished_at = $1, error = 'canceled before it started' "
+		"WHERE id = $2 AND state = 'queued'",
 	[P_JOB_CANCEL_REQ] = "UPDATE jp_jobs SET cancel_req = true "
 		"WHERE id = $1",
 	[P_BATCH_CANCEL_REQ] = "UPDATE jp_batches SET cancel_req = true "
@@ -205,8 +207,7 @@ static const char *const sql[P__COUNT] = {
 		"AND state = 'queued' AND NOT (id = ANY ($2::bigint[])) "
 		"ORDER BY idx",
 	[P_BATCH_CANCEL_JOBS] = "UPDATE jp_jobs SET state = 'canceled', "
-		"finished_at = $1, error = 'canceled before it started', "
-		"held_by = NULL "
+		"finished_at = $1, error = 'canceled before it started' "
 		"WHERE batch_id = $2 AND state = 'queued' "
 		"AND NOT (id = ANY ($3::bigint[]))",
 	[P_BATCH_DEL_JOBS] = "DELETE FROM jp_jobs WHERE batch_id = $1",
@@ -287,7 +288,9 @@ static const char *const sql[P__COUNT] = {
 	/* cancels asked on other nodes of jobs this node runs */
 	[P_MY_CANCELS] = "SELECT j.id FROM jp_jobs j JOIN jp_batches b "
 		"ON b.id = j.batch_id WHERE j.node_id = $1 "
-		"AND j.state = 'running' AND (j.cancel_req OR b.cancel_req)",
+		"AND j.state = 'running' AND (j.cancel_req OR b.cancel_req) "
+		"UNION ALL SELECT id FROM jp_jobs WHERE held_by = $1 "
+		"AND state = 'canceled'",
 	[P_NODE_ADD] = "INSERT INTO jp_nodes (name, started_at, lease_ms, "
 		"pool_size) VALUES ($1, $2, $3, $4) RETURNING id",
 	[P_RENEW] = "UPDATE jp_nodes SET heartbeat_at = now(), busy = $2, "

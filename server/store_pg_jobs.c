@@ -675,7 +675,13 @@ static int jobs_done_(int64_t batch_id, const struct group_done *d, int n,
 		for (k = 0; k < got && !applied; k++)
 			applied = pg_i64(r, k, 0) == d[i].job_id;
 		if (!applied) {
+			/* canceled meanwhile through another node, or the
+			 * hold was taken back with a lost lease */
 			stale_outcomes++;
+			if (pg_jobs_release(&d[i].job_id, 1) < 0) {
+				PQclear(r);
+				goto out;
+			}
 			continue;
 		}
 		pg_delta_state(delta, JS_QUEUED, o->state, 1);
