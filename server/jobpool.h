@@ -182,6 +182,9 @@ int store_dispatch_after_commit(void);
 /* store_jobs_release: queued jobs this node held for a group and will not
  * run after all may be claimed again (with SQLite nothing marks them). */
 int store_jobs_release(const int64_t *ids, size_t n);
+/* With several nodes: this node's outcomes its fence refused (it had lost
+ * its lease), and jobs its reaper took over from dead nodes; 0 with one. */
+void store_cluster_stats(int64_t *stale, int64_t *rescued);
 /* store_events_append writes n changes into the store's shared event log,
  * in the open transaction (opened if none is); -1 when the store keeps no
  * log (SQLite: the event stream is this process's own). */

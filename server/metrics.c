@@ -214,6 +214,21 @@ char *metrics_render(void)
 		"# TYPE jobpool_jobs_grouped_total counter\n"
 		"jobpool_jobs_grouped_total %llu\n",
 		(unsigned long long)jobs_grouped);
+	{
+		int64_t stale, rescued;
+
+		store_cluster_stats(&stale, &rescued);
+		fprintf(f, "# HELP jobpool_stale_outcomes_total Outcomes this "
+			"node reported after losing its lease, refused (the "
+			"other nodes settled those attempts).\n"
+			"# TYPE jobpool_stale_outcomes_total counter\n"
+			"jobpool_stale_outcomes_total %lld\n"
+			"# HELP jobpool_rescued_jobs_total Running jobs of dead "
+			"nodes this node re-queued or ended.\n"
+			"# TYPE jobpool_rescued_jobs_total counter\n"
+			"jobpool_rescued_jobs_total %lld\n",
+			(long long)stale, (long long)rescued);
+	}
 	fprintf(f, "# HELP jobpool_http_requests_total HTTP requests answered "
 		"since start.\n# TYPE jobpool_http_requests_total counter\n");
 	for (i = 0; i < nhttp; i++)

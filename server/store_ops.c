@@ -50,6 +50,13 @@ int store_jobs_release(const int64_t *ids, size_t n)
 	return store_be->jobs_release ? store_be->jobs_release(ids, n) : 0;
 }
 
+void store_cluster_stats(int64_t *stale, int64_t *rescued)
+{
+	*stale = *rescued = 0;
+	if (store_be->cluster_stats)
+		store_be->cluster_stats(stale, rescued);
+}
+
 int64_t store_events_start(void)
 {
 	return store_be->events_start ? store_be->events_start() : 0;

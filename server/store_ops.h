@@ -24,6 +24,8 @@ struct store_ops {
 	int (*events_append)(const struct change *c, size_t n);
 	int64_t (*events_start)(void);
 	int (*jobs_release)(const int64_t *ids, size_t n);
+	/* outcomes refused by the fence, jobs rescued from dead nodes */
+	void (*cluster_stats)(int64_t *stale, int64_t *rescued);
 	int (*open)(const char *path);
 	void (*close)(void);
 	int (*flush)(void);

@@ -28,6 +28,7 @@ PGconn *pg_conn;
 static PGconn *id_conn;          /* id blocks, outside the turn */
 static char *conninfo;
 static int in_txn, degraded, resyncing, full;
+static int key_lock;            /* this turn holds the keys' lock */
 static void (*on_rollback)(void);
 
 /* Batches whose last queued job this turn ended: after the commit each
@@ -475,6 +476,7 @@ static int count_flush(void)
 
 static void rolled_back(const char *why)
 {
+	key_lock = 0;
 	nsettle = 0;
 	ndeltas = nsp_deltas = 0;
 	if (!degraded)
@@ -564,6 +566,7 @@ void pg_fence_writes(int on)
 	fenced_writes = on;
 	if (on && in_txn) {
 		in_txn = 0;
+		key_lock = 0;
 		nsettle = 0;
 		ndeltas = nsp_deltas = 0;
 		pg_exec("ROLLBACK");
@@ -586,6 +589,7 @@ int pg_begin(void)
 		return -1;
 	}
 	in_txn = 1;
+	key_lock = 0;
 	return 0;
 }
 
@@ -728,6 +732,7 @@ static int pg_flush(void)
 		return -1;
 	}
 	in_txn = 0;
+	key_lock = 0;
 	r = PQexec(pg_conn, "COMMIT");
 	/* A COMMIT of a transaction that failed answers "ROLLBACK". */
 	ok = PQresultStatus(r) == PGRES_COMMAND_OK &&
@@ -1160,6 +1165,16 @@ static int batch_insert_(const json_t *req, int64_t now, const char *key,
 	json_t *ids;
 	int taken;
 
+	/* Two nodes storing keys in one turn each, in different orders,
+	 * would wait on each other's unique-index entries (a deadlock):
+	 * keyed submissions take one lock per turn, cluster-wide.  A
+	 * concurrent retry of the same key then waits for the first's
+	 * commit and answers from it. */
+	if (key && !key_lock && pg_exec("SELECT pg_advisory_xact_lock("
+					"7478353, 3)") < 0)
+		return -1;
+	if (key)
+		key_lock = 1;
 	*id = next_ids("batch", 1);
 	first = next_ids("job", n ? (int64_t)n : 1);
 	if (*id < 0 || first < 0)
@@ -1210,8 +1225,10 @@ static int pg_batch_insert(const json_t *req, int64_t now, const char *key,
 
 	if (pg_begin() < 0 || pg_exec("SAVEPOINT batch") < 0)
 		return -1;
+	deltas_mark();
 	rc = batch_insert_(req, now, key, hash, id, job_ids);
 	if (rc != 0) {
+		deltas_undo();  /* no counter row for a batch not stored */
 		/* this batch's rows only; the turn's other work stays */
 		if (pg_exec("ROLLBACK TO batch") < 0) {
 			in_txn = 0;
@@ -1517,6 +1534,7 @@ const struct store_ops pg_store_ops = {
 	.events_append = pg_events_append,
 	.events_start = pg_events_start,
 	.jobs_release = pg_jobs_release,
+	.cluster_stats = pg_cluster_stats,
 	.open = pg_open,
 	.close = pg_close,
 	.flush = pg_flush,

@@ -125,6 +125,7 @@ int pg_recover(int64_t now, int *requeued, int *interrupted,
 int pg_resync(int64_t now, const struct live_job *live, size_t n,
 	      int *requeued, int *interrupted);
 json_t *pg_nodes_json(void);
+void pg_cluster_stats(int64_t *stale, int64_t *rescued);
 /* store_pg_events.c */
 int pg_events_append(const struct change *c, size_t n);
 int pg_event_row(const struct change *c, size_t n);

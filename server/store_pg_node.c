@@ -39,6 +39,7 @@ static atomic_int lease_stop;
 static _Atomic int64_t lease_id, renewed_mono;
 static atomic_int lease_lost, busy_workers, pool_workers;
 static int fenced;
+static int64_t rescued;         /* jobs this node's reaper took over */
 static int64_t next_reap, next_look;
 
 static int64_t lease_us(void)
@@ -117,6 +118,8 @@ static int register_node(void)
 		return -1;
 	pg_node_id = pg_i64(r, 0, 0);
 	PQclear(r);
+	if (!atomic_load(&pool_workers))
+		atomic_store(&pool_workers, cfg.workers);
 	atomic_store(&lease_lost, 0);
 	atomic_store(&renewed_mono, mono_us());
 	pool_lease_set(mono_us() + lease_us() - 1000000);
@@ -231,6 +234,7 @@ static int reap(int64_t now, const struct store_tick *cb)
 	pgp_txt(&p, "{}");
 	if (rc == 0 && pg_step(P_UNHOLD, &p) < 0)
 		rc = -1;
+	rescued += requeued + ended;
 	for (i = 0; i < n; i++)
 		log_warn("store: node incarnation %lld missed its lease; "
 			 "%d of its jobs re-queued, %d ended", (long long)ids[i],
@@ -336,6 +340,12 @@ int pg_tick(int64_t now, const struct store_tick *cb)
 	if (!store_dirty())
 		store_flush();
 	return 0;
+}
+
+void pg_cluster_stats(int64_t *stale, int64_t *rescued_)
+{
+	*stale = pg_stale_outcomes();
+	*rescued_ = rescued;
 }
 
 json_t *pg_nodes_json(void)
