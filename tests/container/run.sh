@@ -5,13 +5,19 @@
 # registry is reachable), runs it on the host network bound to 127.0.0.1 only,
 # and checks health, auth, a batch, the non-root user, PID-1 reaping, a clean
 # SIGTERM stop and durability across containers on one named volume.
+# Then the shape of docker/compose.yaml's `cluster` profile, without a compose
+# tool: a PostgreSQL 15 container (docker/postgres.Dockerfile on the same
+# base) and three jobpool containers on it, all on the host network bound to
+# 127.0.0.1; checks GET /v1/nodes, a batch spread over the nodes and read
+# from another one, and a node killed mid-batch whose jobs the others finish.
 # Ends with "container: N passed, M failed"; exit 1 on any failure.
 #
 # Run from anywhere, as root. Environment:
 #   JOBPOOL_CI_CACHE   cache folder (containers.conf, base rootfs tarball)
 #                      [/var/cache/jobpool-ci]
 #   JOBPOOL_CI_MIRROR  Debian mirror for debootstrap [http://deb.debian.org/debian]
-#   JOBPOOL_CI_PORT    loopback port the container listens on [18480]
+#   JOBPOOL_CI_PORT    loopback port the container listens on [18480]; the
+#                      cluster takes the next free ones above it
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,6 +28,10 @@ BASE_IMAGE=localhost/bookworm-min:latest
 IMAGE=localhost/jobpool:test
 CTR=jobpool-ci-test
 VOL=jobpool-ci-data
+PG_IMAGE=localhost/jobpool-ci-postgres:test
+PG_CTR=jobpool-ci-pg
+PG_VOL=jobpool-ci-pgdata
+NODES=(node1 node2 node3)          # container jobpool-ci-<name>, --node-name <name>
 URL=http://127.0.0.1:$PORT
 LOG=$CACHE/podman.log      # podman's own stderr during runs
 TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -65,9 +75,14 @@ if ! timeout 60 podman info >/dev/null 2>&1; then
 fi
 
 cleanup() {
+	local n
+	for n in "${NODES[@]}"; do    # -v: the anonymous volume of the image's /data
+		timeout 60 podman rm -f -v -t 0 "jobpool-ci-$n" >/dev/null 2>&1 || true
+	done
+	timeout 60 podman rm -f -v -t 0 "$PG_CTR" >/dev/null 2>&1 || true
 	timeout 60 podman rm -f -t 0 "$CTR" >/dev/null 2>&1 || true
-	timeout 60 podman volume rm -f "$VOL" >/dev/null 2>&1 || true
-	timeout 60 podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+	timeout 60 podman volume rm -f "$VOL" "$PG_VOL" >/dev/null 2>&1 || true
+	timeout 60 podman rmi -f "$IMAGE" "$PG_IMAGE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 cleanup     # leftovers of an interrupted run
@@ -244,6 +259,184 @@ else
 	bad "a new container on the same volume starts"
 	timeout 30 podman logs "$CTR" 2>&1 | tail -20 || true
 fi
+
+# --- cluster: three nodes on one PostgreSQL (compose.yaml's `cluster`) --------
+# As the compose profile runs them, but on the host network bound to
+# 127.0.0.1: the PostgreSQL container as the postgres user with password
+# (scram-sha-256) logins, the nodes from the image above with --db in
+# JOBPOOL_DB (the password stays out of ps), a token, --node-name and
+# --node-lease 4s.  Every wait is bounded.
+free_port() { # free_port FROM: the first port >= FROM that nobody listens on
+	local p=$1
+	while [ "$p" -lt 65000 ]; do
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! taken "$p"; then
+			echo "$p"
+			return 0
+		fi
+		p=$((p + 1))
+	done
+	return 1
+}
+picked=" $PORT "
+taken() { [[ $picked == *" $1 "* ]]; }
+pick() { # pick VAR: a free port above $PORT not picked before, into VAR
+	local p
+	p=$(free_port $((PORT + 1))) || return 1
+	picked+="$p "
+	printf -v "$1" %s "$p"
+}
+
+cluster_run() {
+	local t0 pg_port pg_pass name port
+	t0=$(date +%s)
+	if (cd "$ROOT/docker" && timeout 600 podman build --network=host --format docker \
+	      --build-arg BASE=$BASE_IMAGE -f postgres.Dockerfile -t "$PG_IMAGE" .) \
+	      > "$CACHE/build-postgres.log" 2>&1; then
+		ok "PostgreSQL 15 image builds ($(( $(date +%s) - t0 )) s)"
+	else
+		tail -20 "$CACHE/build-postgres.log"
+		bad "PostgreSQL 15 image builds (log: $CACHE/build-postgres.log)"
+		return 0
+	fi
+
+	local -A nport
+	pick pg_port || { bad "free loopback ports for the cluster"; return 0; }
+	for name in "${NODES[@]}"; do
+		pick "nport[$name]" || { bad "free loopback ports for the cluster"; return 0; }
+	done
+	pg_pass=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	pg_ready() {
+		timeout 10 podman exec "$PG_CTR" pg_isready -q -h 127.0.0.1 -p "$pg_port" \
+			-U jobpool -d jobpool 2>/dev/null
+	}
+	if timeout 60 podman run -d --name "$PG_CTR" --network=host \
+	      -e POSTGRES_USER=jobpool -e POSTGRES_DB=jobpool -e POSTGRES_PASSWORD="$pg_pass" \
+	      -v "$PG_VOL":/var/lib/postgresql/data "$PG_IMAGE" \
+	      -p "$pg_port" -c listen_addresses=127.0.0.1 \
+	      -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+	      >/dev/null 2>>"$LOG" && retry 150 0.2 pg_ready; then
+		ok "PostgreSQL container answers pg_isready on 127.0.0.1:$pg_port"
+	else
+		bad "PostgreSQL container answers pg_isready on 127.0.0.1:$pg_port"
+		timeout 30 podman logs "$PG_CTR" 2>&1 | tail -20 || true
+		return 0
+	fi
+	check "PostgreSQL runs as the postgres user" \
+		test "$(timeout 30 podman exec "$PG_CTR" id -un)" = postgres
+	check "PostgreSQL refuses a wrong password over TCP" bash -c '
+		! timeout 30 podman exec -e PGPASSWORD=wrong "$1" psql -h 127.0.0.1 -p "$2" \
+			-U jobpool -d jobpool -Atc "SELECT 1" >/dev/null 2>&1' _ "$PG_CTR" "$pg_port"
+
+	local -A nurl
+	for name in "${NODES[@]}"; do
+		port=${nport[$name]}
+		nurl[$name]=http://127.0.0.1:$port
+		timeout 60 podman run -d --name "jobpool-ci-$name" --network=host \
+			-e JOBPOOL_LISTEN="127.0.0.1:$port" -e JOBPOOL_TOKEN="$TOKEN" \
+			-e JOBPOOL_DB="postgresql://jobpool:$pg_pass@127.0.0.1:$pg_port/jobpool" \
+			"$IMAGE" --node-name "$name" --node-lease 4s >/dev/null 2>>"$LOG" || true
+	done
+	node_up() { [ "$(code "${auth[@]}" "$1/readyz")" = 200 ]; }
+	local up=1
+	for name in "${NODES[@]}"; do
+		retry 100 0.2 node_up "${nurl[$name]}" || {
+			up=0
+			echo "# $name is not ready; its log:"
+			timeout 30 podman logs "jobpool-ci-$name" 2>&1 | tail -10 || true
+		}
+	done
+	if [ "$up" = 1 ]; then
+		ok "${#NODES[@]} nodes on PostgreSQL start, GET /readyz is 200 on each"
+	else
+		bad "${#NODES[@]} nodes on PostgreSQL start, GET /readyz is 200 on each"
+		return 0
+	fi
+	local n1=${nurl[node1]} n2=${nurl[node2]}
+
+	nodes_seen() { # nodes_seen URL: the names GET /v1/nodes lists, sorted, one line
+		curl -s --max-time 5 "${auth[@]}" "$1/v1/nodes" \
+			| grep -o '"name":"[^"]*"' | cut -d'"' -f4 | sort | paste -sd' ' - || true
+	}
+	all_listed() { [ "$(nodes_seen "$n1")" = "node1 node2 node3" ]; }
+	retry 50 0.2 all_listed || true
+	check "GET /v1/nodes on node1 lists node1 node2 node3 ($(nodes_seen "$n1"))" all_listed
+
+	# cpost URL JSON: the new batch's id, or nothing; cstate URL ID WAIT: its state
+	cpost() {
+		curl -s --max-time 15 "${auth[@]}" -H 'Content-Type: application/json' \
+			"$1/v1/batches" --data-binary "$2" \
+			| sed -n '1s/.*"id":"\(b_[0-9a-z]*\)".*/\1/p' || true
+	}
+	cstate() {
+		curl -s --max-time $(( $3 + 10 )) "${auth[@]}" "$1/v1/batches/$2?wait=$3" \
+			| sed -n 's/.*"state":"\([a-z_]*\)".*/\1/p' | head -n1 || true
+	}
+	jobs_of() { # jobs_of URL ID [QUERY]: the batch's jobs (30 fit one page)
+		curl -s --max-time 15 "${auth[@]}" "$1/v1/batches/$2/jobs?limit=1000${3:+&$3}" || true
+	}
+	workers() { # workers JOBS_JSON: the distinct worker.node values, one line
+		grep -o '"node":"[^"]*"' <<<"$1" | cut -d'"' -f4 | sort -u | paste -sd' ' - || true
+	}
+	sleeps() { # sleeps N SECONDS [EXTRA JOB FIELDS]: a batch body of N sleep jobs
+		local i body='{"name":"cluster","jobs":['
+		for ((i = 0; i < $1; i++)); do
+			body+='{"kind":"sleep","args":{"seconds":'"$2"'}'"${3:+,$3}"'}'
+			[ "$i" -lt $(($1 - 1)) ] && body+=,
+		done
+		echo "$body]}"
+	}
+
+	# 30 short jobs on node1: they succeed, and more than one node ran them.
+	local b st w
+	b=$(cpost "$n1" "$(sleeps 30 0.2)")
+	check "POST of 30 sleep jobs on node1 is 201 ($b)" test -n "$b"
+	if [ -n "$b" ]; then
+		st=$(cstate "$n1" "$b" 30)
+		check "the batch ends succeeded on node1 (state $st)" test "$st" = succeeded
+		w=$(workers "$(jobs_of "$n1" "$b")")
+		check "its jobs ran on at least two nodes (worker.node: $w)" \
+			test "$(wc -w <<<"$w")" -ge 2
+		st=$(cstate "$n2" "$b" 0)
+		check "GET of the batch on node2 says succeeded too" test "$st" = succeeded
+	fi
+
+	# Kill node2 (SIGKILL to its jobpoold, and so to its workers) while it runs
+	# jobs: its lease lapses (4 s), another node re-queues them, and every job
+	# of the batch ends succeeded within 20 s of the kill.
+	b=$(cpost "$n1" "$(sleeps 12 2 '"max_attempts":2')")
+	check "POST of 12 two-second jobs (max_attempts 2) on node1 is 201 ($b)" test -n "$b"
+	[ -n "$b" ] || return 0
+	on_node2() { grep -q '"node":"node2"' <<<"$(jobs_of "$n1" "$b" state=running)"; }
+	check "node2 runs some of them" retry 100 0.1 on_node2
+	local t_kill
+	t_kill=$(date +%s%N)
+	timeout 30 podman kill "jobpool-ci-node2" >/dev/null 2>>"$LOG" || true
+	st=$(cstate "$n1" "$b" 20)
+	local ms=$(( ($(date +%s%N) - t_kill) / 1000000 ))
+	check "after podman kill of node2 every job ends succeeded (batch $st, ${ms} ms after the kill)" \
+		test "$st" = succeeded -a "$ms" -le 20000
+	local again
+	again=$(jobs_of "$n1" "$b" | grep -o '"attempts":2' | wc -l || true)
+	check "the jobs node2 was running were run again ($again jobs with a second attempt)" \
+		test "$again" -ge 1
+	gone() { [ "$(nodes_seen "$n1")" = "node1 node3" ]; }
+	retry 50 0.2 gone || true
+	check "GET /v1/nodes on node1 then lists node1 node3 ($(nodes_seen "$n1"))" gone
+}
+retry() { # retry N SECONDS CMD...: run CMD up to N times, SECONDS apart, until it succeeds
+	local n=$1 s=$2 i
+	shift 2
+	for ((i = 0; i < n; i++)); do
+		"$@" && return 0
+		sleep "$s"
+	done
+	return 1
+}
+cluster_run
+for name in "${NODES[@]}"; do    # kept for a look after a failure
+	timeout 30 podman logs "jobpool-ci-$name" > "$CACHE/cluster-$name.log" 2>&1 || true
+done
+timeout 30 podman logs "$PG_CTR" > "$CACHE/cluster-postgres.log" 2>&1 || true
 
 summary
 [ "$fail" = 0 ]
