@@ -647,9 +647,22 @@ static enum MHD_Result api_nodes_get(struct request *r)
 {
 	json_t *node, *nodes = store_nodes_json();
 
-	/* With PostgreSQL: every node whose lease is alive. */
-	if (nodes)
+	/* With PostgreSQL: every node whose lease is alive, as its last
+	 * heartbeat stored it; this node's own entry as it is now. */
+	if (nodes) {
+		size_t i;
+
+		for (i = 0; i < json_array_size(nodes); i++) {
+			node = json_array_get(nodes, i);
+			if (!json_is_true(json_object_get(node, "self")))
+				continue;
+			json_object_set_new(node, "pool_size",
+					    json_integer(pool_size()));
+			json_object_set_new(node, "busy_workers",
+					    json_integer(pool_busy()));
+		}
 		return http_json(r, 200, json_pack("{s:o}", "items", nodes));
+	}
 	node = json_pack("{s:s, s:b, s:o, s:o, s:i, s:i}",
 				 "name", cfg.node_name, "self", 1,
 				 "started_at", json_time(cfg.started_at),

@@ -116,6 +116,22 @@ static const char *const sql[P__COUNT] = {
 		"rss, code, sig, err, res, hist) "
 		"WHERE j.id = u.id AND j.state = 'queued' AND j.held_by = $1 "
 		"RETURNING j.id",
+	/* held rows of dead incarnations: queued again for everyone, or
+	 * canceled when a cancel was stored while they were held */
+	[P_UNHOLD_DEAD] = "UPDATE jp_jobs j SET held_by = NULL, "
+		"state = CASE WHEN j.cancel_req OR b.cancel_req THEN 'canceled' "
+		"ELSE 'queued' END, finished_at = CASE WHEN j.cancel_req OR "
+		"b.cancel_req THEN $2::bigint END, error = CASE WHEN j.cancel_req OR "
+		"b.cancel_req THEN 'canceled before it started' END "
+		"FROM jp_batches b WHERE b.id = j.batch_id "
+		"AND j.held_by = ANY ($1::bigint[]) AND j.state = 'queued' "
+		"RETURNING j.id, j.batch_id, j.state, j.attempts",
+	[P_NAMESAKES] = "SELECT id FROM jp_nodes WHERE name = $1 "
+		"AND state = 'alive' AND id <> $2 ORDER BY id",
+	[P_MARK_DEAD] = "UPDATE jp_nodes SET state = 'dead' "
+		"WHERE id = ANY ($1::bigint[])",
+	[P_COMMAND_JOBS] = "SELECT id FROM jp_jobs WHERE node_id = ANY "
+		"($1::bigint[]) AND state = 'running' AND kind = 'command'",
 	[P_RELEASE] = "UPDATE jp_jobs SET held_by = NULL "
 		"WHERE id = ANY ($1::bigint[]) AND held_by = $2",
 	/* held rows of incarnations that are gone, or of this one that no

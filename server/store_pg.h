@@ -23,7 +23,8 @@ enum pg_stmt {
 	P_IDEM_PUT, P_PURGE_PICK, P_PURGE_JOBS, P_PURGE_KEYS, P_COUNTS, P_SIZE,
 	P_SETTLE_LOCK, P_SETTLE, P_REVIVE, P_LOST, P_DEAD, P_REAP,
 	P_MY_CANCELS, P_NODE_ADD, P_RENEW, P_REAP_LOCK, P_NODE_GONE, P_NODES,
-	P_EVENT_ADD, P_EVENTS_READ, P_JOBS_DONE, P_RELEASE, P_UNHOLD, P_EVENTS_TRIM,
+	P_EVENT_ADD, P_EVENTS_READ, P_JOBS_DONE, P_RELEASE, P_UNHOLD,
+	P_UNHOLD_DEAD, P_NAMESAKES, P_MARK_DEAD, P_COMMAND_JOBS, P_EVENTS_TRIM,
 	P__COUNT
 };
 
@@ -83,6 +84,16 @@ void pg_node_stop(void);
 int pg_reap(int64_t now);
 int pg_node_fenced(void);
 int pg_lost_rows(PGresult *r, int64_t now, const struct store_tick *cb,
+		 int *requeued, int *ended);
+int pg_moved_rows(PGresult *r, int from, int64_t now,
+		  const struct store_tick *cb, int *requeued, int *ended);
+/* store_pg_node.c: earlier incarnations of this node's name whose process
+ * is gone (up to max, into ids); pg_take_over ends the incarnations ids and
+ * takes their jobs over (why: the error of the lost attempts). */
+int pg_gone_namesakes(int64_t *ids, int max);
+int pg_take_over(const int64_t *ids, int n, int64_t now, const char *why,
+		 const struct store_tick *cb,
+		 void (*fn)(int64_t job_id, void *ctx), void *ctx,
 		 int *requeued, int *ended);
 int64_t pg_stale_outcomes(void);
 /* pg_fence_writes stops (1) or allows (0) every write of this node. */

@@ -880,6 +880,15 @@ int pg_batch_delete(int64_t batch_id)
 int pg_lost_rows(PGresult *r, int64_t now, const struct store_tick *cb,
 		 int *requeued, int *ended)
 {
+	return pg_moved_rows(r, JS_RUNNING, now, cb, requeued, ended);
+}
+
+/* pg_moved_rows applies rows (id, batch_id, state, attempts) that went
+ * from state from to their state now to this node's counters; a job still
+ * queued after coming from queued changed nothing. */
+int pg_moved_rows(PGresult *r, int from, int64_t now,
+		  const struct store_tick *cb, int *requeued, int *ended)
+{
 	int i, n = PQntuples(r);
 
 	for (i = 0; i < n; i++) {
@@ -887,7 +896,9 @@ int pg_lost_rows(PGresult *r, int64_t now, const struct store_tick *cb,
 		int64_t batch_id = pg_i64(r, i, 1);
 		int st = job_state_parse(PQgetvalue(r, i, 2));
 
-		pg_delta_state(d, JS_RUNNING, st, 1);
+		if (st == from)
+			continue;
+		pg_delta_state(d, from, st, 1);
 		if (pg_count(batch_id, d, 0, st == JS_QUEUED ? 0 : now) < 0)
 			return -1;
 		if (st == JS_QUEUED)
@@ -930,14 +941,28 @@ static int lost_of(int64_t now, const int64_t *live, size_t n, int *requeued,
 	return rc;
 }
 
-/* pg_recover runs at start: this process is a new incarnation, so it has
- * no running job yet; those of its earlier incarnations (and of any dead
- * node) are the reaper's, once their lease runs out. */
+/* pg_recover runs at start: this process is a new incarnation.  The jobs
+ * of an earlier incarnation of the same --node-name are recovered at once,
+ * as a restarted SQLite server recovers its own (re-queued or ended
+ * "interrupted", command jobs' leftover processes reported through fn),
+ * when that incarnation is provably gone: its lease connection holds an
+ * advisory lock for life, and the lock is free.  Any other dead node's
+ * jobs are the reaper's, once its lease runs out. */
 int pg_recover(int64_t now, int *requeued, int *interrupted,
 	       void (*fn)(int64_t job_id, void *ctx), void *ctx)
 {
+	int64_t gone[16];
+	int n;
+
 	*requeued = *interrupted = 0;
-	return 0;
+	n = pg_gone_namesakes(gone, 16);
+	if (n <= 0)
+		return n < 0 ? -1 : 0;
+	if (pg_begin() < 0 || pg_take_over(gone, n, now, "interrupted", NULL,
+					   fn, ctx, requeued,
+					   interrupted) < 0)
+		return -1;
+	return store_flush();
 }
 
 /* pg_resync puts the database in line with memory after a lost

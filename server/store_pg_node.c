@@ -29,6 +29,8 @@
 #include "store_pg.h"
 
 int64_t pg_node_id;
+/* advisory locks (LEASE_LOCK_NS, incarnation) held by lease connections */
+#define LEASE_LOCK_NS 7478354
 
 static pthread_t lease_thread;
 static int lease_running;
@@ -72,19 +74,39 @@ static int renew(PGconn *c, int64_t id)
 static void *lease_main(void *arg)
 {
 	PGconn *c = NULL;
-	int64_t id, sent;
+	PGresult *r = NULL;
+	int64_t id, sent, locked = 0, slept;
 	int rc;
 
 	while (!atomic_load(&lease_stop)) {
 		if (!c || PQstatus(c) != CONNECTION_OK) {
 			if (c)
 				PQfinish(c);
+			locked = 0;
 			if (pg_connect_thread(&c, "lease") == 0) {
 				/* a lost heartbeat is harmless: no fsync wait */
 				PQclear(PQexec(c, "SET synchronous_commit = off"));
 			}
 		}
 		id = atomic_load(&lease_id);
+		if (c && id != locked) {
+			/* proof of life for pg_gone_namesakes, for as long
+			 * as this connection lives */
+			char q[96];
+
+			PQclear(PQexec(c, "SELECT pg_advisory_unlock_all()"));
+			snprintf(q, sizeof(q), "SELECT 1 WHERE "
+				 "pg_try_advisory_lock(%d, %d)", LEASE_LOCK_NS,
+				 (int)id);
+			if (id <= 0)
+				locked = id;
+			else if ((r = PQexec(c, q)) &&
+				 PQresultStatus(r) == PGRES_TUPLES_OK &&
+				 PQntuples(r) == 1)
+				locked = id;    /* else: next round */
+			if (id > 0)
+				PQclear(r);
+		}
 		sent = mono_us();
 		if (c && id > 0) {
 			rc = renew(c, id);
@@ -96,8 +118,11 @@ static void *lease_main(void *arg)
 				atomic_store(&lease_lost, 1);
 		}
 		/* Every lease/8 (500 ms by default): a database outage of up
-		 * to about lease - 1.5 s passes without a fence. */
-		usleep((useconds_t)(lease_us() / 8));
+		 * to about lease - 1.5 s passes without a fence.  In slices,
+		 * so a stop does not wait for it. */
+		for (slept = 0; slept < lease_us() / 8 &&
+		     !atomic_load(&lease_stop); slept += 50000)
+			usleep(50000);
 	}
 	PQfinish(c);
 	return NULL;
@@ -178,16 +203,117 @@ int pg_node_fenced(void)
 	return fenced;
 }
 
+/* id_list writes ids as a PostgreSQL array literal into buf. */
+static const char *id_list(char *buf, size_t size, const int64_t *ids, int n)
+{
+	size_t len = 1;
+	int i;
+
+	buf[0] = '{';
+	for (i = 0; i < n && len + 24 < size; i++)
+		len += (size_t)snprintf(buf + len, size - len, "%s%lld",
+					i ? "," : "", (long long)ids[i]);
+	snprintf(buf + len, size - len, "}");
+	return buf;
+}
+
+int pg_take_over(const int64_t *ids, int n, int64_t now, const char *why,
+		 const struct store_tick *cb,
+		 void (*fn)(int64_t job_id, void *ctx), void *ctx,
+		 int *requeued, int *ended)
+{
+	struct pgp p = { 0 };
+	char arr[16 * 24 + 4];
+	PGresult *r;
+	int i, rc;
+
+	id_list(arr, sizeof(arr), ids, n);
+	pgp_txt(&p, arr);
+	if (pg_step(P_MARK_DEAD, &p) < 0)
+		return -1;
+	/* A dead command job's processes may live on, on this host. */
+	if (fn) {
+		if (!(r = pg_run(P_COMMAND_JOBS, &p)))
+			return -1;
+		for (i = 0; i < PQntuples(r); i++)
+			fn(pg_i64(r, i, 0), ctx);
+		PQclear(r);
+	}
+	pgp_i64(&p, now);
+	pgp_txt(&p, why);
+	pgp_txt(&p, "true");
+	if (!(r = pg_run(P_REAP, &p)))
+		return -1;
+	rc = pg_lost_rows(r, now, cb, requeued, ended);
+	PQclear(r);
+	/* jobs they held for groups, never started: claimable again */
+	p.n = 2;
+	if (rc == 0 && (r = pg_run(P_UNHOLD_DEAD, &p))) {
+		rc = pg_moved_rows(r, JS_QUEUED, now, cb, requeued, ended);
+		PQclear(r);
+	} else {
+		rc = -1;
+	}
+	rescued += *requeued + *ended;
+	return rc;
+}
+
+/* pg_gone_namesakes finds earlier incarnations of this node's name whose
+ * process is gone: each lease connection holds an advisory lock on its
+ * incarnation for life, and PostgreSQL frees it when the connection dies
+ * (a killed process's socket closes at once).  Tried for up to a second,
+ * so a backend still noticing the close is waited for; an incarnation
+ * whose lock stays held is alive: the name is taken twice. */
+int pg_gone_namesakes(int64_t *ids, int max)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int64_t cand[16];
+	char q[96];
+	int i, n, found = 0, tries;
+
+	pgp_txt(&p, cfg.node_name);
+	pgp_i64(&p, pg_node_id);
+	if (!(r = pg_run(P_NAMESAKES, &p)))
+		return -1;
+	n = PQntuples(r) < 16 ? PQntuples(r) : 16;
+	for (i = 0; i < n; i++)
+		cand[i] = pg_i64(r, i, 0);
+	PQclear(r);
+	for (i = 0; i < n && found < max; i++) {
+		for (tries = 0; tries < 10; tries++) {
+			snprintf(q, sizeof(q), "SELECT 1 WHERE pg_try_advisory_lock"
+				 "(%d, %d)", LEASE_LOCK_NS, (int)cand[i]);
+			r = PQexec(pg_conn, q);
+			if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r))
+				break;
+			PQclear(r);
+			r = NULL;
+			usleep(100000);
+		}
+		if (!r) {
+			log_warn("store: another jobpoold named %s is alive "
+				 "(incarnation %lld); node names must be unique",
+				 cfg.node_name, (long long)cand[i]);
+			continue;
+		}
+		PQclear(r);
+		snprintf(q, sizeof(q), "SELECT pg_advisory_unlock(%d, %d)",
+			 LEASE_LOCK_NS, (int)cand[i]);
+		PQclear(PQexec(pg_conn, q));
+		ids[found++] = cand[i];
+	}
+	return found;
+}
+
 /* reap re-queues (or ends) the running jobs of incarnations whose lease
  * ran out, one node at a time cluster-wide.  Only a node whose own lease
  * is fresh reaps: one that cannot renew may be the one cut off. */
 static int reap(int64_t now, const struct store_tick *cb)
 {
-	struct pgp p = { 0 };
 	PGresult *r;
-	int64_t *ids;
-	char *arr, *q;
-	int i, n, requeued = 0, ended = 0, rc = -1;
+	int64_t ids[16];
+	int i, n, requeued = 0, ended = 0, rc;
 
 	if (mono_us() - atomic_load(&renewed_mono) > 1500000)
 		return 0;
@@ -199,48 +325,18 @@ static int reap(int64_t now, const struct store_tick *cb)
 	PQclear(r);
 	if (!n || !(r = pg_run(P_DEAD, NULL)))
 		return n ? -1 : 0;
-	n = PQntuples(r);
-	if (n == 0) {
-		PQclear(r);
-		return 0;
-	}
-	ids = calloc((size_t)n, sizeof(*ids));
-	arr = malloc((size_t)n * 21 + 3);
-	if (!ids || !arr) {
-		free(ids);
-		free(arr);
-		PQclear(r);
-		return -1;
-	}
-	q = arr;
-	*q++ = '{';
-	for (i = 0; i < n; i++) {
+	n = PQntuples(r) < 16 ? PQntuples(r) : 16;
+	for (i = 0; i < n; i++)
 		ids[i] = pg_i64(r, i, 0);
-		q += sprintf(q, "%s%lld", i ? "," : "", (long long)ids[i]);
-	}
-	strcpy(q, "}");
 	PQclear(r);
-	pgp_txt(&p, arr);
-	pgp_i64(&p, now);
-	pgp_txt(&p, "node lost");
-	pgp_txt(&p, "true");
-	if ((r = pg_run(P_REAP, &p))) {
-		rc = pg_lost_rows(r, now, cb, &requeued, &ended);
-		PQclear(r);
-	}
-	/* jobs they held for groups, never started: claimable again */
-	p.n = 0;
-	pgp_txt(&p, arr);
-	pgp_txt(&p, "{}");
-	if (rc == 0 && pg_step(P_UNHOLD, &p) < 0)
-		rc = -1;
-	rescued += requeued + ended;
+	if (n == 0)
+		return 0;
+	rc = pg_take_over(ids, n, now, "node lost", cb, NULL, NULL,
+			  &requeued, &ended);
 	for (i = 0; i < n; i++)
 		log_warn("store: node incarnation %lld missed its lease; "
 			 "%d of its jobs re-queued, %d ended", (long long)ids[i],
 			 requeued, ended);
-	free(ids);
-	free(arr);
 	return rc;
 }
 

@@ -48,6 +48,79 @@ ALL = []                 # every Server started, in order
 DEFER_TAILS = False      # run.py sets this and prints tails after FAIL lines
 _LOCK = threading.Lock()
 
+# PostgreSQL mode: with JOBPOOL_TEST_PG=postgresql://user@host:port/ (as
+# tests/pg/pgtmp.py run sets it) every Server gets a fresh jp_<random>
+# database of that server instead of a SQLite file; a Server started with
+# another's tmpdir (a restart) gets that server's database.
+PG_BASE = os.environ.get("JOBPOOL_TEST_PG") or None
+SUITE = "integration-pg" if PG_BASE else "integration"
+_PG_DBS = {}             # tmpdir -> database URL
+
+# Tests that need the SQLite file itself, skipped in PostgreSQL mode, with
+# the reason each is printed with ("SKIP name: reason").  A new test can
+# say the same with the @sqlite_only("reason") marker.
+SQLITE_ONLY = {
+    "test_commit.test_disk_full_acks_only_what_committed_and_recovers":
+        "sqlite-only: fills a tmpfs under the SQLite file, then opens it "
+        "with sqlite3",
+    "test_commit.test_metrics_scrape_is_o1_in_stored_rows":
+        "sqlite-only: writes 1,000,000 rows into the SQLite file with "
+        "sqlite3",
+    "test_durability.test_db_cap_is_503_keeps_reads_and_integrity":
+        "sqlite-only: --max-db-bytes caps the SQLite file's size; PRAGMA "
+        "integrity_check on the file",
+    "test_isolation.test_second_server_on_the_same_database_refuses_to_start":
+        "sqlite-only: the single-server flock on the SQLite file (N nodes "
+        "share one PostgreSQL database)",
+    "test_chaos.test_kill9_chaos":
+        "sqlite-only: PRAGMA integrity_check on the SQLite file between "
+        "kills",
+}
+
+
+def sqlite_only(reason):
+    """Marker: the decorated test needs the SQLite file (reason says why)
+    and is skipped in PostgreSQL mode."""
+    def mark(fn):
+        fn.sqlite_only = "sqlite-only: " + reason
+        return fn
+    return mark
+
+
+def skip_reason(name, fn=None):
+    """Why test `module.function` is skipped in this mode, or None."""
+    if not PG_BASE:
+        return None
+    return SQLITE_ONLY.get(name) or getattr(fn, "sqlite_only", None)
+
+
+def _pgtmp():
+    here = os.path.dirname(os.path.abspath(__file__))
+    pgdir = os.path.join(here, "..", "pg")
+    if pgdir not in sys.path:
+        sys.path.insert(0, pgdir)
+    import pgtmp
+    return pgtmp
+
+
+def pg_database(tmpdir):
+    """The PostgreSQL database of tmpdir's servers, created on first use."""
+    with _LOCK:
+        url = _PG_DBS.get(tmpdir)
+        if url is None:
+            url = _pgtmp().create_database(PG_BASE)
+            _PG_DBS[tmpdir] = url
+        return url
+
+
+def _pg_drop(tmpdir):
+    url = _PG_DBS.pop(tmpdir, None)
+    if url is not None:
+        try:
+            _pgtmp().drop_database(url)
+        except Exception as e:   # noqa: BLE001 - cleanup only
+            sys.stdout.write("NOTE could not drop %s: %s\n" % (url, e))
+
 
 def server_binary():
     path = os.environ.get("JOBPOOLD")
@@ -236,6 +309,8 @@ class Server:
         self.own_tmpdir = tmpdir is None
         self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="jobpool-it-")
         self.db = os.path.join(self.tmpdir, "jobpool.db")
+        if PG_BASE:
+            self.db = pg_database(self.tmpdir)
         n = sum(1 for s in ALL if s.tmpdir == self.tmpdir)
         self.stderr_path = os.path.join(self.tmpdir, "stderr.%d.log" % n)
         self.proc = None
@@ -406,6 +481,8 @@ class Server:
                       and s is not self and s.running()]
             if not others:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
+                if PG_BASE:
+                    _pg_drop(self.tmpdir)
 
     def abort(self):
         """Cleanup after a failed test: SIGTERM briefly, then SIGKILL the

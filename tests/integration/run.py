@@ -9,6 +9,11 @@ PASS/FAIL per test and ends with exactly one line
 (its `timeout` attribute, default 120 s, or $INTEGRATION_TEST_TIMEOUT): a hung
 test gets its servers killed and is counted as failed; if it still does not
 return, the runner stops.
+
+With JOBPOOL_TEST_PG set (`tests/pg/pgtmp.py run -- ...` sets it) the
+servers use PostgreSQL, the tests that need the SQLite file are not run but
+printed as `SKIP name: reason`, and the last line reads
+`integration-pg: N passed, M failed`.
 """
 
 import importlib.util
@@ -99,6 +104,7 @@ def main(argv):
 
     passed = failed = 0
     plan = []
+    skipped = []
     for path in files:
         mname = os.path.splitext(os.path.basename(path))[0]
         try:
@@ -113,7 +119,14 @@ def main(argv):
             full = "%s.%s" % (mname, name)
             if sel and sel not in full:
                 continue
+            why = harness.skip_reason(full, fn)
+            if why:
+                skipped.append((full, why))
+                continue
             plan.append((full, fn))
+
+    for full, why in skipped:
+        out("SKIP %s: %s" % (full, why))
 
     for i, (full, fn) in enumerate(plan):
         before = len(harness.ALL)
@@ -140,11 +153,11 @@ def main(argv):
                 out("FAIL %s: not run (runner stopped after a hung test)" % r)
             failed += len(rest)
             harness.kill_all()
-            out("integration: %d passed, %d failed" % (passed, failed))
+            out("%s: %d passed, %d failed" % (harness.SUITE, passed, failed))
             os._exit(1)
 
     harness.kill_all()
-    out("integration: %d passed, %d failed" % (passed, failed))
+    out("%s: %d passed, %d failed" % (harness.SUITE, passed, failed))
     return 1 if failed else 0
 
 
