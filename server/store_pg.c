@@ -196,7 +196,9 @@ static const char *const sql[P__COUNT] = {
 		"WHERE batch_id = $1) + $3",
 	/* Best effort, never waiting: listings by state may lag a turn. */
 	[P_BATCH_STARTED] = "UPDATE jp_batches SET state = 'running', "
-		"started_at = $2 WHERE id = (SELECT id FROM jp_batches "
+		"started_at = coalesce((SELECT min(first_start) FROM "
+		"jp_batch_counts WHERE batch_id = $1), $2) "
+		"WHERE id = (SELECT id FROM jp_batches "
 		"WHERE id = $1 AND state = 'queued' "
 		"FOR NO KEY UPDATE SKIP LOCKED)",
 	/* fenced: only the incarnation that runs this attempt writes it */
@@ -277,8 +279,10 @@ static const char *const sql[P__COUNT] = {
 		"FROM jp_batch_counts",
 	[P_SIZE] = "SELECT coalesce(sum(pg_total_relation_size(oid)), 0) "
 		"FROM pg_class WHERE relkind = 'r' AND relname LIKE 'jp\\_%'",
+	/* never waits: a node holding the row settles it, or the next look
+	 * at the store does */
 	[P_SETTLE_LOCK] = "SELECT 1 FROM jp_batches WHERE id = $1 "
-		"AND finished_at IS NULL FOR UPDATE",
+		"AND finished_at IS NULL FOR UPDATE SKIP LOCKED",
 	/* A new statement after the lock: its snapshot sees every finish
 	 * committed before the lock was granted (READ COMMITTED takes one
 	 * per statement). */
@@ -425,6 +429,15 @@ int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
 	return 0;
 }
 
+/* pg_deltas_forget drops a deleted batch's pending changes. */
+void pg_deltas_forget(int64_t batch_id)
+{
+	struct delta *x = delta_of(batch_id, 0);
+
+	if (x)
+		*x = deltas[--ndeltas];
+}
+
 /* pg_pending_running is this turn's change to a batch's running count,
  * not in the database yet (the concurrency gate adds it). */
 int64_t pg_pending_running(int64_t batch_id)
@@ -565,11 +578,23 @@ int pg_step(enum pg_stmt id, const struct pgp *p)
 static int prepare_all(void);
 int pg_reconnect(void)
 {
+	static int64_t next_try, backoff;
+	int64_t now = mono_us();
+
 	if (PQstatus(pg_conn) == CONNECTION_OK)
 		return 0;
-	PQreset(pg_conn);
-	if (PQstatus(pg_conn) != CONNECTION_OK)
+	/* Each try costs the server a backend start: at most every 100 ms,
+	 * backing off to 5 s while it stays down. */
+	if (now < next_try)
 		return -1;
+	PQreset(pg_conn);
+	if (PQstatus(pg_conn) != CONNECTION_OK) {
+		backoff = backoff ? (backoff * 2 < 5000000 ? backoff * 2 :
+				     5000000) : 100000;
+		next_try = mono_us() + backoff;
+		return -1;
+	}
+	backoff = next_try = 0;
 	log_info("store: connected to PostgreSQL again");
 	return prepare_all();
 }

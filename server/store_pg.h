@@ -71,6 +71,7 @@ int pg_count(int64_t batch_id, const int64_t d[8], int64_t first_start,
  * announce it, if it has ended (settle_now). */
 void pg_settle_later(int64_t batch_id);
 int64_t pg_pending_running(int64_t batch_id);
+void pg_deltas_forget(int64_t batch_id);
 void pg_row(struct row *r, PGresult *res, int n);
 
 /* Counter deltas, in the column order of jp_batch_counts. */

@@ -94,12 +94,10 @@ static int batch_conc(int64_t batch_id, int *started)
 		pgp_i64(&p, batch_id);
 		if (!(r = pg_run(P_CONC, &p)))
 			return -1;
-		if (!PQntuples(r)) {
-			PQclear(r);
-			return -1;
-		}
 		conc_cache[h].id = batch_id;
-		conc_cache[h].conc = (int)pg_i64(r, 0, 0);
+		/* no row: deleted meanwhile (by another node); nothing to
+		 * claim, which the claim itself finds */
+		conc_cache[h].conc = PQntuples(r) ? (int)pg_i64(r, 0, 0) : 0;
 		conc_cache[h].started = 0;
 		PQclear(r);
 	}
@@ -858,6 +856,7 @@ static int batch_delete_(int64_t batch_id)
 
 	if (pg_begin() < 0)
 		return -1;
+	pg_deltas_forget(batch_id);     /* no counter row for it any more */
 	pgp_i64(&p, batch_id);
 	if (pg_step(P_BATCH_DEL_JOBS, &p) < 0 ||
 	    pg_step(P_BATCH_DEL_KEYS, &p) < 0 || pg_step(P_BATCH_DEL, &p) < 0)

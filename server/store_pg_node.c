@@ -75,13 +75,17 @@ static void *lease_main(void *arg)
 {
 	PGconn *c = NULL;
 	PGresult *r = NULL;
-	int64_t id, sent, locked = 0, slept;
+	int64_t id, sent, locked = 0, slept, next_connect = 0;
 	int rc;
 
 	while (!atomic_load(&lease_stop)) {
-		if (!c || PQstatus(c) != CONNECTION_OK) {
+		if ((!c || PQstatus(c) != CONNECTION_OK) &&
+		    mono_us() >= next_connect) {
+			/* a failed try waits a second: each costs a backend */
+			next_connect = mono_us() + 1000000;
 			if (c)
 				PQfinish(c);
+			c = NULL;
 			locked = 0;
 			if (pg_connect_thread(&c, "lease") == 0) {
 				/* a lost heartbeat is harmless: no fsync wait */
