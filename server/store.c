@@ -61,11 +61,6 @@ static int64_t totals[JS__COUNT], pending[JS__COUNT], sp_mark[JS__COUNT];
 	"started_at, finished_at, n_total, n_queued, n_running, " \
 	"n_succeeded, n_failed, n_timed_out, n_canceled, total_run_us, " \
 	"total_cpu_us"
-#define JOB_COLS "id, batch_id, idx, name, kind, args, state, attempts, " \
-	"max_attempts, retry_on, retry_backoff_s, timeout_s, created_at, " \
-	"queued_at, started_at, finished_at, run_us, user_us, sys_us, " \
-	"max_rss_kb, worker_slot, worker_pid, exit_code, signal, error, " \
-	"result, history, output, worker_node"
 
 static const char *const sql[S__COUNT] = {
 	[S_BATCH_INSERT] = "INSERT INTO batches (name, state, concurrency, "

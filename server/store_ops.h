@@ -99,8 +99,16 @@ struct row {
 	const char *(*text)(const struct row *r, int col);
 };
 
+/* A job's columns in the order store_render_job reads them; the two
+ * stores name them alike. */
+#define JOB_COLS "id, batch_id, idx, name, kind, args, state, attempts, " \
+	"max_attempts, retry_on, retry_backoff_s, timeout_s, created_at, " \
+	"queued_at, started_at, finished_at, run_us, user_us, sys_us, " \
+	"max_rss_kb, worker_slot, worker_pid, exit_code, signal, error, " \
+	"result, history, output, worker_node"
+
 /* The API's view of a batch and of a job, from a row whose columns are
- * BATCH_COLS or JOB_COLS (store_read.c). */
+ * each store's BATCH_COLS or JOB_COLS (store_read.c). */
 json_t *store_render_batch(const struct row *r);
 json_t *store_render_job(const struct row *r);
 

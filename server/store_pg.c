@@ -37,11 +37,6 @@ static void (*on_rollback)(void);
 static int64_t *to_settle;
 static size_t nsettle, settle_cap;
 
-#define JOB_COLS "id, batch_id, idx, name, kind, args, state, attempts, " \
-	"max_attempts, retry_on, retry_backoff_s, timeout_s, created_at, " \
-	"queued_at, started_at, finished_at, run_us, user_us, sys_us, " \
-	"max_rss_kb, worker_slot, worker_pid, exit_code, signal, error, " \
-	"result, history, output, worker_node"
 /* A batch as the API shows it: the stored row and the sums of its counter
  * shards (jp_batch_view, schema/pg), in store_render_batch's order. */
 #define BATCH_COLS "id, name, state, concurrency, priority, created_at, " \
