@@ -214,6 +214,19 @@ def test_command_cpu_is_the_commands_own():
         assert t["user_cpu_ms"] + t["sys_cpu_ms"] <= t["run_ms"] * 1.1 + 5, t
 
 
+def own_marker(srv):
+    """The JOBPOOL_JOB prefix of srv's jobs (JOBPOOL_INSTANCE/): other
+    servers on this machine, of other tests or sessions, have their own."""
+    # the server sets it after its start: its workers' environment has it
+    srv.wait_pool_ready(1)
+    worker = srv.pool()["workers"][0]["pid"]
+    with open("/proc/%d/environ" % worker, "rb") as f:
+        for e in f.read().split(b"\0"):
+            if e.startswith(b"JOBPOOL_INSTANCE="):
+                return "JOBPOOL_JOB=%s/" % e.split(b"=", 1)[1].decode()
+    raise AssertionError("jobpoold has no JOBPOOL_INSTANCE")
+
+
 def marked(marker_prefix="JOBPOOL_JOB="):
     """pids of live processes carrying a JOBPOOL_JOB marker."""
     out = []
@@ -234,19 +247,19 @@ def marked(marker_prefix="JOBPOOL_JOB="):
 
 
 def test_worker_death_mid_command_leaves_nothing():
-    foreign = set(marked())   # not this test's
     with Server(workers=1, args=["--allow-command"]) as srv:
+        mine = own_marker(srv)
         b = srv.submit([{"kind": "command", "args": {
             "argv": ["sh", "-c", "setsid sleep 300 & sleep 300 & wait"]}}])
         jid = b["job_ids"][0]
         srv.wait_job_state(jid, ("running",))
-        wait_until(lambda: len(set(marked()) - foreign) >= 3, 5, 0.02,
+        wait_until(lambda: len(marked(mine)) >= 3, 5, 0.02,
                    "the job's processes")
         worker = srv.pool()["workers"][0]["pid"]
         os.kill(worker, 9)
         j = srv.wait_job(jid, timeout=5)
         assert j["state"] == "failed" and j["signal"] == "SIGKILL", j
-        wait_until(lambda: not set(marked()) - foreign, 3, 0.05,
+        wait_until(lambda: not marked(mine), 3, 0.05,
                    "the dead job's processes to be killed")
         srv.wait_pool_ready(1)
 
@@ -291,14 +304,14 @@ def test_broken_worker_binary_backs_off_and_is_not_ready():
 
 
 def test_shutdown_kills_what_a_running_command_left():
-    foreign = set(marked())   # not this test's
     with Server(workers=1, args=["--allow-command",
                                  "--drain-timeout-s", "0"]) as srv:
+        mine = own_marker(srv)
         b = srv.submit([{"kind": "command", "args": {
             "argv": ["sh", "-c", "setsid sleep 300 & sleep 300 & wait"]}}])
         srv.wait_job_state(b["job_ids"][0], ("running",))
-        wait_until(lambda: len(set(marked()) - foreign) >= 3, 5, 0.02,
+        wait_until(lambda: len(marked(mine)) >= 3, 5, 0.02,
                    "the job's processes")
         srv.stop()
-        wait_until(lambda: not set(marked()) - foreign, 2, 0.05,
+        wait_until(lambda: not marked(mine), 2, 0.05,
                    "no process of the job after shutdown")
