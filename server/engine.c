@@ -240,6 +240,23 @@ static int groupable(const struct claim *c)
  * rows stay queued until the worker reports them.  Returns 0, 1 when b has
  * no due job, -1 when the store failed; falls back to one job when fewer
  * than two can go. */
+/* Jobs handed in groups this turn whose claim is not committed yet (with
+ * several nodes): if the commit fails, the groups are never sent and the
+ * jobs are not held after all (engine_dispatched). */
+static int64_t uncommitted[GROUP_MAX * POOL_MAX];
+static size_t nuncommitted;
+
+/* engine_dispatched: the claims of this turn's dispatch committed (ok), or
+ * were lost with their transaction (their messages were dropped). */
+void engine_dispatched(int ok)
+{
+	size_t i;
+
+	for (i = 0; !ok && i < nuncommitted; i++)
+		held_del(uncommitted[i]);
+	nuncommitted = 0;
+}
+
 /* unclaim gives back jobs [from, n) of c that a group will not carry
  * (with several nodes their rows are marked held) and frees them all. */
 static void unclaim(struct claim *c, int from, int n)
@@ -277,6 +294,9 @@ static int start_group(struct slot *s, struct sbatch *b, int k)
 		if (held_add(c[i].job_id) < 0)
 			abort();        /* as the scheduler does: no memory */
 		sched_started(b);
+		if (store_dispatch_after_commit() && nuncommitted < GROUP_MAX *
+		    POOL_MAX)
+			uncommitted[nuncommitted++] = c[i].job_id;
 	}
 	sched_set_cursor(b, c[sent - 1].idx);
 	metrics_grouped(sent);

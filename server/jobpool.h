@@ -448,6 +448,7 @@ json_t *pool_json(void);
 
 /* ---- engine.c ---- */
 void engine_dispatch(void);
+void engine_dispatched(int ok);
 extern const struct pool_events engine_pool_events;
 void engine_batch_added(int64_t batch_id);
 int engine_cancel_job(int64_t job_id);

@@ -549,11 +549,13 @@ static int commit(int64_t *dirty_since)
  * another node could still claim the same rows. */
 static void dispatch(int64_t *dirty_since)
 {
+	int ok = 1;
+
 	engine_dispatch();
 	if (pool_holding())
-		pool_release(commit(dirty_since) == 0);
-	else
-		pool_release(1);
+		ok = commit(dirty_since) == 0;
+	pool_release(ok);
+	engine_dispatched(ok);
 }
 
 /* on_rollback: the open transaction is gone (SQLite rolled it back, or its

@@ -25,10 +25,14 @@ extern const char *const pg_schema_migrations[];
 extern const size_t pg_schema_migrations_count;
 
 PGconn *pg_conn;
+int pg_generation = 1;          /* counts the loop connection's reconnects */
 static PGconn *id_conn;          /* id blocks, outside the turn */
 static char *conninfo;
 static int in_txn, degraded, resyncing, full;
 static int key_lock;            /* this turn holds the keys' lock */
+/* The turn's transaction was lost: the next flush says so, even when no
+ * transaction is open any more (claims made before must not be sent). */
+static int lost;
 static void (*on_rollback)(void);
 
 /* Batches whose last queued job this turn ended: after the commit each
@@ -118,8 +122,9 @@ static const char *const sql[P__COUNT] = {
 		"ELSE 'queued' END, finished_at = CASE WHEN j.cancel_req OR "
 		"b.cancel_req THEN $2::bigint END, error = CASE WHEN j.cancel_req OR "
 		"b.cancel_req THEN 'canceled before it started' END "
-		"FROM jp_batches b WHERE b.id = j.batch_id "
-		"AND j.held_by = ANY ($1::bigint[]) AND j.state = 'queued' "
+		"FROM jp_batches b WHERE b.id = j.batch_id AND j.id IN (SELECT id "
+		"FROM jp_jobs WHERE held_by = ANY ($1::bigint[]) "
+		"AND state = 'queued' FOR UPDATE SKIP LOCKED) "
 		"RETURNING j.id, j.batch_id, j.state, j.attempts",
 	[P_NAMESAKES] = "SELECT id FROM jp_nodes WHERE name = $1 "
 		"AND state = 'alive' AND id <> $2 ORDER BY id",
@@ -159,10 +164,14 @@ static const char *const sql[P__COUNT] = {
 	 * The sum counts committed claims and this turn's own, and finishes
 	 * not yet committed elsewhere only make it larger: the room is never
 	 * overstated. */
-	[P_GATE] = "SELECT b.concurrency - (SELECT coalesce(sum(c.running), 0) "
-		"FROM jp_batch_counts c WHERE c.batch_id = b.id) FROM jp_batches b "
-		"WHERE b.id = $1 AND NOT b.cancel_req "
-		"FOR NO KEY UPDATE OF b SKIP LOCKED",
+	[P_GATE] = "SELECT concurrency FROM jp_batches "
+		"WHERE id = $1 AND NOT cancel_req "
+		"FOR NO KEY UPDATE SKIP LOCKED",
+	/* a statement of its own, after the lock: its snapshot then sees
+	 * every claim committed before the lock was ours (READ COMMITTED
+	 * takes one per statement) */
+	[P_GATE_SUM] = "SELECT coalesce(sum(running), 0) FROM jp_batch_counts "
+		"WHERE batch_id = $1",
 	[P_JOB_START] = "UPDATE jp_jobs SET state = 'running', "
 		"attempts = attempts + 1, started_at = $1, finished_at = NULL, "
 		"worker_slot = $2, worker_pid = $3, worker_node = $5, "
@@ -217,14 +226,15 @@ static const char *const sql[P__COUNT] = {
 		"WHERE id = $1",
 	[P_BATCH_CANCEL_REQ] = "UPDATE jp_batches SET cancel_req = true "
 		"WHERE id = $1",
-	[P_QUEUED_IDS] = "SELECT id, attempts FROM jp_jobs WHERE batch_id = $1 "
-		"AND state = 'queued' AND NOT (id = ANY ($2::bigint[])) "
-		"ORDER BY idx",
 	[P_BATCH_CANCEL_JOBS] = "UPDATE jp_jobs SET state = 'canceled', "
 		"finished_at = $1, error = 'canceled before it started' "
-		"WHERE batch_id = $2 AND state = 'queued' "
-		"AND NOT (id = ANY ($3::bigint[]))",
-	[P_BATCH_DEL_JOBS] = "DELETE FROM jp_jobs WHERE batch_id = $1",
+		"WHERE id IN (SELECT id FROM jp_jobs WHERE batch_id = $2 "
+		"AND state = 'queued' AND NOT (id = ANY ($3::bigint[])) "
+		"FOR UPDATE SKIP LOCKED) RETURNING id, attempts",
+	/* by the batch's id range: the primary key, not a scan */
+	[P_BATCH_DEL_JOBS] = "DELETE FROM jp_jobs WHERE id >= (SELECT first_job "
+		"FROM jp_batches WHERE id = $1) AND id < (SELECT first_job + "
+		"n_total FROM jp_batches WHERE id = $1)",
 	[P_BATCH_DEL] = "DELETE FROM jp_batches WHERE id = $1",
 	[P_BATCH_DEL_KEYS] = "DELETE FROM jp_idempotency WHERE batch_id = $1",
 	[P_BATCH_GET] = "SELECT " BATCH_COLS " FROM jp_batch_view "
@@ -264,7 +274,9 @@ static const char *const sql[P__COUNT] = {
 		"NULL AND finished_at < $1 ORDER BY finished_at LIMIT 1 "
 		"FOR UPDATE SKIP LOCKED",
 	[P_PURGE_JOBS] = "DELETE FROM jp_jobs WHERE id IN (SELECT id FROM "
-		"jp_jobs WHERE batch_id = $1 LIMIT $2)",
+		"jp_jobs WHERE id >= (SELECT first_job FROM jp_batches "
+		"WHERE id = $1) AND id < (SELECT first_job + n_total FROM "
+		"jp_batches WHERE id = $1) LIMIT $2)",
 	[P_PURGE_KEYS] = "DELETE FROM jp_idempotency WHERE key IN (SELECT key "
 		"FROM jp_idempotency WHERE created_at < $1 LIMIT $2 "
 		"FOR UPDATE SKIP LOCKED)",
@@ -298,9 +310,16 @@ static const char *const sql[P__COUNT] = {
 	[P_DEAD] = "UPDATE jp_nodes SET state = 'dead' WHERE state = 'alive' "
 		"AND heartbeat_at < now() - make_interval(secs => lease_ms / "
 		"1000.0) RETURNING id",
-	[P_REAP] = "UPDATE jp_jobs SET " LOST_SET " WHERE node_id = ANY "
-		"($1::bigint[]) AND state = 'running'"
+	[P_REAP] = "UPDATE jp_jobs SET " LOST_SET " WHERE id IN (SELECT id "
+		"FROM jp_jobs WHERE node_id = ANY ($1::bigint[]) "
+		"AND state = 'running' FOR UPDATE SKIP LOCKED)"
 		LOST_RETURNING,
+	/* incarnations no longer alive that still own rows: also those
+	 * whose writes landed after they were declared dead */
+	[P_ORPHANS] = "SELECT n.id FROM jp_nodes n WHERE n.state <> 'alive' "
+		"AND (EXISTS (SELECT 1 FROM jp_jobs j WHERE j.node_id = n.id "
+		"AND j.state = 'running') OR EXISTS (SELECT 1 FROM jp_jobs j "
+		"WHERE j.held_by = n.id)) LIMIT 16",
 	/* cancels asked on other nodes of jobs this node runs */
 	[P_MY_CANCELS] = "SELECT j.id FROM jp_jobs j JOIN jp_batches b "
 		"ON b.id = j.batch_id WHERE j.node_id = $1 "
@@ -500,6 +519,7 @@ static int count_flush(void)
 
 static void rolled_back(const char *why)
 {
+	lost = 1;
 	key_lock = 0;
 	nsettle = 0;
 	ndeltas = nsp_deltas = 0;
@@ -590,6 +610,7 @@ int pg_reconnect(void)
 		return -1;
 	}
 	backoff = next_try = 0;
+	pg_generation++;
 	log_info("store: connected to PostgreSQL again");
 	return prepare_all();
 }
@@ -602,10 +623,8 @@ void pg_fence_writes(int on)
 	fenced_writes = on;
 	if (on && in_txn) {
 		in_txn = 0;
-		key_lock = 0;
-		nsettle = 0;
-		ndeltas = nsp_deltas = 0;
 		pg_exec("ROLLBACK");
+		rolled_back("this node lost its lease; the turn is dropped");
 	}
 	if (on)
 		degraded = 1;
@@ -759,6 +778,11 @@ static int pg_flush(void)
 	int ok;
 	size_t i, n;
 
+	if (lost) {
+		/* lost since the last flush: its replies and claims go */
+		lost = 0;
+		return -1;
+	}
 	if (!in_txn)
 		goto settle;
 	if (count_flush() < 0) {
@@ -883,11 +907,17 @@ static void quiet(void *arg, const char *message)
  * peer is noticed in seconds. */
 static PGconn *connect_to(const char *info, const char *role)
 {
+	/* Bounds, kept across reconnects: a turn never waits long on a lock,
+	 * and a node that froze inside a turn does not hold its row locks
+	 * (or the keys' lock) past lease - 1 s. */
 	const char *keys[] = { "dbname", "application_name", "keepalives",
 			       "keepalives_idle", "keepalives_interval",
-			       "keepalives_count", "connect_timeout", NULL };
+			       "keepalives_count", "connect_timeout", "options",
+			       NULL };
 	char app[96];
-	const char *vals[] = { info, app, "1", "2", "1", "2", "5", NULL };
+	const char *vals[] = { info, app, "1", "2", "1", "2", "5",
+			       "-c lock_timeout=2s -c statement_timeout=30s "
+			       "-c idle_in_transaction_session_timeout=2s", NULL };
 	PGconn *c;
 
 	snprintf(app, sizeof(app), "jobpoold/%s/%s", cfg.node_name, role);
@@ -958,12 +988,7 @@ static int pg_open(const char *url)
 	if (!conninfo || !(pg_conn = connect_to(url, "loop")) ||
 	    !(id_conn = connect_to(url, "ids")))
 		return -1;
-	/* Bounds: a turn never waits long on a lock, and a node that died
-	 * in a turn does not hold its row locks for long. */
-	if (pg_exec("SET lock_timeout = '2s'") < 0 ||
-	    pg_exec("SET statement_timeout = '30s'") < 0 ||
-	    pg_exec("SET idle_in_transaction_session_timeout = '10s'") < 0 ||
-	    migrate() < 0 || prepare_all() < 0)
+	if (migrate() < 0 || prepare_all() < 0)
 		return -1;
 	return pg_node_start(url);
 }
@@ -1237,16 +1262,7 @@ static int batch_insert_(const json_t *req, int64_t now, const char *key,
 	json_t *ids;
 	int taken;
 
-	/* Two nodes storing keys in one turn each, in different orders,
-	 * would wait on each other's unique-index entries (a deadlock):
-	 * keyed submissions take one lock per turn, cluster-wide.  A
-	 * concurrent retry of the same key then waits for the first's
-	 * commit and answers from it. */
-	if (key && !key_lock && pg_exec("SELECT pg_advisory_xact_lock("
-					"7478353, 3)") < 0)
-		return -1;
-	if (key)
-		key_lock = 1;
+
 	*id = next_ids("batch", 1);
 	first = next_ids("job", n ? (int64_t)n : 1);
 	if (*id < 0 || first < 0)
@@ -1295,7 +1311,20 @@ static int pg_batch_insert(const json_t *req, int64_t now, const char *key,
 {
 	int rc;
 
-	if (pg_begin() < 0 || pg_exec("SAVEPOINT batch") < 0)
+	if (pg_begin() < 0)
+		return -1;
+	/* Two nodes storing keys in one turn each, in different orders,
+	 * would wait on each other's unique-index entries (a deadlock):
+	 * keyed submissions take one lock per turn, cluster-wide, outside
+	 * the batch's savepoint (a rollback to it would release it).  A
+	 * concurrent retry of the same key then waits for the first's
+	 * commit and answers from it. */
+	if (key && !key_lock) {
+		if (pg_exec("SELECT pg_advisory_xact_lock(7478353, 3)") < 0)
+			return -1;
+		key_lock = 1;
+	}
+	if (pg_exec("SAVEPOINT batch") < 0)
 		return -1;
 	deltas_mark();
 	rc = batch_insert_(req, now, key, hash, id, job_ids);

@@ -17,14 +17,15 @@ enum pg_stmt {
 	P_IDS, P_BATCH_INSERT, P_JOB_GET, P_JOB_BATCH, P_PEEK,
 	P_CONC, P_GATE, P_JOB_START, P_COUNT, P_BATCH_STARTED, P_JOB_FINISH,
 	P_JOB_REQUEUE, P_JOB_CANCEL_Q, P_JOB_CANCEL_REQ, P_BATCH_CANCEL_REQ,
-	P_QUEUED_IDS, P_BATCH_CANCEL_JOBS, P_BATCH_DEL_JOBS, P_BATCH_DEL,
+	P_BATCH_CANCEL_JOBS, P_BATCH_DEL_JOBS, P_BATCH_DEL,
 	P_BATCH_DEL_KEYS, P_BATCH_GET, P_LIST_B, P_LIST_B_STATE, P_LIST_J,
 	P_LIST_J_STATE, P_JOB_RANGE, P_ACTIVE, P_INFO, P_IDEM_GET, P_CLAIM,
 	P_IDEM_PUT, P_PURGE_PICK, P_PURGE_JOBS, P_PURGE_KEYS, P_COUNTS, P_SIZE,
 	P_SETTLE_LOCK, P_SETTLE, P_REVIVE, P_LOST, P_DEAD, P_REAP,
 	P_MY_CANCELS, P_NODE_ADD, P_RENEW, P_REAP_LOCK, P_NODE_GONE, P_NODES,
 	P_EVENT_ADD, P_EVENTS_READ, P_JOBS_DONE, P_RELEASE, P_UNHOLD,
-	P_UNHOLD_DEAD, P_NAMESAKES, P_MARK_DEAD, P_COMMAND_JOBS, P_EVENTS_TRIM,
+	P_UNHOLD_DEAD, P_NAMESAKES, P_MARK_DEAD, P_COMMAND_JOBS, P_GATE_SUM,
+	P_ORPHANS, P_EVENTS_TRIM,
 	P__COUNT
 };
 
@@ -51,6 +52,7 @@ const char *arr_end(struct arr *a);
 
 extern PGconn *pg_conn;
 extern int64_t pg_node_id;      /* this process's incarnation */
+extern int pg_generation;       /* bumped by each reconnect */
 
 /* pg_run runs prepared statement id; returns its result (the caller
  * PQclear()s it), or NULL after logging an error. */

@@ -21,7 +21,7 @@
 #define PUMP_ROWS 200
 
 static uint64_t cursor;         /* the next xid to read */
-static int pump_due, listen_fd = -1;
+static int pump_due, listen_fd = -1, listen_gen;
 static int64_t next_pump, next_trim;
 
 static int event_item(json_t *items, const struct change *c)
@@ -93,7 +93,10 @@ static void listen_again(void)
 {
 	int fd = PQsocket(pg_conn);
 
-	if (fd == listen_fd || fd < 0)
+	/* again after each reconnect (the fd number may be the same one),
+	 * and outside a transaction, whose rollback would undo it */
+	if (listen_gen == pg_generation || fd < 0 || store_dirty() ||
+	    PQstatus(pg_conn) != CONNECTION_OK)
 		return;
 	if (listen_fd >= 0)
 		loop_del(listen_fd);
@@ -102,6 +105,7 @@ static void listen_again(void)
 							on_socket, NULL) < 0)
 		return;
 	listen_fd = fd;
+	listen_gen = pg_generation;
 	pump_due = 1;   /* what was missed while not listening */
 }
 

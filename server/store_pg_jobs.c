@@ -199,7 +199,7 @@ static int job_start_(const struct claim *c, int slot, pid_t pid,
 {
 	struct pgp p = { 0 };
 	int64_t d[8] = { 0 };
-	int started = 0;
+	int started = 0, n;
 
 	pgp_i64(&p, started_at);
 	pgp_i64(&p, slot);
@@ -207,8 +207,10 @@ static int job_start_(const struct claim *c, int slot, pid_t pid,
 	pgp_i64(&p, c->job_id);
 	pgp_txt(&p, cfg.node_name);
 	pgp_i64(&p, pg_node_id);
-	if (pg_step(P_JOB_START, &p) != 1)
+	if ((n = pg_step(P_JOB_START, &p)) < 0)
 		return -1;
+	if (n == 0)
+		return 1;       /* canceled meanwhile through another node */
 	pg_delta_state(d, JS_QUEUED, JS_RUNNING, 1);
 	if (pg_count(c->batch_id, d, started_at, 0) < 0)
 		return -1;
@@ -246,8 +248,13 @@ static int gate(int64_t batch_id, int want)
 	pgp_i64(&p, batch_id);
 	if (!(r = pg_run(P_GATE, &p)))
 		return -1;
-	n = PQntuples(r) ? (int)(pg_i64(r, 0, 0) -
-				 pg_pending_running(batch_id)) : 0;
+	n = PQntuples(r);
+	PQclear(r);
+	if (!n)
+		return 0;       /* another node claims from it right now */
+	if (!(r = pg_run(P_GATE_SUM, &p)))
+		return -1;
+	n = conc - (int)(pg_i64(r, 0, 0) + pg_pending_running(batch_id));
 	PQclear(r);
 	return n < want ? (n > 0 ? n : 0) : want;
 }
@@ -805,20 +812,17 @@ static int batch_cancel_(int64_t batch_id, int64_t now, int *canceled,
 	pgp_i64(&p, batch_id);
 	if (pg_step(P_BATCH_CANCEL_REQ, &p) < 0)
 		return -1;
-	/* Tell the caller which jobs are about to be canceled (events). */
-	pgp_txt(&p, keep);
-	if (!(r = pg_run(P_QUEUED_IDS, &p)))
-		return -1;
-	n = PQntuples(r);
-	for (i = 0; fn && i < n; i++)
-		fn(pg_i64(r, i, 0), (int)pg_i64(r, i, 1), ctx);
-	PQclear(r);
 	p.n = 0;
 	pgp_i64(&p, now);
 	pgp_i64(&p, batch_id);
 	pgp_txt(&p, keep);
-	if ((n = pg_step(P_BATCH_CANCEL_JOBS, &p)) < 0)
+	if (!(r = pg_run(P_BATCH_CANCEL_JOBS, &p)))
 		return -1;
+	/* Tell the caller which jobs were canceled (events). */
+	n = PQntuples(r);
+	for (i = 0; fn && i < n; i++)
+		fn(pg_i64(r, i, 0), (int)pg_i64(r, i, 1), ctx);
+	PQclear(r);
 	*canceled = n;
 	return cancel_counted(batch_id, n, now, batch_done);
 }

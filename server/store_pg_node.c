@@ -114,12 +114,16 @@ static void *lease_main(void *arg)
 		sent = mono_us();
 		if (c && id > 0) {
 			rc = renew(c, id);
+			/* for the incarnation it was sent for only: a fence
+			 * and a new one may have come meanwhile */
+			if (atomic_load(&lease_id) != id)
+				rc = -1;
 			if (rc == 1) {
 				atomic_store(&renewed_mono, sent);
 				pool_lease_set(sent + lease_us() - 1000000);
-			}
-			else if (rc == 0)
+			} else if (rc == 0) {
 				atomic_store(&lease_lost, 1);
+			}
 		}
 		/* Every lease/8 (500 ms by default): a database outage of up
 		 * to about lease - 1.5 s passes without a fence.  In slices,
@@ -329,6 +333,11 @@ static int reap(int64_t now, const struct store_tick *cb)
 	PQclear(r);
 	if (!n || !(r = pg_run(P_DEAD, NULL)))
 		return n ? -1 : 0;
+	PQclear(r);
+	/* every incarnation not alive that still owns rows: those just
+	 * declared dead, and any whose late commit landed after that */
+	if (!(r = pg_run(P_ORPHANS, NULL)))
+		return -1;
 	n = PQntuples(r) < 16 ? PQntuples(r) : 16;
 	for (i = 0; i < n; i++)
 		ids[i] = pg_i64(r, i, 0);

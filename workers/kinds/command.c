@@ -791,8 +791,10 @@ static void command_end(struct command *c, struct kind_job *job)
 {
 	pid_t pid;
 
-	/* The child is a zombie still: its group id is not free for reuse. */
+	/* The child is a zombie still: its group id is not free for reuse.
+	 * The watchdog must not signal it once it may be. */
 	kill(-c->pid, SIGKILL);
+	command_group = 0;
 	do
 		pid = wait4(c->pid, &c->status, 0, &job->ru);
 	while (pid == -1 && errno == EINTR);
