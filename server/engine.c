@@ -496,6 +496,23 @@ static void tick_event(const struct change *c, void *ctx)
 		sched_remove(b);
 }
 
+/* tick_live lists the jobs workers run or hold now (any slot with a job:
+ * a dispatch not sent yet counts too). */
+static size_t tick_live(int64_t *ids, size_t max, void *ctx)
+{
+	struct slot *s;
+	size_t n = 0;
+	int i, j;
+
+	for (i = 0; (s = pool_slot(i)); i++) {
+		if (s->job_id && n < max)
+			ids[n++] = s->job_id;
+		for (j = 0; j < s->group_len && n < max; j++)
+			ids[n++] = s->group[s->group_pos + j].job_id;
+	}
+	return n;
+}
+
 /* tick_fence: this node lost its lease; the other nodes will re-queue its
  * jobs, so none of them may go on running here. */
 static void tick_fence(void *ctx)
@@ -509,7 +526,8 @@ int64_t engine_tick(int64_t now)
 	int64_t next = 0;
 	struct sbatch *b;
 	struct store_tick cb = { tick_job, tick_cancel, tick_batch, tick_fence,
-				 tick_event, NULL, pool_busy(), pool_size() };
+				 tick_event, tick_live, NULL, pool_busy(),
+				 pool_size() };
 
 	if (store_dispatch_after_commit()) {
 		store_tick(now_us(), &cb);

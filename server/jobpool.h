@@ -174,6 +174,8 @@ struct store_tick {
 	void (*fence)(void *ctx);
 	/* a change from the shared event log, any node's, in log order */
 	void (*event)(const struct change *c, void *ctx);
+	/* the jobs this node's workers run or hold now, up to max */
+	size_t (*live)(int64_t *ids, size_t max, void *ctx);
 	void *ctx;
 	int busy, pool_size;    /* this node's workers, for GET /v1/nodes */
 };

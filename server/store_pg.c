@@ -306,6 +306,13 @@ static const char *const sql[P__COUNT] = {
 	[P_LOST] = "UPDATE jp_jobs SET " LOST_SET " WHERE node_id = $1 "
 		"AND state = 'running' AND NOT (id = ANY ($5::bigint[]))"
 		LOST_RETURNING,
+	/* the periodic check: this node's running jobs, claimed more than
+	 * 2 s ago (committed and handed out long since), that no worker of
+	 * it runs */
+	[P_LOST_SELF] = "UPDATE jp_jobs SET " LOST_SET " WHERE node_id = $1 "
+		"AND state = 'running' AND NOT (id = ANY ($5::bigint[])) "
+		"AND started_at < $2::bigint - 2000000"
+		LOST_RETURNING,
 	/* The reaper: nodes whose lease ran out, by the database's clock. */
 	[P_DEAD] = "UPDATE jp_nodes SET state = 'dead' WHERE state = 'alive' "
 		"AND heartbeat_at < now() - make_interval(secs => lease_ms / "
@@ -779,8 +786,13 @@ static int pg_flush(void)
 	size_t i, n;
 
 	if (lost) {
-		/* lost since the last flush: its replies and claims go */
+		/* lost since the last flush: its replies and claims go; a
+		 * transaction begun since then goes with them */
 		lost = 0;
+		if (in_txn) {
+			in_txn = 0;
+			pg_exec("ROLLBACK");
+		}
 		return -1;
 	}
 	if (!in_txn)
@@ -846,6 +858,9 @@ static int pg_full(void)
 
 static int pg_resync_begin(void)
 {
+	/* the loss was reported (degraded, replies failed); the resync
+	 * recovers from it and must be able to commit */
+	lost = 0;
 	if (in_txn && pg_flush() < 0)
 		return -1;
 	resyncing = 1;

@@ -25,6 +25,7 @@ enum pg_stmt {
 	P_MY_CANCELS, P_NODE_ADD, P_RENEW, P_REAP_LOCK, P_NODE_GONE, P_NODES,
 	P_EVENT_ADD, P_EVENTS_READ, P_JOBS_DONE, P_RELEASE, P_UNHOLD,
 	P_UNHOLD_DEAD, P_NAMESAKES, P_MARK_DEAD, P_COMMAND_JOBS, P_GATE_SUM,
+	P_LOST_SELF,
 	P_ORPHANS, P_EVENTS_TRIM,
 	P__COUNT
 };
@@ -133,6 +134,7 @@ int pg_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 			   void *ctx, const int64_t *keep, size_t nkeep);
 int pg_batch_delete(int64_t batch_id);
 int pg_jobs_release(const int64_t *ids, size_t n);
+int pg_check_own(int64_t now, const struct store_tick *cb);
 void pg_replay_clear(void);
 int pg_recover(int64_t now, int *requeued, int *interrupted,
 	       void (*fn)(int64_t job_id, void *ctx), void *ctx);

@@ -944,6 +944,43 @@ static int lost_of(int64_t now, const int64_t *live, size_t n, int *requeued,
 	return rc;
 }
 
+/* pg_check_own recovers this node's running jobs that none of its workers
+ * runs (cb->live lists those that do): their outcome was lost somewhere
+ * after their claim committed.  Run every few seconds, so no such job
+ * stays "running" for good whatever lost it; re-queued, or ended
+ * "interrupted", as after a crash. */
+int pg_check_own(int64_t now, const struct store_tick *cb)
+{
+	int64_t live[POOL_MAX * (GROUP_MAX + 1)];
+	size_t n;
+	struct pgp p = { 0 };
+	char *arr;
+	PGresult *r;
+	int requeued = 0, ended = 0, rc;
+
+	if (!cb || !cb->live || pg_begin() < 0)
+		return -1;
+	n = cb->live(live, sizeof(live) / sizeof(live[0]), cb->ctx);
+	if (!(arr = id_array(live, n)))
+		return -1;
+	pgp_i64(&p, pg_node_id);
+	pgp_i64(&p, now);
+	pgp_txt(&p, "interrupted");
+	pgp_txt(&p, "true");
+	pgp_txt(&p, arr);
+	r = pg_run(P_LOST_SELF, &p);
+	free(arr);
+	if (!r)
+		return -1;
+	rc = pg_lost_rows(r, now, cb, &requeued, &ended);
+	PQclear(r);
+	if (requeued + ended)
+		log_warn("store: %d running job(s) of this node had no worker "
+			 "any more; %d re-queued, %d ended", requeued + ended,
+			 requeued, ended);
+	return rc;
+}
+
 /* pg_recover runs at start: this process is a new incarnation.  The jobs
  * of an earlier incarnation of the same --node-name are recovered at once,
  * as a restarted SQLite server recovers its own (re-queued or ended

@@ -42,7 +42,7 @@ static _Atomic int64_t lease_id, renewed_mono;
 static atomic_int lease_lost, busy_workers, pool_workers;
 static int fenced;
 static int64_t rescued;         /* jobs this node's reaper took over */
-static int64_t next_reap, next_look;
+static int64_t next_reap, next_look, next_check;
 
 static int64_t lease_us(void)
 {
@@ -444,6 +444,10 @@ int pg_tick(int64_t now, const struct store_tick *cb)
 	if (mono >= next_look) {
 		next_look = mono + cfg.poll_interval_us;
 		look(cb);
+	}
+	if (mono >= next_check) {
+		next_check = mono + 5000000;
+		pg_check_own(now, cb);
 	}
 	/* batches look() found ended: settle now, not at the next commit */
 	if (!store_dirty())
