@@ -387,7 +387,11 @@ def test_group_kill_for_one_job_spares_the_next():
     ends first and the next job starts before the worker dies: the head
     keeps its real outcome, and the next job, which nobody canceled, goes
     back to the queue (its attempt not counted) and runs."""
-    with Server(workers=1, args=["--worker-bin", FAKE],
+    # A long grace: the fake worker answers SIGTERM from a Python signal
+    # handler, which a loaded machine may not schedule within 2 s (the
+    # SIGKILL after the grace then ends the head canceled, another race).
+    with Server(workers=1, args=["--worker-bin", FAKE,
+                                 "--kill-grace-ms", "15000"],
                 env={"FAKE_WORKER_MODE": "race"}) as srv:
         b = srv.submit([{"kind": "noop"}] * 12)
         ids = b["job_ids"]
