@@ -918,9 +918,11 @@ int pg_moved_rows(PGresult *r, int from, int64_t now,
 }
 
 /* lost_of recovers this node's running jobs that no worker runs (all of
- * them but live[]): canceled when asked, re-queued with attempts left,
- * else failed "interrupted". */
-static int lost_of(int64_t now, const int64_t *live, size_t n, int *requeued,
+ * them but live[]; with P_LOST_SELF only those claimed over 2 s ago):
+ * canceled when asked, re-queued with attempts left, else failed
+ * "interrupted". */
+static int lost_of(enum pg_stmt stmt, int64_t now, const int64_t *live,
+		   size_t n, const struct store_tick *cb, int *requeued,
 		   int *interrupted)
 {
 	struct pgp p = { 0 };
@@ -935,11 +937,11 @@ static int lost_of(int64_t now, const int64_t *live, size_t n, int *requeued,
 	pgp_txt(&p, "interrupted");
 	pgp_txt(&p, "true");
 	pgp_txt(&p, arr);
-	r = pg_run(P_LOST, &p);
+	r = pg_run(stmt, &p);
 	free(arr);
 	if (!r)
 		return -1;
-	rc = pg_lost_rows(r, now, NULL, requeued, interrupted);
+	rc = pg_lost_rows(r, now, cb, requeued, interrupted);
 	PQclear(r);
 	return rc;
 }
@@ -952,28 +954,13 @@ static int lost_of(int64_t now, const int64_t *live, size_t n, int *requeued,
 int pg_check_own(int64_t now, const struct store_tick *cb)
 {
 	int64_t live[POOL_MAX * (GROUP_MAX + 1)];
-	size_t n;
-	struct pgp p = { 0 };
-	char *arr;
-	PGresult *r;
 	int requeued = 0, ended = 0, rc;
+	size_t n;
 
 	if (!cb || !cb->live || pg_begin() < 0)
 		return -1;
 	n = cb->live(live, sizeof(live) / sizeof(live[0]), cb->ctx);
-	if (!(arr = id_array(live, n)))
-		return -1;
-	pgp_i64(&p, pg_node_id);
-	pgp_i64(&p, now);
-	pgp_txt(&p, "interrupted");
-	pgp_txt(&p, "true");
-	pgp_txt(&p, arr);
-	r = pg_run(P_LOST_SELF, &p);
-	free(arr);
-	if (!r)
-		return -1;
-	rc = pg_lost_rows(r, now, cb, &requeued, &ended);
-	PQclear(r);
+	rc = lost_of(P_LOST_SELF, now, live, n, cb, &requeued, &ended);
 	if (requeued + ended)
 		log_warn("store: %d running job(s) of this node had no worker "
 			 "any more; %d re-queued, %d ended", requeued + ended,
@@ -1050,7 +1037,7 @@ int pg_resync(int64_t now, const struct live_job *live, size_t n,
 		}
 		PQclear(r);
 	}
-	rc = lost_of(now, ids, n, requeued, interrupted);
+	rc = lost_of(P_LOST, now, ids, n, NULL, requeued, interrupted);
 	if (rc == 0) {
 		/* held rows no worker of this node holds any more */
 		char mine[32], *arr = id_array(ids, n);
