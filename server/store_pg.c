@@ -1012,6 +1012,7 @@ static void pg_close(void)
 {
 	pg_flush();
 	pg_node_stop();
+	pg_events_stop();
 	PQfinish(pg_conn);
 	PQfinish(id_conn);
 	pg_conn = id_conn = NULL;

@@ -147,6 +147,7 @@ int pg_events_append(const struct change *c, size_t n);
 int pg_event_row(const struct change *c, size_t n);
 int64_t pg_events_start(void);
 int pg_events_tick(int64_t mono, const struct store_tick *cb);
+void pg_events_stop(void);
 int pg_tick(int64_t now, const struct store_tick *cb);
 /* pg_connect_thread opens another connection to the store's database, for
  * a thread of its own (the lease thread). */

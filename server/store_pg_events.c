@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include "jobpool.h"
 #include "store_pg.h"
@@ -77,36 +79,75 @@ int pg_events_append(const struct change *c, size_t n)
 }
 
 /* listen subscribes the loop's connection to the doorbell and watches its
- * socket, again after a reconnect (a new socket). */
+ * socket, again after a reconnect (a new socket).
+ *
+ * The loop watches a duplicate of libpq's socket, which this file owns and
+ * closes.  libpq closes its own descriptor whenever the connection drops
+ * (a reset, a server gone), and the number is then free for the next
+ * worker channel: a loop_del by that number unhooked the worker's channel
+ * instead, its "done" was never read and its job stayed running for good.
+ * The duplicate is dropped as soon as the connection it watches is not
+ * the current healthy one (else its EOF would wake the loop forever). */
+static void unlisten(void)
+{
+	if (listen_fd >= 0) {
+		loop_del(listen_fd);
+		close(listen_fd);
+	}
+	listen_fd = -1;
+	listen_gen = 0;
+}
+
 static void on_socket(int fd, uint32_t events, void *ctx)
 {
 	PGnotify *n;
 
+	if (listen_fd >= 0 && (listen_gen != pg_generation ||
+			       (events & (EPOLLHUP | EPOLLERR)) ||
+			       PQstatus(pg_conn) != CONNECTION_OK)) {
+		unlisten();
+		return;
+	}
+	if (PQstatus(pg_conn) != CONNECTION_OK)
+		return;
 	PQconsumeInput(pg_conn);
 	while ((n = PQnotifies(pg_conn))) {
 		PQfreemem(n);
 		pump_due = 1;
 	}
+	if (PQstatus(pg_conn) != CONNECTION_OK)
+		unlisten();
 }
 
 static void listen_again(void)
 {
 	int fd = PQsocket(pg_conn);
 
-	/* again after each reconnect (the fd number may be the same one),
-	 * and outside a transaction, whose rollback would undo it */
+	/* again after each reconnect, and outside a transaction, whose
+	 * rollback would undo it */
 	if (listen_gen == pg_generation || fd < 0 || store_dirty() ||
 	    PQstatus(pg_conn) != CONNECTION_OK)
 		return;
-	if (listen_fd >= 0)
-		loop_del(listen_fd);
-	listen_fd = -1;
-	if (pg_exec("LISTEN jp_events") < 0 || loop_add(fd, EPOLLIN,
-							on_socket, NULL) < 0)
+	unlisten();
+	if (pg_exec("LISTEN jp_events") < 0)
 		return;
+	fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (fd < 0)
+		return;
+	if (loop_add(fd, EPOLLIN, on_socket, NULL) < 0) {
+		loop_del(fd);
+		close(fd);
+		return;
+	}
 	listen_fd = fd;
 	listen_gen = pg_generation;
 	pump_due = 1;   /* what was missed while not listening */
+}
+
+/* pg_events_stop stops watching the socket (at close). */
+void pg_events_stop(void)
+{
+	unlisten();
 }
 
 int64_t pg_events_start(void)

@@ -419,6 +419,11 @@ int pg_tick(int64_t now, const struct store_tick *cb)
 		/* The old incarnation is not renewed again: it must run out,
 		 * so the others take its jobs over. */
 		atomic_store(&lease_id, 0);
+		/* No deadline for the workers while fenced: they are killed
+		 * now and get no job until a new incarnation sets one, and a
+		 * stale one made every replacement exit at once, in a loop of
+		 * spawns. */
+		pool_lease_set(0);
 		pg_fence_writes(1);
 		if (cb && cb->fence)
 			cb->fence(cb->ctx);

@@ -1200,6 +1200,55 @@ def test_c5_long_db_restart():
 test_c5_long_db_restart.timeout = 200
 
 
+def test_c5_worker_channel_after_outage():
+    """C5: a worker started while PostgreSQL is down gets the descriptor
+    number libpq's dropped socket had; the node's reconnect must not unhook
+    that worker's channel (it once did: the worker's next job ran, its
+    "done" was never read, and the job stayed running for good).  One
+    node, a lease long enough to ride out the outage; a job kills its own
+    worker during the outage, so the replacement starts then."""
+    pg = Pg()
+    pg.base = None               # its own server: this test restarts it
+    try:
+        with Cluster(n=1, workers=2, args=["--node-lease", "20s"],
+                     pg=pg) as cl:
+            n1 = cl["n1"]
+            a = n1.submit([{"kind": "command", "args": {"argv": [
+                "sh", "-c", "sleep 1.2; kill -9 $PPID"]}}], name="c5fd")
+            poll_until(n1, "/v1/batches/" + a["id"],
+                       lambda b: b["counts"]["running"] == 1, 10.0,
+                       what="the worker-killing job to start")
+            pg.server.restart(down_seconds=3.0)
+            b = None
+            deadline = time.monotonic() + 30
+            while b is None and time.monotonic() < deadline:
+                st, h, body = call(n1, "POST", "/v1/batches", {"jobs": [
+                    {"kind": "command", "args": {"argv": ["sh", "-c",
+                                                          "sleep 0.1"]}}
+                    for _ in range(8)]})
+                if st == 201:
+                    b = body
+                else:
+                    time.sleep(0.2)
+            assert b, "no submission accepted after the outage"
+            done = wait_batch(n1, b["id"], timeout=30)
+            assert done["state"] == "succeeded", done
+            pool = poll_until(n1, "/v1/pool",
+                              lambda p: p["idle"] == 2, 10.0,
+                              what="both workers idle")
+            assert [w["state"] for w in pool["workers"]] == ["idle"] * 2
+            # the channels still carry messages: one job per worker
+            c = n1.submit([{"kind": "command", "args": {"argv": [
+                "sh", "-c", "sleep 0.3"]}} for _ in range(2)])
+            assert wait_batch(n1, c["id"], timeout=20)["state"] == \
+                "succeeded"
+    finally:
+        pg.stop()
+
+
+test_c5_worker_channel_after_outage.timeout = 120
+
+
 def test_c6_cancel_across_nodes():
     """C6: a job running on n3 canceled through n1; a batch running on all
     nodes canceled through n3; a batch canceled through n2 while the nodes
