@@ -366,6 +366,33 @@ static void drop_nulls(json_t *obj)
 	json_array_foreach(json_object_get(obj, "jobs"), i, job)
 		if (json_is_object(job))
 			drop_nulls(job);
+	/* a follow-up's body is stored as it will be submitted */
+	if (json_is_object((v = json_object_get(obj, "then")))) {
+		drop_nulls(v);
+		if (json_is_object((job = json_object_get(v, "batch"))))
+			drop_nulls(job);
+	}
+}
+
+/* webhook_secret gives a webhook submitted without a secret a random one
+ * (marked generated: its 201 shows it, once), so every delivery is
+ * signed.  Returns 0, or -1 when no random bytes could be had. */
+static int webhook_secret(json_t *body)
+{
+	json_t *w = json_object_get(body, "webhook");
+	char *secret;
+
+	if (!json_is_object(w))
+		return 0;
+	if (json_string_value(json_object_get(w, "secret")))
+		return 0;
+	secret = webhook_new_secret();
+	if (!secret)
+		return -1;
+	json_object_set_new(w, "secret", json_string(secret));
+	json_object_set_new(w, "generated", json_true());
+	free(secret);
+	return 0;
 }
 
 static enum MHD_Result api_batch_create(struct request *r)
@@ -405,6 +432,11 @@ static enum MHD_Result api_batch_create(struct request *r)
 		}
 	}
 	drop_nulls(body);
+	if (webhook_secret(body) < 0) {
+		json_decref(body);
+		return http_problem(r, P_INTERNAL, "no secret could be made "
+				    "for the webhook", NULL);
+	}
 	n = (int)json_array_size(json_object_get(body, "jobs"));
 	if (refuse_load(r, n, &rc)) {
 		json_decref(body);
@@ -449,7 +481,7 @@ static enum MHD_Result not_committed(struct request *r, const char *what)
 
 static enum MHD_Result reply_created(struct request *r)
 {
-	json_t *batch;
+	json_t *batch, *webhook;
 	char loc[64];
 
 	if (!r->commit_ok)
@@ -458,6 +490,11 @@ static enum MHD_Result reply_created(struct request *r)
 	if (!batch)
 		return http_problem(r, P_INTERNAL, "stored batch vanished", NULL);
 	json_object_set(batch, "job_ids", r->job_ids);
+	/* The webhook, and the secret the server made for it in this answer
+	 * only: a retry with the same Idempotency-Key does not show it. */
+	webhook = store_webhook_json(r->ack_batch, !r->replay);
+	if (webhook)
+		json_object_set_new(batch, "webhook", webhook);
 	snprintf(loc, sizeof(loc), "/v1/batches/%s",
 		 json_string_value(json_object_get(batch, "id")));
 	http_header(r, "Location", loc);
@@ -528,6 +565,53 @@ static enum MHD_Result api_batch_jobs(struct request *r)
 		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
 	return http_json(r, 200, store_job_list(r->ids[0], p.state, p.after,
 						(int)p.limit));
+}
+
+/* GET /v1/batches/{id}/joblog: the batch's ended attempts as GNU
+ * parallel's --joblog (joblog.c).  It takes no parameters and ignores
+ * Accept: the format is the point of the endpoint, and the JSON of the
+ * same facts is GET /v1/batches/{id}/jobs. */
+static enum MHD_Result api_batch_joblog(struct request *r)
+{
+	static const char *const allowed[] = { NULL };
+	const char *bad = unknown_param(r, allowed);
+	struct batch_info b;
+	char path[80];
+
+	if (bad) {
+		snprintf(path, sizeof(path), "?%.64s", bad);
+		return http_invalid(r, path, "is not a parameter of this endpoint");
+	}
+	if (store_batch_info(r->ids[0], &b) < 0)
+		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
+	return joblog_open(r, r->ids[0]);
+}
+
+static int delivery_state_ok(const char *s)
+{
+	return strcmp(s, "pending") == 0 || strcmp(s, "delivered") == 0 ||
+	       strcmp(s, "failed") == 0;
+}
+
+/* GET /v1/batches/{id}/deliveries: the batch's webhook deliveries, oldest
+ * first, each with its attempts (status codes, errors, times). */
+static enum MHD_Result api_batch_deliveries(struct request *r)
+{
+	struct batch_info b;
+	enum MHD_Result rc;
+	struct page p;
+	json_t *list;
+
+	if (parse_page(r, 'd', delivery_state_ok, &p, &rc) < 0)
+		return rc;
+	if (store_batch_info(r->ids[0], &b) < 0)
+		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
+	list = store_webhook_list(r->ids[0], p.state, p.after < 0 ? 0 : p.after,
+				  (int)p.limit);
+	if (!list)
+		return http_problem(r, P_INTERNAL, "the deliveries could not be "
+				    "read", NULL);
+	return http_json(r, 200, list);
 }
 
 /* cancel_reply answers a cancel with the object as committed. */
@@ -740,6 +824,8 @@ static const struct route routes[] = {
 	{"/v1/batches/{b}", "GET", api_batch_get},
 	{"/v1/batches/{b}", "DELETE", api_batch_delete},
 	{"/v1/batches/{b}/jobs", "GET", api_batch_jobs},
+	{"/v1/batches/{b}/joblog", "GET", api_batch_joblog},
+	{"/v1/batches/{b}/deliveries", "GET", api_batch_deliveries},
 	{"/v1/batches/{b}/cancel", "POST", api_batch_cancel},
 	{"/v1/jobs/{j}", "GET", api_job_get},
 	{"/v1/jobs/{j}/cancel", "POST", api_job_cancel},

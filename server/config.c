@@ -27,5 +27,6 @@ struct config cfg = {
 	.group_max = 16,
 	.node_lease_us = 4 * 1000000,
 	.poll_interval_us = 250000,
+	.webhook_backoff_us = 1000000,
 };
 volatile int shutting_down;

@@ -158,7 +158,9 @@ function renderBatchRow(b) {
   btn.setAttribute("aria-label", "Show batch " + b.id + (b.name ? " " + b.name : ""));
   btn.title = b.name || "";
   tr.cells[0].lastChild.textContent = (b.name ? b.name + " · " : "") + time(b.created_at);
-  tr.cells[1].innerHTML = badge(b.state);
+  // a halted batch says so under its state, with the reason on hover
+  tr.cells[1].innerHTML = badge(b.state) + (b.halted ? '<div class="muted halted" title="' +
+    esc(b.halted.reason || "") + '">halted</div>' : "");
   const bar = tr.cells[2].firstChild;
   bar.setAttribute("aria-valuenow", pct);
   bar.firstChild.className = "bg-" + b.state;
@@ -294,6 +296,10 @@ function renderDetailInfo() {
     ["created", esc(b.created_at || "–")], ["started", esc(b.started_at || "–")], ["finished", esc(b.finished_at || "–")],
     ["makespan", ms(t.makespan_ms)], ["total run", ms(t.total_run_ms)], ["total CPU", ms(t.total_cpu_ms)],
     ["parallelism", t.parallelism == null ? "–" : t.parallelism.toFixed(2) + "×"]];
+  if (b.halt) rows.push(["halt", esc(b.halt.mode + ", " + b.halt.when + "=" +
+    (b.halt.count != null ? b.halt.count : b.halt.percent + "%"))]);
+  if (b.timeout_pct != null) rows.push(["timeout", esc(b.timeout_pct + "% of the median run")]);
+  if (b.halted) rows.push(["halted", esc(b.halted.reason) + '<div class="muted">' + esc(b.halted.at) + "</div>"]);
   $("detail-info").innerHTML = rows.map((r) => "<div><dt>" + r[0] + "</dt><dd>" + r[1] + "</dd></div>").join("");
   $("cancel-batch").hidden = TERMINAL.has(b.state);
 }
@@ -827,6 +833,7 @@ function onBatch(d) {
   if (b) {
     b.state = d.state;
     if (d.counts) { b.counts = d.counts; b.progress = undefined; }
+    if (d.halted !== undefined) b.halted = d.halted;
     renderBatches();
   }
   refreshBatch(d.id);

@@ -17,14 +17,104 @@
 /* settle_batch forgets a batch that has nothing queued or running. */
 static void settle_batch(struct sbatch *b, int64_t batch_id, int done)
 {
+	int64_t child;
+
 	if (done) {
 		if (b)
 			sched_remove(b);
 		publish_batch(batch_id);
+		/* its follow-up, created by the store with the end (in this
+		 * turn's transaction): to the schedule, as a submission */
+		if ((child = store_then_child(batch_id)) > 0 &&
+		    !sched_find(child))
+			engine_batch_added(child);
 	}
 }
 
 static void finish(struct slot *s, struct outcome *o);
+
+/* ---- timeouts: a job's timeout_s and its batch's timeout_pct ----
+ *
+ * The pool enforces one deadline per slot (deadline_mono).  The engine
+ * makes it the earlier of the job's own timeout_s (as pool_send_run set
+ * it) and timeout_pct% of the median run time of its batch's succeeded
+ * jobs, and remembers which is which so the job's error says which one
+ * fired.  A running job's relative deadline moves with the median: a job
+ * started before its batch had MEDIAN_MIN successes gets one when the
+ * batch does, and one already past it is stopped at the next pool_tick. */
+struct deadline {
+	int64_t job_id;         /* the slot's job these are for */
+	int64_t abs_mono;       /* from timeout_s, 0: none */
+	int64_t rel_us;         /* the relative limit now, 0: none (yet) */
+	int64_t median_us;
+	double pct;
+	char error[192];        /* the job's error once the relative fired */
+};
+static struct deadline deadlines[POOL_MAX];
+
+/* arm_deadline sets s's deadline for its job, of batch b (NULL: not on
+ * the schedule); fresh: the job has just been handed to s. */
+static void arm_deadline(struct slot *s, struct sbatch *b, int fresh)
+{
+	struct deadline *d = &deadlines[s->index];
+	int64_t at;
+
+	if (fresh) {
+		memset(d, 0, sizeof(*d));
+		d->job_id = s->job_id;
+		d->abs_mono = s->deadline_mono;
+	}
+	d->pct = b ? sched_timeout_pct(b) : 0;
+	d->rel_us = b ? policy_rel_limit_us(sched_runs(b), d->pct) : 0;
+	d->median_us = d->rel_us ? policy_median_us(sched_runs(b)) : 0;
+	at = d->abs_mono;
+	if (d->rel_us && (!at || s->started_mono + d->rel_us < at))
+		at = s->started_mono + d->rel_us;
+	s->deadline_mono = at;
+}
+
+/* rearm_batch moves the deadlines of b's running jobs after its median
+ * changed; a job whose stop is under way keeps it. */
+static void rearm_batch(int64_t batch_id, struct sbatch *b)
+{
+	struct slot *s;
+	int i;
+
+	for (i = 0; (s = pool_slot(i)); i++)
+		if (s->state == SLOT_BUSY && s->job_id &&
+		    s->batch_id == batch_id && s->kill == KILL_NONE &&
+		    deadlines[s->index].job_id == s->job_id)
+			arm_deadline(s, b, 0);
+}
+
+/* timeout_error is the error of s's job, which a timeout stopped. */
+static const char *timeout_error(const struct slot *s)
+{
+	const struct deadline *d = &deadlines[s->index];
+
+	if (d->job_id == s->job_id && d->error[0])
+		return d->error;
+	return "exceeded its timeout_s and was killed";
+}
+
+/* deadline_fired_relative tells whether the deadline of s's job that
+ * passed is the relative one, and then writes the job's error (for
+ * timeout_error); timeout_s wins a tie. */
+static int deadline_fired_relative(struct slot *s)
+{
+	struct deadline *d = &deadlines[s->index];
+	double med = (double)d->median_us / 1e6;
+
+	if (d->job_id != s->job_id || !d->rel_us ||
+	    (d->abs_mono && mono_us() >= d->abs_mono))
+		return 0;
+	snprintf(d->error, sizeof(d->error), med >= 100 ?
+		 "ran longer than %g%% of the batch's median run time "
+		 "(%.0f s) and was killed" :
+		 "ran longer than %g%% of the batch's median run time "
+		 "(%.3g s) and was killed", d->pct, med);
+	return 1;
+}
 
 /* refuse_command ends a claimed command job without running it: the
  * submission check let it in under another configuration (stored while
@@ -221,6 +311,7 @@ claimed:
 	}
 	metrics_queue_wait(now - c.queued_at);
 	pool_send_run(s, &c, mono);
+	arm_deadline(s, b, 1);
 	free(c.args);
 	return 0;
 }
@@ -468,16 +559,23 @@ static void tick_cancel(int64_t job_id, void *ctx)
 	}
 }
 
+static void load_policy(struct sbatch *b, int64_t batch_id);
+static void poll_policy(struct sbatch *b, const struct batch_info *info);
+
 /* tick_batch: an unfinished batch as the store has it, maybe new (posted
  * to another node), maybe changed by other nodes' claims. */
 static void tick_batch(const struct batch_info *info, void *ctx)
 {
 	struct sbatch *b = sched_find(info->id);
 
-	if (b)
+	if (b) {
 		sched_update(b, info);
-	else if (info->queued > 0)
+	} else if (info->queued > 0) {
 		sched_add(info);
+		load_policy(b = sched_find(info->id), info->id);
+	}
+	if (b)
+		poll_policy(b, info);
 }
 
 /* tick_event: a change from the shared log, this node's or another's.  A
@@ -550,6 +648,129 @@ int64_t engine_tick(int64_t now)
 	return next;
 }
 
+/* ---- batch policies: halt and timeout_pct (policy.c) ---- */
+
+static int cancel_batch(int64_t batch_id, int kill_running, int announce);
+
+/* load_runs fills b's window from the batch's stored successes, of which
+ * there are seen in all (after a restart, or others' successes). */
+static void load_runs(struct sbatch *b, int64_t batch_id, int64_t seen)
+{
+	int64_t runs[MEDIAN_WINDOW];
+	struct median *m = sched_runs(b);
+	int n;
+
+	if (!m || (n = store_batch_runs(batch_id, runs, MEDIAN_WINDOW)) < 0)
+		return;
+	memset(m, 0, sizeof(*m));
+	while (n > 0)
+		policy_median_add(m, runs[--n]);        /* oldest first */
+	m->seen = seen;
+}
+
+/* load_policy gives a batch joining the schedule its policies as stored
+ * (a halted one stays halted; a restart keeps its median). */
+static void load_policy(struct sbatch *b, int64_t batch_id)
+{
+	struct batch_policy p;
+
+	if (!b || store_batch_policy(batch_id, &p) < 0)
+		return;
+	sched_set_policy(b, &p);
+	if (sched_runs(b) && p.succeeded > 0)
+		load_runs(b, batch_id, p.succeeded);
+}
+
+/* halt applies b's halt policy h, met for reason: recorded with the
+ * batch, then its queued jobs are canceled, and with "now" its running
+ * ones killed, as a client's cancel does.  b may be gone after. */
+static void halt(struct sbatch *b, int64_t batch_id,
+		 const struct halt_policy *h, const char *reason)
+{
+	int kill_running = h->now;
+	int rc = store_batch_halt(batch_id, reason, now_us(), !kill_running);
+
+	if (rc < 0)
+		return;         /* the store is degraded; a later end retries */
+	/* Halted or canceled first (maybe by another node): either way
+	 * nothing of it is retried any more, and no look is needed again. */
+	sched_set_halted(b);
+	if (rc > 0)
+		return;
+	log_info("engine: batch b_%012lld halted: %s; %s", (long long)batch_id,
+		 reason, kill_running ? "its running jobs are killed" :
+		 "its running jobs may finish");
+	cancel_batch(batch_id, kill_running, 1);
+}
+
+/* check_halt looks whether b's halt policy is met now.  Its counts are
+ * the store's, which with several nodes include the others' committed
+ * ends.  A policy met by the batch's last job changes nothing: nothing is
+ * left to halt.  b may be gone after. */
+static void check_halt(struct sbatch *b, int64_t batch_id)
+{
+	const struct halt_policy *h = sched_halt(b);
+	struct batch_policy p;
+	char reason[160];
+
+	if (!h || store_batch_policy(batch_id, &p) < 0)
+		return;
+	if (p.halted) {
+		sched_set_halted(b);    /* another node's halt */
+		return;
+	}
+	if (p.unfinished > 0 && policy_halt_reached(&p.halt, p.total,
+						    p.succeeded, p.failed,
+						    reason, sizeof(reason)))
+		halt(b, batch_id, &p.halt, reason);
+}
+
+/* after_end applies b's policies after one of its jobs ended as st (not
+ * to be retried) and the batch still has jobs: a success moves the median
+ * behind timeout_pct, and an end may meet the halt policy.  b may be gone
+ * after. */
+static void after_end(struct sbatch *b, int64_t batch_id, enum job_state st,
+		      int64_t run_us)
+{
+	struct median *m = sched_runs(b);
+
+	if (m && st == JS_SUCCEEDED) {
+		policy_median_add(m, run_us);
+		rearm_batch(batch_id, b);
+	}
+	if (st != JS_CANCELED)
+		check_halt(b, batch_id);
+}
+
+/* poll_policy looks at b's policies with what other nodes did
+ * (PostgreSQL, every --poll-interval when its counts changed; info is the
+ * batch as stored): a halt
+ * threshold two nodes reached together (each counted only its own ends
+ * not yet committed), a halt another node recorded, jobs back in the
+ * queue of a halted batch (a node retried one before it heard of the
+ * halt), and successes elsewhere, which move the median. */
+static void poll_policy(struct sbatch *b, const struct batch_info *info)
+{
+	struct median *m = sched_runs(b);
+	struct batch_policy p;
+
+	if (!m && !sched_halt(b) && !sched_halted(b))
+		return;
+	if (!sched_policy_due(b, info) || store_batch_policy(info->id, &p) < 0)
+		return;
+	if (m && p.succeeded > m->seen) {
+		load_runs(b, info->id, p.succeeded);
+		rearm_batch(info->id, b);
+	}
+	if (!p.halted) {
+		check_halt(b, info->id);
+		return;
+	}
+	sched_set_halted(b);
+	if (info->queued > 0)
+		cancel_batch(info->id, 0, 0);
+}
+
 static void finish(struct slot *s, struct outcome *o)
 {
 	struct sbatch *b = sched_find(s->batch_id);
@@ -586,6 +807,8 @@ static void finish(struct slot *s, struct outcome *o)
 	}
 	publish_job(job_id, batch_id, o->state, s->job_attempts);
 	pool_job_ended(s);
+	if (b && !done)
+		after_end(b, batch_id, o->state, o->run_us);
 	settle_batch(b, batch_id, done);
 }
 
@@ -639,7 +862,7 @@ static void outcome_of(const struct slot *s, const json_t *msg,
 	if (o.state == JS_CANCELED)
 		o.error = "canceled while running";
 	else if (o.state == JS_TIMED_OUT)
-		o.error = "exceeded its timeout_s and was killed";
+		o.error = timeout_error(s);
 	if (s->is_command)
 		o.output = output = captured_output(s, json_is_true(
 			json_object_get(msg, "truncated")));
@@ -919,6 +1142,13 @@ static void worker_died(struct slot *s, int status)
 	}
 	o.finished_at = now_us();
 	o.run_us = mono_us() - s->started_mono;
+	/* A job a halt "soon" let run is not queued again by a shutdown: its
+	 * batch starts nothing any more, so it ends canceled, as recovery
+	 * ends one found running in a canceled batch. */
+	b = sched_find(s->batch_id);
+	if (s->kill == KILL_SHUTDOWN && s->kill_job == s->job_id && b &&
+	    sched_halted(b))
+		s->kill = KILL_CANCEL;
 	/* A kill meant for another job of its group (which ended before the
 	 * worker died) is not this job's fault either. */
 	if (s->kill == KILL_SHUTDOWN ||
@@ -945,7 +1175,7 @@ static void worker_died(struct slot *s, int status)
 		break;
 	case KILL_TIMEOUT:
 		o.state = JS_TIMED_OUT;
-		o.error = "exceeded its timeout_s and was killed";
+		o.error = timeout_error(s);
 		break;
 	default:
 		o.state = JS_FAILED;
@@ -966,8 +1196,12 @@ static void worker_died(struct slot *s, int status)
 
 static void timed_out(struct slot *s)
 {
-	log_info("engine: job %lld timed out on slot %d", (long long)s->job_id,
-		 s->index);
+	if (deadline_fired_relative(s))
+		log_info("engine: job j_%012lld timed out on slot %d: %s",
+			 (long long)s->job_id, s->index, timeout_error(s));
+	else
+		log_info("engine: job %lld timed out on slot %d",
+			 (long long)s->job_id, s->index);
 	pool_stop_job(s, KILL_TIMEOUT);
 }
 
@@ -1075,9 +1309,11 @@ int engine_cancel_job(int64_t job_id)
 	return 0;
 }
 
-/* engine_cancel_batch cancels the queued jobs of a batch at once and kills
- * its running ones.  Returns 0, -404, -409 or -500. */
-int engine_cancel_batch(int64_t batch_id)
+/* cancel_batch cancels the queued jobs of a batch at once and, with
+ * kill_running, kills its running ones (a halt "soon" lets them finish).
+ * announce: publish the batch even when no queued job was canceled (a
+ * halt changed it).  Returns 0, -404, -409 or -500. */
+static int cancel_batch(int64_t batch_id, int kill_running, int announce)
 {
 	struct batch_info info;
 	struct sbatch *b;
@@ -1122,17 +1358,29 @@ int engine_cancel_batch(int64_t batch_id)
 		for (j = 0; j < s->group_len; j++) {
 			struct handed *h = &s->group[s->group_pos + j];
 
-			if (h->batch_id == batch_id && !h->running)
+			if (h->batch_id == batch_id && !h->running &&
+			    (kill_running || !h->announced))
 				cancel_held(s, h);
 		}
-		if (pool_job_started(s) && s->batch_id == batch_id &&
-		    s->pid > 0)
+		if (kill_running && pool_job_started(s) &&
+		    s->batch_id == batch_id && s->pid > 0)
 			pool_stop_job(s, KILL_CANCEL);
 	}
-	if (canceled && !done)
+	if ((canceled || announce) && !done)
 		publish_batch(batch_id);        /* its counts changed */
 	settle_batch(b, batch_id, done);
 	return 0;
+}
+
+/* engine_cancel_batch is a client's cancel: the queued jobs end at once,
+ * the running ones are killed, on every node even after a "soon" halt. */
+int engine_cancel_batch(int64_t batch_id)
+{
+	int rc = cancel_batch(batch_id, 1, 0);
+
+	if (rc == 0 && store_batch_halt(batch_id, NULL, 0, 0) < 0)
+		return -500;
+	return rc;
 }
 
 /* engine_batch_added puts a durably stored batch on the schedule. */
@@ -1145,14 +1393,17 @@ void engine_batch_added(int64_t batch_id)
 	/* Canceled before its commit was acknowledged: nothing to run.  A
 	 * resync that committed it (and loaded what is unfinished) already
 	 * put it on the schedule. */
-	if (info.queued + info.running > 0 && !sched_find(batch_id))
+	if (info.queued + info.running > 0 && !sched_find(batch_id)) {
 		sched_add(&info);
+		load_policy(sched_find(batch_id), batch_id);
+	}
 	publish_batch(batch_id);
 }
 
 static void add_loaded(const struct batch_info *b, void *ctx)
 {
 	sched_add(b);
+	load_policy(sched_find(b->id), b->id);
 }
 
 /* engine_load schedules the unfinished batches found at start. */

@@ -295,13 +295,17 @@ static void job_event(int64_t job_id, int64_t batch_id, const char *state,
 		"batch_id", bid, "state", state, "attempts", attempts), log_id);
 }
 
-/* batch_event sends the batch b (borrowed) as it was at its change. */
+/* batch_event sends the batch b (borrowed) as it was at its change;
+ * halted is null until its halt policy fires. */
 static void batch_event(int64_t batch_id, const json_t *b, int64_t log_id)
 {
-	emit("batch", batch_id, json_pack("{s:O, s:O, s:O}",
+	json_t *halted = json_object_get(b, "halted");
+
+	emit("batch", batch_id, json_pack("{s:O, s:O, s:O, s:O}",
 		"id", json_object_get(b, "id"),
 		"state", json_object_get(b, "state"),
-		"counts", json_object_get(b, "counts")), log_id);
+		"counts", json_object_get(b, "counts"),
+		"halted", halted ? halted : json_null()), log_id);
 }
 
 static void on_change(const struct change *c)

@@ -90,6 +90,13 @@ struct MHD_Daemon *http_daemon(void);
 enum MHD_Result events_open(struct request *r, int64_t batch_id,
 			    int64_t after_id);
 
+/* joblog.c */
+/* joblog_open answers GET /v1/batches/{id}/joblog for a batch known to
+ * exist: 200 and a stream that reads the batch's jobs a page at a time
+ * (the stream owns its state; MHD frees it when the answer ends).  Out of
+ * memory it answers 500 itself. */
+enum MHD_Result joblog_open(struct request *r, int64_t batch_id);
+
 /* api.c */
 enum MHD_Result http_route(struct request *r);
 int http_gate(struct request *r);

@@ -48,6 +48,8 @@ struct config {
 	int64_t node_lease_us;          /* PostgreSQL: a node's lease */
 	int64_t poll_interval_us;       /* PostgreSQL: look at the others */
 	int64_t started_at;             /* when this server started */
+	const char *webhook_allow;      /* --webhook-allow, NULL: none */
+	int64_t webhook_backoff_us;     /* first retry delay (--webhook-backoff) */
 };
 extern struct config cfg;
 extern volatile int shutting_down;
@@ -79,10 +81,135 @@ void fatal(const char *fmt, ...)
 void log_vwarn(const char *fmt, va_list ap)
 	__attribute__((format(printf, 1, 0)));
 
+/* ---- joblog.c ---- */
+/* A growing text; it may hold NUL bytes (a command's newlines, as GNU
+ * parallel writes them in a joblog), so len, not strlen, is its size. */
+struct joblog_buf {
+	char *p;                /* new, the owner frees it */
+	size_t len, cap;
+};
+/* The header line of GNU parallel's --joblog (parallel 20221122). */
+#define JOBLOG_HEADER "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive" \
+	"\tExitval\tSignal\tCommand\n"
+/* joblog_job appends to b one joblog line per ended attempt of job (a job
+ * as the API renders it, with its history), in attempt order; a queued or
+ * running job's current attempt adds nothing.  Returns 0, or -1 when out
+ * of memory (b then holds part of the lines; the caller still frees it).
+ * job is borrowed. */
+int joblog_job(struct joblog_buf *b, const json_t *job);
+
 /* ---- validate.c ---- */
 /* validate_batch checks a decoded submission.  Returns 0 when valid, else
  * the number of problems appended to errors ([{path, message}]). */
 int validate_batch(const json_t *body, json_t *errors);
+
+/* ---- webhook.c ---- */
+/* A batch's webhook (Standard Webhooks): checked, signed and scheduled
+ * here; sent by deliver.c; kept in the store's outbox. */
+#define WEBHOOK_BATCH_FINISHED 1        /* event bits, as stored */
+#define WEBHOOK_JOB_FINISHED 2
+#define WEBHOOK_URL_MAX 2048
+#define WEBHOOK_KEY_MAX 512             /* bytes of an HMAC key */
+#define WEBHOOK_SECRET_MIN 16           /* bytes, or the key is guessable */
+#define WEBHOOK_BACKOFF_MAX_US (3600LL * 1000000)
+#define WEBHOOK_RETRY_FOR_US (24LL * 3600 * 1000000)
+/* webhook_allow_parse replaces the allow-list with list (--webhook-allow:
+ * comma-separated host names, "*.suffix" names, IP addresses and CIDRs).
+ * Returns 0, or -1 when an entry is none of those (the list is kept). */
+int webhook_allow_parse(const char *list);
+size_t webhook_allow_count(void);
+/* webhook_host_allowed matches a URL's host as curl parses it (an IPv6
+ * literal in brackets) against the allow-list; it resolves nothing. */
+int webhook_host_allowed(const char *host);
+/* webhook_url_check returns NULL when url may be a webhook (http or https,
+ * no credentials, its host allowed), else why not, as a message for the
+ * client.  With normalized, *normalized is the URL as curl will send it
+ * (new, NULL on error). */
+const char *webhook_url_check(const char *url, char **normalized);
+/* webhook_key turns a secret into the HMAC key: the base64 payload of a
+ * "whsec_..." secret, else its bytes; key holds WEBHOOK_KEY_MAX bytes.
+ * Returns 0, or -1 when the base64 is malformed or the key too long. */
+int webhook_key(const char *secret, unsigned char *key, size_t *len);
+/* webhook_new_secret is a random "whsec_" secret of 24 bytes (new). */
+char *webhook_new_secret(void);
+/* webhook_sign writes "v1,<base64 HMAC-SHA256(key, id.ts.body)>" into out
+ * (at least 49 bytes).  Returns 0, or -1 when out of memory. */
+int webhook_sign(const unsigned char *key, size_t keylen, const char *msg_id,
+		 int64_t ts, const char *body, char *out, size_t size);
+/* webhook_events reads a webhook's events (NULL: the default,
+ * batch.finished) into a mask of WEBHOOK_* bits; -1 when invalid.
+ * webhook_events_json is the mask as the API shows it (new). */
+int webhook_events(const json_t *events);
+json_t *webhook_events_json(int mask);
+/* webhook_next_at is when a delivery whose attempt number `attempts`
+ * failed at now is tried again: min_backoff x 2^(attempts-1), at most an
+ * hour; -1 when the event (at created_at) is WEBHOOK_RETRY_FOR_US old and
+ * the delivery has failed for good. */
+int64_t webhook_next_at(int attempts, int64_t created_at, int64_t now,
+			int64_t min_backoff_us);
+/* webhook_payload is the body of a delivery: {type, timestamp, data}
+ * (new text, NULL when out of memory); data is stolen (NULL: {}). */
+char *webhook_payload(const char *event, int64_t at, json_t *data);
+
+/* ---- deliver.c ---- */
+/* The outbox's sender: libcurl's multi interface on the event loop. */
+int deliver_start(void);
+/* deliver_next is the monotonic time deliver_tick has work, 0: none. */
+int64_t deliver_next(void);
+void deliver_tick(int64_t now_mono);
+void deliver_stop(void);
+
+/* ---- policy.c ---- */
+/* A batch's halt policy (GNU parallel's --halt): when count jobs (or
+ * percent of the batch) have ended the way `when` says, the queued rest is
+ * canceled, and with `now` the running ones are killed too. */
+enum halt_when { HALT_NONE, HALT_FAIL, HALT_SUCCESS };
+struct halt_policy {
+	enum halt_when when;
+	int now;                /* mode "now" (1) or "soon" (0) */
+	int count;              /* N, 0: percent is used */
+	double percent;         /* P (0, 100], 0: count is used */
+};
+/* What the engine needs of a batch to apply its policies, as stored
+ * (store_batch_policy): the counts include the open transaction. */
+struct batch_policy {
+	struct halt_policy halt;
+	double timeout_pct;     /* 0: none */
+	int halted;             /* halted_at is set */
+	int64_t total, succeeded, failed;       /* failed: failed + timed_out */
+	int64_t unfinished;                     /* queued + running */
+};
+/* The run times of a batch's most recent succeeded jobs, MEDIAN_WINDOW at
+ * most, kept sorted as well as in arrival order so the median is O(1) and
+ * adding one is O(MEDIAN_WINDOW). */
+#define MEDIAN_WINDOW 255
+#define MEDIAN_MIN 3            /* successes before timeout_pct applies */
+struct median {
+	int n, oldest;          /* samples held; ring index of the oldest */
+	int64_t seen;           /* samples ever added (or loaded as seen) */
+	int64_t ring[MEDIAN_WINDOW];
+	int64_t sorted[MEDIAN_WINDOW];
+};
+/* policy_halt_parse reads a stored halt policy (JSON text, NULL: none)
+ * into h; an unreadable one reads as none.  policy_halt_json renders one
+ * as the API shows it (new; null when none). */
+void policy_halt_parse(const char *text, struct halt_policy *h);
+json_t *policy_halt_json(const char *text);
+/* policy_halt_reached tells whether a batch of total jobs, of which
+ * succeeded and failed (failed + timed_out) have ended, meets h; when it
+ * does it writes why into reason ("2 jobs failed (halt when fail count
+ * 2)"). */
+int policy_halt_reached(const struct halt_policy *h, int64_t total,
+			int64_t succeeded, int64_t failed, char *reason,
+			size_t size);
+/* policy_median_add adds a run time v (µs; a negative one, unknown, is
+ * ignored); in a full window it replaces the oldest. */
+void policy_median_add(struct median *m, int64_t v);
+/* policy_median_us is the median of the samples held, -1 when none. */
+int64_t policy_median_us(const struct median *m);
+/* policy_rel_limit_us is pct% of the median once MEDIAN_MIN samples are
+ * held, else 0 (no relative limit yet). */
+int64_t policy_rel_limit_us(const struct median *m, double pct);
 
 /* ---- store.c ---- */
 enum job_state { JS_QUEUED, JS_RUNNING, JS_SUCCEEDED, JS_FAILED,
@@ -287,6 +414,73 @@ int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 					 void *ctx),
 			      void *ctx, const int64_t *keep, size_t nkeep);
 int store_batch_delete(int64_t batch_id);
+/* store_then_child is the follow-up batch the end of batch_id created
+ * (its `then`), or 0. */
+int64_t store_then_child(int64_t batch_id);
+/* store_batch_policy reads a batch's halt policy, timeout_pct, whether it
+ * halted and its counts as of the open transaction (with PostgreSQL: what
+ * every node committed plus this node's turn).  Returns 0, or -1 when
+ * there is no such batch or the read failed. */
+int store_batch_policy(int64_t batch_id, struct batch_policy *p);
+/* store_batch_runs writes the run times (µs) of up to max of the batch's
+ * succeeded jobs, the most recently finished first, into out.  Returns how
+ * many, or -1. */
+int store_batch_runs(int64_t batch_id, int64_t *out, int max);
+/* store_batch_halt records that the batch halted at `at` because of reason
+ * (borrowed), unless it halted already or was canceled.  soon: its running
+ * jobs are left to finish, which other nodes must know (PostgreSQL).  It
+ * cancels nothing itself: the caller then cancels the batch's rest.
+ * Returns 0 when recorded, 1 when not (halted or canceled first, maybe by
+ * another node), -1 on failure.  With reason NULL it records a client's
+ * cancel instead: a "soon" halt no longer spares the running jobs on any
+ * node (returns 0 or -1). */
+int store_batch_halt(int64_t batch_id, const char *reason, int64_t at,
+		     int soon);
+/* A delivery taken for one attempt (store_webhook_claim). */
+struct delivery {
+	int64_t id, batch_id, job_id;   /* job_id 0: a batch event */
+	int64_t created_at;             /* when the event happened */
+	int attempts;                   /* made before this one */
+	char event[24];
+	char msg_id[64];                /* the webhook-id */
+	char *url, *secret;             /* new */
+	char *body;                     /* new; NULL: not rendered yet */
+};
+/* store_webhook_insert stores the webhook of batch batch_id, inside the
+ * batch's insert: webhook is the submitted {url, secret, events} (secret
+ * filled in by the API when the client gave none, generated then true).
+ * Returns 0 or -1. */
+int store_webhook_insert(int64_t batch_id, const json_t *webhook,
+			 int generated);
+/* store_webhook_claim takes up to max deliveries due at now for one
+ * attempt each, in the turn's transaction: their next_at moves to
+ * lease_until and leased_by to this node, so no other attempt starts
+ * before the lease ends (with several nodes, the claim must be committed
+ * before anything is sent).  *next_due is the earliest next_at of the
+ * pending deliveries not taken (0: none).  Returns how many, or -1; the
+ * caller frees each url, secret and body. */
+int store_webhook_claim(int64_t now, int64_t lease_until, int max,
+			struct delivery *out, int64_t *next_due);
+/* store_webhook_body keeps the rendered body of a delivery (first
+ * attempt), so every retry sends the same bytes. */
+int store_webhook_body(int64_t id, const char *body);
+/* store_webhook_result records attempt n of delivery id (began at, took
+ * took_us; status 0: no HTTP answer, error NULL: none): delivered, to be
+ * retried at next_at (> 0), or failed for good (next_at -1). */
+int store_webhook_result(int64_t id, int n, int64_t at, int64_t took_us,
+			 int status, const char *error, int delivered,
+			 int64_t next_at);
+/* store_webhook_release makes this node's leased deliveries due at now
+ * (at start: an attempt the previous process began is made again). */
+int store_webhook_release(int64_t now);
+/* store_webhook_list is GET /v1/batches/{id}/deliveries: {items,
+ * next_cursor} (new), NULL on failure. */
+json_t *store_webhook_list(int64_t batch_id, const char *state,
+			   int64_t after, int limit);
+/* store_webhook_json is the batch's webhook as the API shows it: {url,
+ * events}, and its secret too with with_secret when the server generated
+ * it (the 201 of its submission).  New, NULL when it has none. */
+json_t *store_webhook_json(int64_t batch_id, int with_secret);
 int store_ping(void);
 /* store_memory_bytes is what SQLite holds now, all connections together
  * (page caches, statements, schema). */
@@ -325,6 +519,17 @@ int sched_group_size(const struct sbatch *b);
 void sched_no_groups(struct sbatch *b);
 int64_t sched_cursor(const struct sbatch *b);
 void sched_set_cursor(struct sbatch *b, int64_t idx);
+/* Policies (policy.c): sched_set_policy takes them as stored; sched_halt
+ * is the halt policy while the batch may still halt (NULL otherwise);
+ * sched_runs is its window of succeeded run times (NULL: no timeout_pct),
+ * owned by the schedule. */
+void sched_set_policy(struct sbatch *b, const struct batch_policy *p);
+const struct halt_policy *sched_halt(const struct sbatch *b);
+void sched_set_halted(struct sbatch *b);
+int sched_halted(const struct sbatch *b);
+double sched_timeout_pct(const struct sbatch *b);
+struct median *sched_runs(struct sbatch *b);
+int sched_policy_due(struct sbatch *b, const struct batch_info *info);
 
 /* ---- pool.c ---- */
 enum slot_state { SLOT_EMPTY, SLOT_STARTING, SLOT_IDLE, SLOT_BUSY,
@@ -500,6 +705,9 @@ void metrics_job_run(int64_t run_us);
 void metrics_queue_wait(int64_t wait_us);
 void metrics_grouped(int n);            /* jobs handed in a group */
 void metrics_batch_submitted(void);
+/* metrics_webhook counts an attempt's outcome: "delivered", "retried" or
+ * "failed". */
+void metrics_webhook(const char *outcome);
 char *metrics_render(void);     /* new text; the caller frees */
 void metrics_free(void);
 

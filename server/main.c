@@ -84,6 +84,14 @@ static const char usage[] =
 "                         (up to 64)                     [16]\n"
 "  --allow-command        enable the command kind (runs programs as this\n"
 "                         server's user; off by default)\n"
+"  --webhook-allow LIST   hosts a batch's webhook may be sent to, comma-\n"
+"                         separated: host names (matched literally, or\n"
+"                         *.suffix), IP addresses and CIDRs; a host name\n"
+"                         allowed is trusted whatever it resolves to\n"
+"                                                       [none]\n"
+"  --webhook-backoff DURATION  delay before a failed webhook delivery's\n"
+"                         first retry; it doubles per attempt up to 1h\n"
+"                         (tests shorten it, e.g. 100ms) [1s]\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
 "                         committed (submissions never wait) [2000]\n"
 "  -h, --help             this text\n"
@@ -129,7 +137,7 @@ enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
 	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT,
 	   O_EVENTS_BYTES, O_GROUP_MAX, O_NODE_NAME, O_NODE_LEASE,
-	   O_POLL_INTERVAL };
+	   O_POLL_INTERVAL, O_WEBHOOK_ALLOW, O_WEBHOOK_BACKOFF };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -160,6 +168,8 @@ static const struct option options[] = {
 	{"node-name", required_argument, NULL, O_NODE_NAME},
 	{"node-lease", required_argument, NULL, O_NODE_LEASE},
 	{"poll-interval", required_argument, NULL, O_POLL_INTERVAL},
+	{"webhook-allow", required_argument, NULL, O_WEBHOOK_ALLOW},
+	{"webhook-backoff", required_argument, NULL, O_WEBHOOK_BACKOFF},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -290,6 +300,18 @@ static void set_option(int o, const char *v)
 		if (cfg.poll_interval_us < 10000 ||
 		    cfg.poll_interval_us > 60LL * 1000000)
 			die_usage("--poll-interval (want 10ms to 60s)", v);
+		break;
+	case O_WEBHOOK_ALLOW:
+		if (webhook_allow_parse(v) < 0)
+			die_usage("--webhook-allow (want host names, IP addresses "
+				  "or CIDRs, comma-separated)", v);
+		cfg.webhook_allow = v;
+		break;
+	case O_WEBHOOK_BACKOFF:
+		cfg.webhook_backoff_us = parse_duration(v);
+		if (cfg.webhook_backoff_us < 1000 ||
+		    cfg.webhook_backoff_us > 3600LL * 1000000)
+			die_usage("--webhook-backoff (want 1ms to 1h)", v);
 		break;
 	case O_HEADER_TIMEOUT:
 		cfg.header_timeout_us = parse_duration(v);
@@ -588,6 +610,7 @@ static int turn(int64_t *dirty_since)
 	next = min_deadline(pool_tick(now), http_tick(now));
 	next = min_deadline(next, engine_tick(now));
 	next = min_deadline(next, events_tick(now));
+	next = min_deadline(next, deliver_next());
 	if (*dirty_since)
 		next = min_deadline(next, *dirty_since + cfg.commit_interval_us);
 	if (shutting_down)
@@ -609,6 +632,7 @@ static int turn(int64_t *dirty_since)
 	http_tick(now);
 	engine_tick(now);
 	events_tick(now);
+	deliver_tick(now);
 	dispatch(dirty_since);
 	http_run();
 	purge(now);
@@ -757,6 +781,10 @@ int main(int argc, char **argv)
 		return 4;
 	if (pool_start(cfg.workers, &engine_pool_events) < 0)
 		return 5;
+	if (deliver_start() < 0) {
+		log_warn("cannot start webhook delivery (libcurl)");
+		return 1;
+	}
 	log_info("listening on http://%s:%d (db %s, %d workers, %d unfinished "
 		 "batch(es))", cfg.listen_host, http_port(), db_shown(),
 		 cfg.workers, n);
@@ -766,6 +794,7 @@ int main(int argc, char **argv)
 			break;
 		}
 	log_info("drained; stopping");
+	deliver_stop();
 	http_quiesce();
 	wait_children();
 	http_stop();

@@ -25,6 +25,11 @@ struct histogram {
 
 static struct histogram run_hist, wait_hist;
 static uint64_t batches_submitted, jobs_grouped;
+/* webhook attempts by outcome: delivered, retried, failed (for good) */
+static uint64_t webhook_outcomes[3];
+static const char *const webhook_outcome_names[3] = {
+	"delivered", "retried", "failed"
+};
 
 struct http_count {
 	const char *route;              /* static pattern, or "other" */
@@ -61,6 +66,15 @@ void metrics_queue_wait(int64_t wait_us)
 void metrics_batch_submitted(void)
 {
 	batches_submitted++;
+}
+
+void metrics_webhook(const char *outcome)
+{
+	int i;
+
+	for (i = 0; i < 3; i++)
+		if (strcmp(outcome, webhook_outcome_names[i]) == 0)
+			webhook_outcomes[i]++;
 }
 
 void metrics_grouped(int n)
@@ -214,6 +228,14 @@ char *metrics_render(void)
 		"# TYPE jobpool_jobs_grouped_total counter\n"
 		"jobpool_jobs_grouped_total %llu\n",
 		(unsigned long long)jobs_grouped);
+	fprintf(f, "# HELP jobpool_webhook_deliveries_total Webhook delivery "
+		"attempts since start, by outcome (retried: failed, tried again "
+		"later; failed: failed for good).\n"
+		"# TYPE jobpool_webhook_deliveries_total counter\n");
+	for (i = 0; i < 3; i++)
+		fprintf(f, "jobpool_webhook_deliveries_total{outcome=\"%s\"} "
+			"%llu\n", webhook_outcome_names[i],
+			(unsigned long long)webhook_outcomes[i]);
 	{
 		int64_t stale, rescued;
 

@@ -21,12 +21,20 @@ struct sbatch {
 	double run_us;          /* their moving average */
 	int no_groups;
 	int64_t cursor;         /* next unheld job is after this index */
+	/* policies (sched_set_policy); window: the succeeded run times
+	 * behind timeout_pct, allocated only for such a batch */
+	struct halt_policy halt;
+	double timeout_pct;
+	int halted;
+	struct median *window;
+	int polled_queued, polled_running;      /* sched_policy_due */
 	struct sbatch *prev, *next;
 };
 
 static struct sbatch *head, *tail;
 static int queued_total;
 static int nbatches;
+static int nmedians;            /* batches holding a run-time window */
 
 /* Finding a batch by id happens for every finished job: a hash keeps it
  * O(1) however many batches wait (ids are sequential, so the low bits
@@ -86,6 +94,7 @@ void sched_add(const struct batch_info *b)
 		abort();
 	n->b = *b;
 	n->cursor = -1;
+	n->polled_queued = n->polled_running = -1;
 	queued_total += b->queued;
 	nbatches++;
 	if ((size_t)nbatches > nbuckets)
@@ -233,6 +242,9 @@ void sched_remove(struct sbatch *b)
 	queued_total -= b->b.queued;
 	nbatches--;
 	hash_del(b);
+	if (b->window)
+		nmedians--;
+	free(b->window);
 	free(b);
 }
 
@@ -247,7 +259,8 @@ int sched_queued_total(void)
 size_t sched_bytes(void)
 {
 	return (size_t)nbatches * sizeof(struct sbatch) +
-	       nbuckets * sizeof(*buckets);
+	       nbuckets * sizeof(*buckets) +
+	       (size_t)nmedians * sizeof(struct median);
 }
 
 void sched_clear(void)
@@ -287,6 +300,11 @@ int sched_group_size(const struct sbatch *b)
 	if (b->no_groups || b->b.concurrency > 0 || b->runs < RUNS_KNOWN ||
 	    cfg.group_max <= 1 || b->run_us >= GROUP_RUN_US)
 		return 1;
+	/* A worker starts the jobs of its group on its own: a halt could not
+	 * stop the next one from starting ("soon" means none starts after
+	 * the threshold), and a timeout needs the server to see each start. */
+	if (b->halt.when != HALT_NONE || b->timeout_pct > 0)
+		return 1;
 	n = GROUP_RUN_US / (b->run_us > 1 ? b->run_us : 1);
 	return n >= cfg.group_max ? cfg.group_max : n < 1 ? 1 : (int)n;
 }
@@ -304,4 +322,71 @@ int64_t sched_cursor(const struct sbatch *b)
 void sched_set_cursor(struct sbatch *b, int64_t idx)
 {
 	b->cursor = idx;
+}
+
+/* ---- policies (policy.c): halt and relative timeouts ---- */
+
+/* sched_set_policy takes a batch's policies as stored; a batch with a
+ * timeout_pct gets its run-time window here (aborts without memory, as
+ * sched_add does). */
+void sched_set_policy(struct sbatch *b, const struct batch_policy *p)
+{
+	b->halt = p->halt;
+	b->timeout_pct = p->timeout_pct;
+	b->halted = b->halted || p->halted;
+	if (p->timeout_pct > 0 && !b->window) {
+		b->window = calloc(1, sizeof(*b->window));
+		if (!b->window)
+			abort();
+		nmedians++;
+	}
+}
+
+/* sched_halt is the batch's halt policy while it may still halt: NULL
+ * when it has none, has halted, or was canceled. */
+const struct halt_policy *sched_halt(const struct sbatch *b)
+{
+	if (b->halt.when == HALT_NONE || b->halted || b->b.cancel_req)
+		return NULL;
+	return &b->halt;
+}
+
+/* sched_set_halted: the batch halted; like a cancel, none of its jobs may
+ * be retried any more. */
+void sched_set_halted(struct sbatch *b)
+{
+	b->halted = 1;
+	b->b.cancel_req = 1;
+}
+
+int sched_halted(const struct sbatch *b)
+{
+	return b->halted;
+}
+
+double sched_timeout_pct(const struct sbatch *b)
+{
+	return b->timeout_pct;
+}
+
+/* sched_runs is the batch's window of succeeded run times, NULL when it
+ * has no timeout_pct. */
+struct median *sched_runs(struct sbatch *b)
+{
+	return b->window;
+}
+
+/* sched_policy_due tells whether the batch's stored counts (info, with
+ * several nodes) changed since the last call: a job of it started or
+ * ended somewhere.  Only then can other nodes' work matter to its
+ * policies, so a poll of the store is not needed for every batch at every
+ * look. */
+int sched_policy_due(struct sbatch *b, const struct batch_info *info)
+{
+	if (b->polled_queued == info->queued &&
+	    b->polled_running == info->running)
+		return 0;
+	b->polled_queued = info->queued;
+	b->polled_running = info->running;
+	return 1;
 }

@@ -60,14 +60,26 @@ static int64_t totals[JS__COUNT], pending[JS__COUNT], sp_mark[JS__COUNT];
 #define BATCH_COLS "id, name, state, concurrency, priority, created_at, " \
 	"started_at, finished_at, n_total, n_queued, n_running, " \
 	"n_succeeded, n_failed, n_timed_out, n_canceled, total_run_us, " \
-	"total_cpu_us"
+	"total_cpu_us, halt, timeout_pct, halted_reason, halted_at, " \
+	"parent_id, then_batch_id, then_state"
 
 static const char *const sql[S__COUNT] = {
 	[S_BATCH_INSERT] = "INSERT INTO batches (name, state, concurrency, "
-		"priority, created_at, n_total, n_queued) "
-		"VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+		"priority, created_at, n_total, n_queued, halt, timeout_pct) "
+		"VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
 	[S_JOB_INSERT] = JOB_INSERT JOB_VALUES,
 	[S_BATCH_GET] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?",
+	/* follow-up batches (store_jobs.c, then_fire) */
+	[S_THEN_SET] = "UPDATE batches SET then_on = ?, then_body = ?, "
+		"then_state = 'pending' WHERE id = ?",
+	[S_THEN_GET] = "SELECT state, then_on, then_body FROM batches "
+		"WHERE id = ? AND then_state = 'pending' AND n_queued = 0 "
+		"AND n_running = 0",
+	[S_THEN_DONE] = "UPDATE batches SET then_state = ?, then_batch_id = ? "
+		"WHERE id = ?",
+	[S_THEN_PARENT] = "UPDATE batches SET parent_id = ? WHERE id = ?",
+	[S_THEN_CHILD] = "SELECT then_batch_id FROM batches WHERE id = ? "
+		"AND then_state = 'created'",
 	[S_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?",
 	[S_JOB_BATCH] = "SELECT batch_id, state, attempts FROM jobs "
 		"WHERE id = ?",
@@ -176,6 +188,18 @@ static const char *const sql[S__COUNT] = {
 	[S_SIZE] = "SELECT (SELECT page_count FROM pragma_page_count()) - "
 		"(SELECT freelist_count FROM pragma_freelist_count()), "
 		"(SELECT page_size FROM pragma_page_size())",
+	/* policies: on the writer's connection, so the counts include the
+	 * turn's own transitions */
+	[S_POLICY] = "SELECT halt, coalesce(timeout_pct, 0), "
+		"halted_at IS NOT NULL, n_total, n_succeeded, "
+		"n_failed + n_timed_out, n_queued + n_running "
+		"FROM batches WHERE id = ?",
+	[S_RUNS] = "SELECT run_us FROM jobs WHERE batch_id = ? "
+		"AND state = 'succeeded' AND run_us IS NOT NULL "
+		"ORDER BY finished_at DESC LIMIT ?",
+	/* a cancel that came first wins: a canceled batch never halts */
+	[S_HALT] = "UPDATE batches SET halted_reason = ?, halted_at = ? "
+		"WHERE id = ? AND halted_at IS NULL AND NOT cancel_req",
 };
 
 static sqlite3_stmt *st[S__COUNT];
@@ -416,6 +440,16 @@ int store_begin(void)
 	return 0;
 }
 
+/* store_rollback undoes the open transaction (recovery's, on a failure). */
+void store_rollback(void)
+{
+	if (!in_txn)
+		return;
+	in_txn = 0;
+	store_exec("ROLLBACK");
+	memset(pending, 0, sizeof(pending));
+}
+
 int sq_dirty(void)
 {
 	return in_txn;
@@ -654,6 +688,7 @@ int sq_open(const char *path)
 	if (store_exec("PRAGMA journal_mode = WAL") < 0 ||
 	    store_exec(STORE_CACHE_PRAGMA) < 0 ||
 	    store_exec("PRAGMA synchronous = FULL") < 0 ||
+	    store_exec("PRAGMA temp_store = MEMORY") < 0 ||
 	    store_exec("PRAGMA foreign_keys = ON") < 0 || migrate() < 0)
 		return -1;
 	for (i = 0; i < S__COUNT; i++) {
@@ -695,6 +730,7 @@ void sq_close(void)
 		sqlite3_finalize(rst[i]);
 		st[i] = rst[i] = NULL;
 	}
+	sq_webhook_close();
 	sqlite3_close(store_rdb);
 	sqlite3_close(store_db);
 	store_db = store_rdb = NULL;
@@ -780,6 +816,20 @@ static int insert_jobs(int64_t batch_id, const json_t *jobs, int64_t now,
 	return 0;
 }
 
+/* then_set stores a batch's follow-up, {on, batch}, as pending. */
+static int then_set(int64_t batch_id, const json_t *then)
+{
+	sqlite3_stmt *s = store_get(S_THEN_SET);
+	char *body = json_dumps(json_object_get(then, "batch"), JSON_COMPACT);
+
+	if (!body)
+		return -1;
+	store_bind_text(s, 1, json_string_value(json_object_get(then, "on")));
+	sqlite3_bind_text(s, 2, body, -1, free);
+	sqlite3_bind_int64(s, 3, batch_id);
+	return store_step(s);
+}
+
 int sq_batch_insert(const json_t *req, int64_t now, const char *key,
 		       const char *hash, int64_t *id, json_t **job_ids)
 {
@@ -817,10 +867,28 @@ int sq_batch_insert(const json_t *req, int64_t now, const char *key,
 	sqlite3_bind_int64(s, 4, now);
 	sqlite3_bind_int64(s, 5, (int64_t)n);
 	sqlite3_bind_int64(s, 6, (int64_t)n);
+	v = json_object_get(req, "halt");
+	if (v)
+		sqlite3_bind_text(s, 7, json_dumps(v, JSON_COMPACT), -1, free);
+	else
+		sqlite3_bind_null(s, 7);
+	v = json_object_get(req, "timeout_pct");
+	if (v)
+		sqlite3_bind_double(s, 8, json_number_value(v));
+	else
+		sqlite3_bind_null(s, 8);
 	if (store_step(s) < 0)
 		goto fail;
 	*id = sqlite3_last_insert_rowid(store_db);
 	if (insert_jobs(*id, jobs, now, &first) < 0)
+		goto fail;
+	v = json_object_get(req, "then");
+	if (v && then_set(*id, v) < 0)
+		goto fail;
+	/* In the batch's savepoint: a batch is never stored without it. */
+	v = json_object_get(req, "webhook");
+	if (v && sq_webhook_insert(*id, v, json_is_true(json_object_get(v,
+				   "generated"))) < 0)
 		goto fail;
 	s = store_get(S_SET_FIRST);
 	sqlite3_bind_int64(s, 1, first);
@@ -974,6 +1042,17 @@ const struct store_ops sqlite_store_ops = {
 	.batch_cancel = sq_batch_cancel,
 	.batch_cancel_except = sq_batch_cancel_except,
 	.batch_delete = sq_batch_delete,
+	.then_child = sq_then_child,
+	.batch_policy = sq_batch_policy,
+	.batch_runs = sq_batch_runs,
+	.batch_halt = sq_batch_halt,
 	.ping = sq_ping,
 	.memory_bytes = sq_memory_bytes,
+	.webhook_insert = sq_webhook_insert,
+	.webhook_claim = sq_webhook_claim,
+	.webhook_body = sq_webhook_body,
+	.webhook_result = sq_webhook_result,
+	.webhook_release = sq_webhook_release,
+	.webhook_list = sq_webhook_list,
+	.webhook_json = sq_webhook_json,
 };

@@ -16,6 +16,8 @@ enum stmt_id {
 	S_IDEM_GET, S_IDEM_PUT, S_JOB_IDS, S_PURGE_PICK, S_PURGE_JOBS,
 	S_PURGE_KEYS, S_SIZE, S_COUNTS, S_QUEUED_IDS, S_JOB_RANGE, S_SET_FIRST,
 	S_JOB_INSERT_MANY, S_SP, S_SP_RELEASE, S_SP_ROLLBACK,
+	S_POLICY, S_RUNS, S_HALT,
+	S_THEN_SET, S_THEN_GET, S_THEN_DONE, S_THEN_PARENT, S_THEN_CHILD,
 	S__COUNT
 };
 
@@ -41,6 +43,7 @@ int store_checkpointer_start(const char *path);
 void store_checkpointer_stop(void);
 
 int store_begin(void);
+void store_rollback(void);
 /* store_step runs a statement that returns no rows; logs, notes a
  * rolled-back transaction, and returns -1 on error. */
 int store_step(sqlite3_stmt *s);
@@ -121,6 +124,11 @@ int sq_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 		int *batch_done, void (*fn)(int64_t job_id, int attempts,
 		void *ctx), void *ctx, const int64_t *keep, size_t nkeep);
 int sq_batch_delete(int64_t batch_id);
+int64_t sq_then_child(int64_t batch_id);
+int sq_then_sweep(int64_t now);
+int sq_batch_policy(int64_t batch_id, struct batch_policy *p);
+int sq_batch_runs(int64_t batch_id, int64_t *out, int max);
+int sq_batch_halt(int64_t batch_id, const char *reason, int64_t at, int soon);
 int sq_ping(void);
 int64_t sq_memory_bytes(void);
 

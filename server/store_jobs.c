@@ -53,20 +53,150 @@ int sq_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 	return n;
 }
 
+int sq_batch_policy(int64_t batch_id, struct batch_policy *p)
+{
+	sqlite3_stmt *s = store_get(S_POLICY);
+	int rc = -1;
+
+	memset(p, 0, sizeof(*p));
+	sqlite3_bind_int64(s, 1, batch_id);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		policy_halt_parse((const char *)sqlite3_column_text(s, 0),
+				  &p->halt);
+		p->timeout_pct = sqlite3_column_double(s, 1);
+		p->halted = sqlite3_column_int(s, 2);
+		p->total = store_col_i64(s, 3);
+		p->succeeded = store_col_i64(s, 4);
+		p->failed = store_col_i64(s, 5);
+		p->unfinished = store_col_i64(s, 6);
+		rc = 0;
+	}
+	sqlite3_reset(s);
+	return rc;
+}
+
+int sq_batch_runs(int64_t batch_id, int64_t *out, int max)
+{
+	sqlite3_stmt *s = store_get(S_RUNS);
+	int n = 0, rc = SQLITE_DONE;
+
+	sqlite3_bind_int64(s, 1, batch_id);
+	sqlite3_bind_int(s, 2, max);
+	while (n < max && (rc = sqlite3_step(s)) == SQLITE_ROW)
+		out[n++] = store_col_i64(s, 0);
+	rc = n < max && rc != SQLITE_DONE ? -1 : n;
+	sqlite3_reset(s);
+	return rc;
+}
+
+/* then_fire creates the follow-up of batch_id, which has just ended, or
+ * records it skipped ("on": "success" and the batch did not succeed), in
+ * the transaction that ends the batch: a crash keeps both or neither.
+ * Only a pending follow-up fires, so it fires once.  Returns 0 or -1 (the
+ * ending fails with it, as any failed write of it would). */
+static int then_fire(int64_t batch_id, int64_t now)
+{
+	sqlite3_stmt *s = store_get(S_THEN_GET);
+	const char *state = "skipped";
+	int64_t child = 0;
+	json_t *body = NULL, *ids = NULL;
+	int rc, create;
+
+	sqlite3_bind_int64(s, 1, batch_id);
+	rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(s);
+		return rc == SQLITE_DONE ? 0 : -1;
+	}
+	create = strcmp((const char *)sqlite3_column_text(s, 1), "success") ||
+		 !strcmp((const char *)sqlite3_column_text(s, 0), "succeeded");
+	if (create)
+		body = json_loads((const char *)sqlite3_column_text(s, 2), 0,
+				  NULL);
+	sqlite3_reset(s);
+	if (create) {
+		rc = body ? sq_batch_insert(body, now, NULL, NULL, &child,
+					    &ids) : -1;
+		json_decref(body);
+		json_decref(ids);
+		if (rc != 0)
+			return -1;
+		s = store_get(S_THEN_PARENT);
+		sqlite3_bind_int64(s, 1, batch_id);
+		sqlite3_bind_int64(s, 2, child);
+		if (store_step(s) < 0)
+			return -1;
+		state = "created";
+	}
+	s = store_get(S_THEN_DONE);
+	store_bind_text(s, 1, state);
+	store_bind_opt(s, 2, child, child > 0);
+	sqlite3_bind_int64(s, 3, batch_id);
+	return store_step(s);
+}
+
 /* settle derives the batch's state from its counters after a transition.
- * Sets *done when the batch has just become (or already was) terminal. */
+ * Sets *done when the batch has just become (or already was) terminal;
+ * one that has just ended fires its follow-up (then_fire). */
 static int settle(int64_t batch_id, int64_t now, int *done)
 {
 	sqlite3_stmt *s = store_get(S_BATCH_SETTLE);
-	int rc;
+	int rc, ended = 0;
 
 	sqlite3_bind_int64(s, 1, now);
 	sqlite3_bind_int64(s, 2, batch_id);
 	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW && done)
-		*done = sqlite3_column_int64(s, 0) == 0;
+	if (rc == SQLITE_ROW)
+		ended = sqlite3_column_int64(s, 0) == 0;
+	if (done)
+		*done = ended;
 	sqlite3_reset(s);
-	return rc == SQLITE_ROW ? 0 : -1;
+	if (rc != SQLITE_ROW)
+		return -1;
+	if (!ended)
+		return 0;
+	if (then_fire(batch_id, now) < 0)
+		return -1;
+	sq_webhook_idle();
+	return 0;
+}
+
+/* sq_then_sweep fires the follow-ups of every ended batch whose follow-up
+ * is still pending: those a recovery ended in bulk.  Returns 0 or -1. */
+int sq_then_sweep(int64_t now)
+{
+	sqlite3_stmt *s;
+	int64_t ids[64], after = 0;
+	int n, i;
+
+	do {
+		if (sqlite3_prepare_v2(store_db, "SELECT id FROM batches WHERE "
+				       "then_state = 'pending' AND state NOT IN "
+				       "('queued', 'running') AND id > ? ORDER BY id "
+				       "LIMIT 64", -1, &s, NULL) != SQLITE_OK)
+			return -1;
+		sqlite3_bind_int64(s, 1, after);
+		for (n = 0; n < 64 && sqlite3_step(s) == SQLITE_ROW; n++)
+			after = ids[n] = sqlite3_column_int64(s, 0);
+		sqlite3_finalize(s);
+		for (i = 0; i < n; i++)
+			if (then_fire(ids[i], now) < 0)
+				return -1;
+	} while (n == 64);
+	return 0;
+}
+
+/* sq_then_child is the follow-up batch_id's end created, or 0. */
+int64_t sq_then_child(int64_t batch_id)
+{
+	sqlite3_stmt *s = store_get(S_THEN_CHILD);
+	int64_t child = 0;
+
+	sqlite3_bind_int64(s, 1, batch_id);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		child = sqlite3_column_int64(s, 0);
+	sqlite3_reset(s);
+	return child;
 }
 
 /* claim_row reads one row of S_NEXT_QUEUED into c.  Returns 0, or -1 when
@@ -687,6 +817,34 @@ int sq_job_cancel_req(int64_t job_id)
 	if (store_sp_begin() < 0)
 		return -1;
 	return store_sp_end(job_cancel_req_(job_id));
+}
+
+static int batch_halt_(int64_t batch_id, const char *reason, int64_t at)
+{
+	sqlite3_stmt *s;
+
+	if (store_begin() < 0)
+		return -1;
+	s = store_get(S_HALT);
+	store_bind_text(s, 1, reason);
+	sqlite3_bind_int64(s, 2, at);
+	sqlite3_bind_int64(s, 3, batch_id);
+	if (store_step(s) < 0)
+		return -1;
+	return sqlite3_changes(store_db) == 1 ? 0 : 1;
+}
+
+/* sq_batch_halt: one server runs the jobs of a SQLite file, so whether a
+ * halt leaves its running jobs alone (soon) is the engine's to honor, and
+ * a client's cancel (reason NULL) has nothing to tell other nodes. */
+int sq_batch_halt(int64_t batch_id, const char *reason, int64_t at, int soon)
+{
+	(void)soon;
+	if (!reason)
+		return 0;
+	if (store_sp_begin() < 0)
+		return -1;
+	return store_sp_end(batch_halt_(batch_id, reason, at));
 }
 
 int sq_batch_delete(int64_t batch_id)

@@ -10,6 +10,7 @@
 
 #include "jobpool.h"
 #include "store.h"
+#include "store_ops.h"
 
 /* ---- checkpoints, off the loop ----
  *
@@ -215,7 +216,13 @@ static int recover_rows(int64_t now, const char *excl, int *requeued,
 		 "finished_at = CASE WHEN n_queued = 0 AND n_running = 0 "
 		 "THEN coalesce(finished_at, %lld) END "
 		 "WHERE state IN ('queued', 'running')", (long long)now);
-	return store_exec(q);
+	if (store_exec(q) < 0)
+		return -1;
+	/* the batches this ended fire their follow-ups, in this transaction */
+	if (sq_then_sweep(now) < 0)
+		return -1;
+	sq_webhook_idle();
+	return 0;
 }
 
 /* sq_recover runs once at start, before any worker exists: a job still
@@ -235,13 +242,15 @@ int sq_recover(int64_t now, int *requeued, int *interrupted,
 	while (fn && sqlite3_step(s) == SQLITE_ROW)
 		fn(sqlite3_column_int64(s, 0), ctx);
 	sqlite3_finalize(s);
-	if (store_exec("BEGIN IMMEDIATE") < 0)
+	/* the turn's transaction: a follow-up batch it creates is stored
+	 * as any submission is */
+	if (store_begin() < 0)
 		return -1;
 	if (recover_rows(now, "", requeued, interrupted) < 0) {
-		store_exec("ROLLBACK");
+		store_rollback();
 		return -1;
 	}
-	return store_exec("COMMIT");
+	return sq_flush();
 }
 
 /* sq_resync puts the database in line with memory after a lost

@@ -275,9 +275,30 @@ int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 		batch_done, fn, ctx, keep, nkeep);
 }
 
+int64_t store_then_child(int64_t batch_id)
+{
+	return store_be->then_child(batch_id);
+}
+
 int store_batch_delete(int64_t batch_id)
 {
 	return store_be->batch_delete(batch_id);
+}
+
+int store_batch_policy(int64_t batch_id, struct batch_policy *p)
+{
+	return store_be->batch_policy(batch_id, p);
+}
+
+int store_batch_runs(int64_t batch_id, int64_t *out, int max)
+{
+	return store_be->batch_runs(batch_id, out, max);
+}
+
+int store_batch_halt(int64_t batch_id, const char *reason, int64_t at,
+		     int soon)
+{
+	return store_be->batch_halt(batch_id, reason, at, soon);
 }
 
 int store_ping(void)
@@ -288,4 +309,47 @@ int store_ping(void)
 int64_t store_memory_bytes(void)
 {
 	return store_be->memory_bytes();
+}
+
+/* ---- webhooks ---- */
+
+int store_webhook_insert(int64_t batch_id, const json_t *webhook,
+			 int generated)
+{
+	return store_be->webhook_insert(batch_id, webhook, generated);
+}
+
+int store_webhook_claim(int64_t now, int64_t lease_until, int max,
+			struct delivery *out, int64_t *next_due)
+{
+	return store_be->webhook_claim(now, lease_until, max, out, next_due);
+}
+
+int store_webhook_body(int64_t id, const char *body)
+{
+	return store_be->webhook_body(id, body);
+}
+
+int store_webhook_result(int64_t id, int n, int64_t at, int64_t took_us,
+			 int status, const char *error, int delivered,
+			 int64_t next_at)
+{
+	return store_be->webhook_result(id, n, at, took_us, status, error,
+					delivered, next_at);
+}
+
+int store_webhook_release(int64_t now)
+{
+	return store_be->webhook_release(now);
+}
+
+json_t *store_webhook_list(int64_t batch_id, const char *state,
+			   int64_t after, int limit)
+{
+	return store_be->webhook_list(batch_id, state, after, limit);
+}
+
+json_t *store_webhook_json(int64_t batch_id, int with_secret)
+{
+	return store_be->webhook_json(batch_id, with_secret);
 }

@@ -84,9 +84,61 @@ struct store_ops {
 		int *batch_done, void (*fn)(int64_t job_id, int attempts,
 		void *ctx), void *ctx, const int64_t *keep, size_t nkeep);
 	int (*batch_delete)(int64_t batch_id);
+	int64_t (*then_child)(int64_t batch_id);
+	/* halt policies and relative timeouts (see store_batch_policy) */
+	int (*batch_policy)(int64_t batch_id, struct batch_policy *p);
+	int (*batch_runs)(int64_t batch_id, int64_t *out, int max);
+	int (*batch_halt)(int64_t batch_id, const char *reason, int64_t at,
+		int soon);
 	int (*ping)(void);
 	int64_t (*memory_bytes)(void);
+	/* webhooks: the outbox (see store_webhook_claim in jobpool.h) */
+	int (*webhook_insert)(int64_t batch_id, const json_t *webhook,
+		int generated);
+	int (*webhook_claim)(int64_t now, int64_t lease_until, int max,
+		struct delivery *out, int64_t *next_due);
+	int (*webhook_body)(int64_t id, const char *body);
+	int (*webhook_result)(int64_t id, int n, int64_t at, int64_t took_us,
+		int status, const char *error, int delivered, int64_t next_at);
+	int (*webhook_release)(int64_t now);
+	json_t *(*webhook_list)(int64_t batch_id, const char *state,
+		int64_t after, int limit);
+	json_t *(*webhook_json)(int64_t batch_id, int with_secret);
 };
+
+/* The webhook outbox of each backend (store_webhook.c,
+ * store_pg_webhook.c); their rows are written by the schema's triggers. */
+int sq_webhook_insert(int64_t batch_id, const json_t *webhook, int generated);
+void sq_webhook_idle(void);
+int sq_webhook_claim(int64_t now, int64_t lease_until, int max,
+		struct delivery *out, int64_t *next_due);
+int sq_webhook_body(int64_t id, const char *body);
+int sq_webhook_result(int64_t id, int n, int64_t at, int64_t took_us,
+		int status, const char *error, int delivered, int64_t next_at);
+int sq_webhook_release(int64_t now);
+json_t *sq_webhook_list(int64_t batch_id, const char *state, int64_t after,
+		int limit);
+json_t *sq_webhook_json(int64_t batch_id, int with_secret);
+void sq_webhook_close(void);
+int pg_webhook_insert(int64_t batch_id, const json_t *webhook, int generated);
+int pg_webhook_claim(int64_t now, int64_t lease_until, int max,
+		struct delivery *out, int64_t *next_due);
+int pg_webhook_body(int64_t id, const char *body);
+int pg_webhook_result(int64_t id, int n, int64_t at, int64_t took_us,
+		int status, const char *error, int delivered, int64_t next_at);
+int pg_webhook_release(int64_t now);
+json_t *pg_webhook_list(int64_t batch_id, const char *state, int64_t after,
+		int limit);
+json_t *pg_webhook_json(int64_t batch_id, int with_secret);
+struct row;
+/* store_delivery_json renders a delivery row: id, msg_id, event, job_id,
+ * url, state, attempts, created_at, next_at, last_status, last_error,
+ * delivered_at (columns 0..11, as both stores select them); the caller
+ * adds its history.  New. */
+#define DELIVERY_COLS "id, msg_id, event, job_id, url, state, attempts, " \
+	"created_at, next_at, last_status, last_error, delivered_at, batch_id"
+json_t *store_delivery_json(const struct row *r);
+json_t *store_attempt_json(const struct row *r, int col);
 
 /* A row of a result, whatever the backend: h is its statement or result
  * set, n the row's number in it. */
@@ -108,7 +160,12 @@ struct row {
 	"result, history, output, worker_node"
 
 /* The API's view of a batch and of a job, from a row whose columns are
- * each store's BATCH_COLS or JOB_COLS (store_read.c). */
+ * each store's BATCH_COLS or JOB_COLS (store_read.c).  A batch's columns
+ * end with halt, timeout_pct, halted_reason, halted_at (BATCH_POLICY_COL
+ * is the first of them), then parent_id, then_batch_id, then_state
+ * (BATCH_THEN_COL, the follow-up batches), in both stores. */
+#define BATCH_POLICY_COL 17
+#define BATCH_THEN_COL 21
 json_t *store_render_batch(const struct row *r);
 json_t *store_render_job(const struct row *r);
 

@@ -45,7 +45,8 @@ static size_t nsettle, settle_cap;
  * shards (jp_batch_view, schema/pg), in store_render_batch's order. */
 #define BATCH_COLS "id, name, state, concurrency, priority, created_at, " \
 	"started_at, finished_at, n_total, queued, running, succeeded, " \
-	"failed, timed_out, canceled, run_us, cpu_us"
+	"failed, timed_out, canceled, run_us, cpu_us, halt, timeout_pct, " \
+	"halted_reason, halted_at, parent_id, then_batch_id, then_state"
 /* history || entry, for a text column holding a JSON array */
 #define HISTORY_ADD(e) "left(history, -1) || CASE WHEN history = '[]' " \
 	"THEN '' ELSE ',' END || " e " || ']'"
@@ -82,8 +83,9 @@ static const char *const sql[P__COUNT] = {
 	[P_IDS] = "UPDATE jp_ids SET next = next + $2 WHERE name = $1 "
 		"RETURNING next - $2",
 	[P_BATCH_INSERT] = "INSERT INTO jp_batches (id, name, state, "
-		"concurrency, priority, created_at, n_total, first_job) "
-		"VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
+		"concurrency, priority, created_at, n_total, first_job, halt, "
+		"timeout_pct) VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, "
+		"$9)",
 	[P_JOB_GET] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id = $1",
 	[P_JOB_BATCH] = "SELECT batch_id, state, attempts FROM jp_jobs "
 		"WHERE id = $1",
@@ -327,10 +329,12 @@ static const char *const sql[P__COUNT] = {
 		"AND (EXISTS (SELECT 1 FROM jp_jobs j WHERE j.node_id = n.id "
 		"AND j.state = 'running') OR EXISTS (SELECT 1 FROM jp_jobs j "
 		"WHERE j.held_by = n.id)) LIMIT 16",
-	/* cancels asked on other nodes of jobs this node runs */
+	/* cancels asked on other nodes of jobs this node runs; a batch that
+	 * halted "soon" lets them finish (halt_soon, schema/pg/002) */
 	[P_MY_CANCELS] = "SELECT j.id FROM jp_jobs j JOIN jp_batches b "
 		"ON b.id = j.batch_id WHERE j.node_id = $1 "
-		"AND j.state = 'running' AND (j.cancel_req OR b.cancel_req) "
+		"AND j.state = 'running' AND (j.cancel_req OR "
+		"(b.cancel_req AND NOT b.halt_soon)) "
 		"UNION ALL SELECT id FROM jp_jobs WHERE held_by = $1 "
 		"AND state = 'canceled'",
 	[P_NODE_ADD] = "INSERT INTO jp_nodes (name, started_at, lease_ms, "
@@ -354,10 +358,89 @@ static const char *const sql[P__COUNT] = {
 		"ORDER BY xid LIMIT $2",
 	[P_EVENTS_TRIM] = "DELETE FROM jp_events WHERE xid IN (SELECT xid "
 		"FROM jp_events WHERE created_at < $1 LIMIT 1000)",
+	/* halt policies and relative timeouts (store_batch_policy) */
+	[P_POLICY] = "SELECT halt, coalesce(timeout_pct, 0), "
+		"(halted_at IS NOT NULL)::int, n_total, succeeded, "
+		"failed + timed_out, queued + running FROM jp_batch_view "
+		"WHERE id = $1",
+	[P_RUNS] = "SELECT run_us FROM jp_jobs WHERE id >= (SELECT first_job "
+		"FROM jp_batches WHERE id = $1) AND id < (SELECT first_job + "
+		"n_total FROM jp_batches WHERE id = $1) AND state = 'succeeded' "
+		"AND run_us IS NOT NULL ORDER BY finished_at DESC LIMIT $2",
+	/* Once per batch across the nodes: of two nodes seeing the threshold
+	 * at once, the second waits for the first's row lock and then finds
+	 * halted_at set.  A cancel that came first wins. */
+	[P_HALT] = "UPDATE jp_batches SET halted_reason = $2, halted_at = $3, "
+		"halt_soon = $4 WHERE id = $1 AND halted_at IS NULL "
+		"AND NOT cancel_req",
+	/* a client's cancel after a "soon" halt: kill the running ones too */
+	[P_HALT_LIFT] = "UPDATE jp_batches SET halt_soon = false "
+		"WHERE id = $1 AND halt_soon",
+	/* follow-up batches (then_fire) */
+	[P_THEN_SET] = "UPDATE jp_batches SET then_on = $2, then_body = $3, "
+		"then_state = 'pending' WHERE id = $1",
+	[P_THEN_GET] = "SELECT then_on, then_body FROM jp_batches "
+		"WHERE id = $1 AND then_state = 'pending'",
+	[P_THEN_DONE] = "UPDATE jp_batches SET then_state = $2, "
+		"then_batch_id = $3 WHERE id = $1",
+	[P_THEN_PARENT] = "UPDATE jp_batches SET parent_id = $2 WHERE id = $1",
+	[P_THEN_CHILD] = "SELECT then_batch_id FROM jp_batches WHERE id = $1 "
+		"AND then_state = 'created'",
 	[P_NODES] = "SELECT name, id = $1, started_at, "
 		"(extract(epoch FROM heartbeat_at) * 1000000)::bigint, "
 		"pool_size, busy FROM jp_nodes WHERE state = 'alive' "
 		"ORDER BY name, id",
+	/* ---- webhooks (store_pg_webhook.c, schema pg/003_webhooks.sql) */
+	[P_WH_INSERT] = "INSERT INTO jp_webhooks (batch_id, url, secret, "
+		"events, generated) VALUES ($1, $2, $3, $4, $5)",
+	[P_WH_DUE] = "SELECT 1 FROM jp_webhook_deliveries "
+		"WHERE state = 'pending' AND next_at <= $1 LIMIT 1",
+	/* One node at a time: rows another node is taking are skipped, and
+	 * the lease (next_at past the attempt's timeout) is committed before
+	 * the attempt starts. */
+	[P_WH_CLAIM] = "UPDATE jp_webhook_deliveries d SET next_at = $2, "
+		"leased_by = $3 FROM (SELECT id FROM jp_webhook_deliveries "
+		"WHERE state = 'pending' AND next_at <= $1 ORDER BY next_at "
+		"LIMIT $4 FOR UPDATE SKIP LOCKED) c WHERE d.id = c.id "
+		"RETURNING d.id, d.batch_id, coalesce(d.job_id, 0), "
+		"d.created_at, d.attempts, d.event, d.msg_id, d.url, d.secret, "
+		"d.body",
+	[P_WH_NEXT] = "SELECT min(next_at) FROM jp_webhook_deliveries "
+		"WHERE state = 'pending'",
+	[P_WH_BODY] = "UPDATE jp_webhook_deliveries SET body = $1 "
+		"WHERE id = $2 AND body IS NULL",
+	[P_WH_ATTEMPT] = "INSERT INTO jp_webhook_attempts (delivery_id, n, "
+		"started_at, duration_us, status, error) "
+		"VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, n) "
+		"DO UPDATE SET started_at = EXCLUDED.started_at, "
+		"duration_us = EXCLUDED.duration_us, status = EXCLUDED.status, "
+		"error = EXCLUDED.error",
+	[P_WH_RESULT] = "UPDATE jp_webhook_deliveries SET attempts = $1, "
+		"leased_by = NULL, last_status = $2, last_error = $3, "
+		"state = CASE WHEN $4::boolean THEN 'delivered' "
+		"WHEN $5::bigint < 0 THEN 'failed' ELSE 'pending' END, "
+		"next_at = greatest($5::bigint, 0), "
+		"delivered_at = CASE WHEN $4::boolean THEN $6::bigint END "
+		"WHERE id = $7",
+	/* settled, and its batch deleted meanwhile: nothing shows it */
+	[P_WH_ORPHAN] = "WITH d AS (DELETE FROM jp_webhook_deliveries "
+		"WHERE id = $1 AND state <> 'pending' AND NOT EXISTS (SELECT 1 "
+		"FROM jp_batches b WHERE b.id = jp_webhook_deliveries.batch_id) "
+		"RETURNING id) DELETE FROM jp_webhook_attempts "
+		"WHERE delivery_id IN (SELECT id FROM d)",
+	/* this node's leases, from an earlier process of the same name */
+	[P_WH_RELEASE] = "UPDATE jp_webhook_deliveries SET next_at = $1, "
+		"leased_by = NULL WHERE state = 'pending' AND leased_by = $2",
+	[P_WH_LIST] = "SELECT " DELIVERY_COLS " FROM jp_webhook_deliveries "
+		"WHERE batch_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+	[P_WH_LIST_STATE] = "SELECT " DELIVERY_COLS
+		" FROM jp_webhook_deliveries WHERE batch_id = $1 AND id > $2 "
+		"AND state = $4 ORDER BY id LIMIT $3",
+	[P_WH_ATTEMPTS] = "SELECT delivery_id, n, started_at, duration_us, "
+		"status, error FROM jp_webhook_attempts "
+		"WHERE delivery_id = ANY($1::bigint[]) ORDER BY delivery_id, n",
+	[P_WH_GET] = "SELECT url, events, secret, generated FROM jp_webhooks "
+		"WHERE batch_id = $1",
 };
 
 /* ---- parameters ---- */
@@ -555,9 +638,52 @@ static void failed(const char *what, const PGresult *r)
 	}
 }
 
+/* A batch's COPY sent in full whose result is not read yet, and whether
+ * its savepoint waits for it to be released. */
+static int copy_pending, release_pending;
+
+/* copy_settle reads the result of a pending COPY before the connection
+ * takes anything else.  The batch's request is already waiting for the
+ * turn's commit, so a COPY that failed (the disk full, say) takes the
+ * whole turn with it: every request waiting on it is answered 503 and
+ * nothing of it is kept, as when a COMMIT fails.  Returns 0 or -1. */
+static int copy_settle(void)
+{
+	PGresult *r;
+	int rc = 0;
+
+	if (!copy_pending)
+		return 0;
+	copy_pending = 0;
+	while ((r = PQgetResult(pg_conn))) {
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			if (!rc)
+				failed("COPY jp_jobs", r);
+			rc = -1;
+		}
+		PQclear(r);
+	}
+	if (release_pending) {
+		release_pending = 0;
+		if (rc == 0)
+			rc = pg_exec("RELEASE batch");
+	}
+	if (rc < 0 && in_txn) {
+		in_txn = 0;
+		if (PQstatus(pg_conn) == CONNECTION_OK)
+			pg_exec("ROLLBACK");
+		rolled_back("a batch's jobs could not be written");
+	}
+	return rc;
+}
+
 int pg_exec(const char *q)
 {
-	PGresult *r = PQexec(pg_conn, q);
+	PGresult *r;
+
+	if (copy_settle() < 0)
+		return -1;      /* the turn is gone: nothing runs in its place */
+	r = PQexec(pg_conn, q);
 	int ok = PQresultStatus(r) == PGRES_COMMAND_OK ||
 		 PQresultStatus(r) == PGRES_TUPLES_OK;
 
@@ -573,6 +699,8 @@ PGresult *pg_run(enum pg_stmt id, const struct pgp *p)
 	PGresult *r;
 
 	snprintf(name, sizeof(name), "p%d", (int)id);
+	if (copy_settle() < 0)
+		return NULL;
 	r = PQexecPrepared(pg_conn, name, p ? p->n : 0, p ? p->v : NULL, NULL,
 			   NULL, 0);
 	if (PQresultStatus(r) == PGRES_COMMAND_OK ||
@@ -751,31 +879,110 @@ void pg_settle_later(int64_t batch_id)
  * the turn's commit: it locks the batch row first and only then sums the
  * shards, so of two nodes ending a batch's last two jobs at once, the one
  * that commits last sees both and settles it. */
+static int batch_insert_(const json_t *req, int64_t now, const char *key,
+			 const char *hash, int64_t *id, json_t **job_ids);
+
+/* log_batch puts batch_id as it is now into the event log. */
+static int log_batch(int64_t batch_id)
+{
+	struct change c = { .is_batch = 1 };
+	int rc = 0;
+
+	c.id = c.batch_id = batch_id;
+	c.batch = store_batch_json_pending(batch_id);
+	if (c.batch)
+		rc = pg_event_row(&c, 1);
+	json_decref(c.batch);
+	return rc;
+}
+
+/* then_fire creates the follow-up of batch_id, which has just ended in
+ * state, or records it skipped ("on": "success" and the batch did not
+ * succeed), in settle_now's transaction, the one that stores the end: a
+ * crash keeps both or neither, and only a pending follow-up fires.  The
+ * nodes pick the new batch up at their next look.  Returns 0 or -1. */
+static int then_fire(int64_t batch_id, const char *state)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	json_t *body = NULL, *ids = NULL;
+	int64_t child = 0;
+	int create, rc = 0;
+
+	pgp_i64(&p, batch_id);
+	if (!(r = pg_run(P_THEN_GET, &p)))
+		return -1;
+	if (!PQntuples(r)) {
+		PQclear(r);
+		return 0;
+	}
+	create = strcmp(PQgetvalue(r, 0, 0), "success") ||
+		 !strcmp(state, "succeeded");
+	if (create)
+		body = json_loads(PQgetvalue(r, 0, 1), 0, NULL);
+	PQclear(r);
+	if (create) {
+		rc = body ? batch_insert_(body, now_us(), NULL, NULL, &child,
+					  &ids) : -1;
+		json_decref(body);
+		json_decref(ids);
+		/* its rows, counters and creation event in this transaction */
+		if (rc != 0 || copy_settle() < 0 || count_flush() < 0 ||
+		    log_batch(child) < 0)
+			return -1;
+		p.n = 0;
+		pgp_i64(&p, child);
+		pgp_i64(&p, batch_id);
+		if (pg_step(P_THEN_PARENT, &p) < 0)
+			return -1;
+	}
+	p.n = 0;
+	pgp_i64(&p, batch_id);
+	pgp_txt(&p, create ? "created" : "skipped");
+	pgp_opt(&p, child, child > 0);
+	return pg_step(P_THEN_DONE, &p) < 0 ? -1 : 0;
+}
+
+static int64_t pg_then_child(int64_t batch_id)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int64_t child = 0;
+
+	pgp_i64(&p, batch_id);
+	if (!(r = pg_run(P_THEN_CHILD, &p)))
+		return 0;
+	if (PQntuples(r) && !PQgetisnull(r, 0, 0))
+		child = pg_i64(r, 0, 0);
+	PQclear(r);
+	return child;
+}
+
 static void settle_now(int64_t batch_id)
 {
 	struct pgp p = { 0 };
-	struct change c = { .is_batch = 1 };
+	PGresult *r = NULL;
 	int n;
 
 	pgp_i64(&p, batch_id);
 	if (pg_exec("BEGIN") < 0)
 		return;
 	if ((n = pg_step(P_SETTLE_LOCK, &p)) < 0 ||
-	    (n > 0 && (n = pg_step(P_SETTLE, &p)) < 0))
+	    (n > 0 && !(r = pg_run(P_SETTLE, &p))))
 		goto fail;
-	/* Ended by this transaction: its end goes into the log, once. */
-	if (n > 0) {
-		c.id = c.batch_id = batch_id;
-		c.batch = store_batch_json_pending(batch_id);
-		if (c.batch && pg_event_row(&c, 1) < 0) {
-			json_decref(c.batch);
+	/* Ended by this transaction: its end goes into the log, once, and
+	 * its follow-up is created with it. */
+	if (r && PQntuples(r) > 0) {
+		if (then_fire(batch_id, PQgetvalue(r, 0, 0)) < 0 ||
+		    log_batch(batch_id) < 0)
 			goto fail;
-		}
-		json_decref(c.batch);
 	}
+	PQclear(r);
 	pg_exec("COMMIT");
 	return;
 fail:
+	PQclear(r);
+	ndeltas = nsp_deltas = 0;
 	pg_exec("ROLLBACK");
 }
 
@@ -793,6 +1000,10 @@ static int pg_flush(void)
 			in_txn = 0;
 			pg_exec("ROLLBACK");
 		}
+		return -1;
+	}
+	if (copy_settle() < 0) {
+		lost = 0;
 		return -1;
 	}
 	if (!in_txn)
@@ -1253,19 +1464,56 @@ static int insert_jobs(int64_t batch_id, int64_t first, const json_t *jobs,
 	if (PQputCopyEnd(pg_conn, rc ? "the batch could not be built" :
 			 NULL) != 1)
 		rc = -1;
-	while ((r = PQgetResult(pg_conn))) {
-		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-			if (!rc)
-				failed("COPY jp_jobs", r);
-			rc = -1;
-		}
-		PQclear(r);
+	if (rc == 0) {
+		/* Its result is read when the connection is next needed
+		 * (copy_settle): PostgreSQL goes on filling the table and
+		 * its indexes while this process builds the answer. */
+		copy_pending = 1;
+		return 0;
 	}
-	return rc ? -1 : 0;
+	while ((r = PQgetResult(pg_conn)))
+		PQclear(r);
+	return -1;
+}
+
+/* batch_policy_params adds the batch's halt (JSON text) and timeout_pct
+ * parameters, each NULL when absent.  *text is the new halt text the
+ * parameter points to: the caller frees it after the statement. */
+static int batch_policy_params(struct pgp *p, const json_t *req, char **text)
+{
+	const json_t *v = json_object_get(req, "halt");
+
+	*text = v ? json_dumps(v, JSON_COMPACT) : NULL;
+	if (v && !*text)
+		return -1;
+	pgp_txt(p, *text);
+	v = json_object_get(req, "timeout_pct");
+	if (v)
+		pgp_dbl(p, json_number_value(v));
+	else
+		pgp_txt(p, NULL);
+	return 0;
 }
 
 /* batch_insert_ returns 0, -1, or 1 when the key turned out to be taken
  * by another node's submission committed meanwhile. */
+/* then_set stores a batch's follow-up, {on, batch}, as pending. */
+static int then_set(int64_t batch_id, const json_t *then)
+{
+	struct pgp p = { 0 };
+	char *body = json_dumps(json_object_get(then, "batch"), JSON_COMPACT);
+	int rc;
+
+	if (!body)
+		return -1;
+	pgp_i64(&p, batch_id);
+	pgp_txt(&p, json_string_value(json_object_get(then, "on")));
+	pgp_txt(&p, body);
+	rc = pg_step(P_THEN_SET, &p);
+	free(body);
+	return rc < 0 ? -1 : 0;
+}
+
 static int batch_insert_(const json_t *req, int64_t now, const char *key,
 			 const char *hash, int64_t *id, json_t **job_ids)
 {
@@ -1276,7 +1524,8 @@ static int batch_insert_(const json_t *req, int64_t now, const char *key,
 	char buf[32];
 	PGresult *r;
 	json_t *ids;
-	int taken;
+	char *halt;
+	int taken, rc;
 
 
 	*id = next_ids("batch", 1);
@@ -1292,13 +1541,13 @@ static int batch_insert_(const json_t *req, int64_t now, const char *key,
 	pgp_i64(&p, now);
 	pgp_i64(&p, (int64_t)n);
 	pgp_i64(&p, first);
-	if (pg_step(P_BATCH_INSERT, &p) < 0)
+	if (batch_policy_params(&p, req, &halt) < 0)
 		return -1;
-	if (n && insert_jobs(*id, first, jobs, now) < 0)
+	rc = pg_step(P_BATCH_INSERT, &p);
+	free(halt);
+	if (rc < 0)
 		return -1;
-	d[D_QUEUED] = (int64_t)n;
-	if (pg_count(*id, d, 0, n ? 0 : now) < 0)
-		return -1;
+	/* The key first: a key another node took costs no COPY. */
 	if (key) {
 		p.n = 0;
 		pgp_txt(&p, key);
@@ -1313,6 +1562,19 @@ static int batch_insert_(const json_t *req, int64_t now, const char *key,
 		if (taken)
 			return 1;
 	}
+	v = json_object_get(req, "then");
+	if (v && then_set(*id, v) < 0)
+		return -1;
+	/* In the batch's savepoint: a batch is never stored without it. */
+	v = json_object_get(req, "webhook");
+	if (v && pg_webhook_insert(*id, v, json_is_true(json_object_get(v,
+				   "generated"))) < 0)
+		return -1;
+	if (n && insert_jobs(*id, first, jobs, now) < 0)
+		return -1;
+	d[D_QUEUED] = (int64_t)n;
+	if (pg_count(*id, d, 0, n ? 0 : now) < 0)
+		return -1;
 	ids = json_array();
 	for (i = 0; i < n; i++) {
 		fmt_id(buf, sizeof(buf), 'j', first + (int64_t)i);
@@ -1354,7 +1616,10 @@ static int pg_batch_insert(const json_t *req, int64_t now, const char *key,
 			return -1;
 		}
 	}
-	pg_exec("RELEASE batch");
+	if (rc == 0 && copy_pending)
+		release_pending = 1;    /* by copy_settle */
+	else
+		pg_exec("RELEASE batch");
 	return rc;
 }
 
@@ -1553,6 +1818,75 @@ static json_t *pg_job_json(int64_t id)
 	return get_one(P_JOB_GET, id, store_render_job);
 }
 
+/* pg_batch_policy: the counts are what every node committed plus this
+ * node's turn (its deltas reach jp_batch_counts only at the commit), so a
+ * node deciding a halt counts its own just-ended jobs.  Two nodes ending
+ * the threshold's jobs in the same instant each miss the other's: the
+ * engine looks again at every --poll-interval (tick_batch). */
+static int pg_batch_policy(int64_t batch_id, struct batch_policy *bp)
+{
+	struct pgp p = { 0 };
+	struct delta *x = delta_of(batch_id, 0);
+	PGresult *r;
+	int rc = -1;
+
+	memset(bp, 0, sizeof(*bp));
+	pgp_i64(&p, batch_id);
+	if (!(r = pg_run(P_POLICY, &p)))
+		return -1;
+	if (PQntuples(r)) {
+		policy_halt_parse(PQgetisnull(r, 0, 0) ? NULL :
+				  PQgetvalue(r, 0, 0), &bp->halt);
+		bp->timeout_pct = strtod(PQgetvalue(r, 0, 1), NULL);
+		bp->halted = (int)pg_i64(r, 0, 2);
+		bp->total = pg_i64(r, 0, 3);
+		bp->succeeded = pg_i64(r, 0, 4) +
+				(x ? x->d[D_SUCCEEDED] : 0);
+		bp->failed = pg_i64(r, 0, 5) +
+			     (x ? x->d[D_FAILED] + x->d[D_TIMED_OUT] : 0);
+		bp->unfinished = pg_i64(r, 0, 6) +
+				 (x ? x->d[D_QUEUED] + x->d[D_RUNNING] : 0);
+		rc = 0;
+	}
+	PQclear(r);
+	return rc;
+}
+
+static int pg_batch_runs(int64_t batch_id, int64_t *out, int max)
+{
+	struct pgp p = { 0 };
+	PGresult *r;
+	int i, n;
+
+	pgp_i64(&p, batch_id);
+	pgp_i64(&p, max);
+	if (!(r = pg_run(P_RUNS, &p)))
+		return -1;
+	n = PQntuples(r) < max ? PQntuples(r) : max;
+	for (i = 0; i < n; i++)
+		out[i] = pg_i64(r, i, 0);
+	PQclear(r);
+	return n;
+}
+
+static int pg_batch_halt(int64_t batch_id, const char *reason, int64_t at,
+			 int soon)
+{
+	struct pgp p = { 0 };
+	int n;
+
+	if (pg_sp_begin() < 0)
+		return -1;
+	pgp_i64(&p, batch_id);
+	if (!reason)
+		return pg_sp_end(pg_step(P_HALT_LIFT, &p) < 0 ? -1 : 0);
+	pgp_txt(&p, reason);
+	pgp_i64(&p, at);
+	pgp_txt(&p, soon ? "true" : "false");
+	n = pg_step(P_HALT, &p);
+	return pg_sp_end(n < 0 ? -1 : n == 1 ? 0 : 1);
+}
+
 static int pg_job_batch(int64_t job_id, int64_t *batch_id,
 			enum job_state *state, int *attempts)
 {
@@ -1690,6 +2024,17 @@ const struct store_ops pg_store_ops = {
 	.batch_cancel = pg_batch_cancel,
 	.batch_cancel_except = pg_batch_cancel_except,
 	.batch_delete = pg_batch_delete,
+	.then_child = pg_then_child,
+	.batch_policy = pg_batch_policy,
+	.batch_runs = pg_batch_runs,
+	.batch_halt = pg_batch_halt,
 	.ping = pg_ping,
 	.memory_bytes = pg_memory_bytes,
+	.webhook_insert = pg_webhook_insert,
+	.webhook_claim = pg_webhook_claim,
+	.webhook_body = pg_webhook_body,
+	.webhook_result = pg_webhook_result,
+	.webhook_release = pg_webhook_release,
+	.webhook_list = pg_webhook_list,
+	.webhook_json = pg_webhook_json,
 };

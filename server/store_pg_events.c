@@ -31,10 +31,12 @@ static int event_item(json_t *items, const struct change *c)
 	json_t *e;
 
 	if (c->is_batch)
-		e = json_pack("[i, I, {s:O, s:O, s:O}]", 1, (json_int_t)c->id,
+		e = json_pack("[i, I, {s:O, s:O, s:O, s:O*}]", 1,
+			      (json_int_t)c->id,
 			      "id", json_object_get(c->batch, "id"),
 			      "state", json_object_get(c->batch, "state"),
-			      "counts", json_object_get(c->batch, "counts"));
+			      "counts", json_object_get(c->batch, "counts"),
+			      "halted", json_object_get(c->batch, "halted"));
 	else
 		e = json_pack("[i, I, I, s, i]", 0, (json_int_t)c->id,
 			      (json_int_t)c->batch_id,

@@ -54,6 +54,17 @@ static json_t *col_opt_str(const struct row *s, int i)
 	return t ? json_string(t) : json_null();
 }
 
+/* col_opt_id is a batch id ("b_…") or null. */
+static json_t *col_opt_id(const struct row *s, int i)
+{
+	char id[32];
+
+	if (s->null(s, i))
+		return json_null();
+	fmt_id(id, sizeof(id), 'b', s->i64(s, i));
+	return json_string(id);
+}
+
 static json_t *col_json(const struct row *s, int i)
 {
 	const char *t = s->text(s, i);
@@ -63,6 +74,17 @@ static json_t *col_json(const struct row *s, int i)
 		return json_null();
 	j = json_loads(t, JSON_DECODE_ANY, NULL);
 	return j ? j : json_null();
+}
+
+/* render_halted is {reason, at} once the batch's halt policy fired, else
+ * null. */
+static json_t *render_halted(const struct row *s)
+{
+	if (s->null(s, BATCH_POLICY_COL + 3))
+		return json_null();
+	return json_pack("{s:o, s:o}",
+		"reason", col_opt_str(s, BATCH_POLICY_COL + 2),
+		"at", json_time(s->i64(s, BATCH_POLICY_COL + 3)));
 }
 
 json_t *store_render_batch(const struct row *s)
@@ -92,7 +114,7 @@ json_t *store_render_batch(const struct row *s)
 						    1000) / 1000) :
 			json_null());
 	return json_pack("{s:s, s:o, s:s, s:o, s:I, s:o, s:o, s:o, s:o, "
-			 "s:f, s:o}",
+			 "s:f, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 		"id", id, "name", col_opt_str(s, 1),
 		"state", s->text(s, 2),
 		"concurrency", col_opt_int(s, 3),
@@ -102,7 +124,14 @@ json_t *store_render_batch(const struct row *s)
 		"finished_at", json_time(finished),
 		"counts", counts,
 		"progress", total ? (double)terminal / (double)total : 1.0,
-		"timings", timings);
+		"timings", timings,
+		"halt", policy_halt_json(s->text(s, BATCH_POLICY_COL)),
+		"timeout_pct", s->null(s, BATCH_POLICY_COL + 1) ? json_null() :
+			json_real(s->dbl(s, BATCH_POLICY_COL + 1)),
+		"halted", render_halted(s),
+		"parent_id", col_opt_id(s, BATCH_THEN_COL),
+		"then_batch_id", col_opt_id(s, BATCH_THEN_COL + 1),
+		"then_state", col_opt_str(s, BATCH_THEN_COL + 2));
 }
 
 json_t *store_render_job(const struct row *s)

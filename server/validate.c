@@ -224,38 +224,189 @@ static void check_job(struct verr *v, const json_t *job)
 	check_retry_on(v, job);
 }
 
-int validate_batch(const json_t *body, json_t *errors)
+/* check_halt checks a halt policy: {when, count | percent, mode}, with
+ * exactly one of count and percent (null counts as absent, as a read
+ * shows the other one). */
+static void check_halt(struct verr *v, const json_t *body)
 {
 	static const char *const allowed[] = {
-		"name", "concurrency", "priority", "jobs", NULL
+		"when", "count", "percent", "mode", NULL
 	};
-	struct verr v = { .errors = errors };
+	const json_t *h = json_object_get(body, "halt"), *c, *p, *e;
+	size_t n = strlen(v->prefix);
+	const char *s;
+
+	if (!h || json_is_null(h))
+		return;
+	if (!json_is_object(h)) {
+		add(v, "halt", "must be an object {when, count or percent, mode}");
+		return;
+	}
+	strncat(v->prefix, "/halt", sizeof(v->prefix) - n - 1);
+	kind_check_only(h, allowed, kind_err, v);
+	e = json_object_get(h, "when");
+	s = json_string_value(e);
+	if (!s || (strcmp(s, "fail") != 0 && strcmp(s, "success") != 0))
+		add(v, "when", e ? "must be \"fail\" or \"success\"" :
+		    "is required: \"fail\" or \"success\"");
+	e = json_object_get(h, "mode");
+	s = json_string_value(e);
+	if (!s || (strcmp(s, "soon") != 0 && strcmp(s, "now") != 0))
+		add(v, "mode", e ? "must be \"soon\" or \"now\"" :
+		    "is required: \"soon\" or \"now\"");
+	c = json_object_get(h, "count");
+	p = json_object_get(h, "percent");
+	if (c && json_is_null(c))
+		c = NULL;
+	if (p && json_is_null(p))
+		p = NULL;
+	if (!c == !p)
+		add(v, "", "must have exactly one of count and percent");
+	check_int(v, h, "count", 1, 1000000, 1);
+	check_number(v, h, "percent", 0, 100, 1, 1);
+	v->prefix[n] = 0;
+}
+
+/* check_webhook checks {url, secret?, events?}.  The URL must name a host
+ * --webhook-allow allows (webhook.c), so no submission makes the server
+ * POST anywhere its operator did not allow; nothing is resolved here. */
+static void check_webhook(struct verr *v, const json_t *body)
+{
+	static const char *const allowed[] = { "url", "secret", "events",
+					       NULL };
+	const json_t *w = json_object_get(body, "webhook"), *e;
+	unsigned char key[WEBHOOK_KEY_MAX];
+	size_t n = strlen(v->prefix), len;
+	const char *s, *why;
+
+	if (!w || json_is_null(w))
+		return;
+	if (!json_is_object(w)) {
+		add(v, "webhook", "must be an object {url, secret?, events?}");
+		return;
+	}
+	strncat(v->prefix, "/webhook", sizeof(v->prefix) - n - 1);
+	kind_check_only(w, allowed, kind_err, v);
+	e = json_object_get(w, "url");
+	s = json_string_value(e);
+	if (!e || json_is_null(e))
+		add(v, "url", "is required");
+	else if (!s)
+		add(v, "url", "must be a string");
+	else if ((why = webhook_url_check(s, NULL)))
+		add(v, "url", why);
+	e = json_object_get(w, "secret");
+	s = json_string_value(e);
+	if (e && !json_is_null(e) && (!s || webhook_key(s, key, &len) < 0))
+		add(v, "secret", "must be \"whsec_\" and base64, or a string "
+		    "of at most 512 bytes");
+	else if (s && len < WEBHOOK_SECRET_MIN)
+		add(v, "secret", "must hold at least 16 bytes");
+	if (webhook_events(json_object_get(w, "events")) < 0)
+		add(v, "events", "must be a non-empty array of distinct "
+		    "\"batch.finished\" and \"job.finished\"");
+	v->prefix[n] = 0;
+}
+
+/* A follow-up may have its own follow-up: chains up to this deep. */
+#define THEN_DEPTH_MAX 16
+
+static void check_batch(struct verr *v, const json_t *body, int depth);
+
+/* check_then checks a follow-up, {on, batch}: batch is a whole batch body,
+ * checked as one (its errors under /then/batch).  A webhook in it needs
+ * its own secret: a generated one would be shown nowhere. */
+static void check_then(struct verr *v, const json_t *body, int depth)
+{
+	static const char *const allowed[] = { "on", "batch", NULL };
+	const json_t *t = json_object_get(body, "then"), *e, *w;
+	size_t n = strlen(v->prefix);
+	const char *s;
+
+	if (!t || json_is_null(t))
+		return;
+	if (!json_is_object(t)) {
+		add(v, "then", "must be an object {on, batch}");
+		return;
+	}
+	strncat(v->prefix, "/then", sizeof(v->prefix) - n - 1);
+	kind_check_only(t, allowed, kind_err, v);
+	e = json_object_get(t, "on");
+	s = json_string_value(e);
+	if (!s || (strcmp(s, "success") != 0 && strcmp(s, "completion") != 0))
+		add(v, "on", e ? "must be \"success\" or \"completion\"" :
+		    "is required: \"success\" or \"completion\"");
+	e = json_object_get(t, "batch");
+	if (!json_is_object(e)) {
+		add(v, "batch", "is required: a batch body {jobs, ...}");
+	} else if (depth >= THEN_DEPTH_MAX) {
+		add(v, "batch", "may not have a follow-up: follow-ups nest at "
+		    "most 16 deep");
+	} else {
+		w = json_object_get(e, "webhook");
+		if (json_is_object(w) && !json_string_value(json_object_get(
+						w, "secret"))) {
+			strncat(v->prefix, "/batch/webhook",
+				sizeof(v->prefix) - strlen(v->prefix) - 1);
+			add(v, "secret", "is required in a follow-up's webhook "
+			    "(a generated one would be shown nowhere)");
+			v->prefix[n + 5] = 0;
+		}
+		strncat(v->prefix, "/batch", sizeof(v->prefix) - n - 6);
+		check_batch(v, e, depth + 1);
+	}
+	v->prefix[n] = 0;
+}
+
+/* check_batch checks one batch body; its paths start at v->prefix. */
+static void check_batch(struct verr *v, const json_t *body, int depth)
+{
+	static const char *const allowed[] = {
+		"name", "concurrency", "priority", "jobs", "halt",
+		"timeout_pct", "webhook", "then", NULL
+	};
 	const json_t *jobs, *job;
+	size_t i, n = strlen(v->prefix);
 	char msg[96];
-	size_t i;
 
 	if (!json_is_object(body)) {
-		add(&v, "", "must be a JSON object");
-		return v.count;
+		add(v, "", "must be a JSON object");
+		return;
 	}
-	kind_check_only(body, allowed, kind_err, &v);
-	check_name(&v, body);
-	check_int(&v, body, "concurrency", 1, 10000, 1);
-	check_int(&v, body, "priority", -1000, 1000, 0);
+	kind_check_only(body, allowed, kind_err, v);
+	check_name(v, body);
+	check_int(v, body, "concurrency", 1, 10000, 1);
+	check_int(v, body, "priority", -1000, 1000, 0);
+	check_halt(v, body);
+	check_webhook(v, body);
+	/* above 100: a limit at or below the median would kill half of the
+	 * batch's normal jobs */
+	check_number(v, body, "timeout_pct", 100, 100000, 1, 1);
+	check_then(v, body, depth);
 	jobs = json_object_get(body, "jobs");
 	if (!jobs) {
-		add(&v, "jobs", "is required");
+		add(v, "jobs", "is required");
 	} else if (!json_is_array(jobs) || json_array_size(jobs) == 0 ||
 		   json_array_size(jobs) > (size_t)cfg.max_jobs_per_batch) {
 		snprintf(msg, sizeof(msg), "must be an array of 1 to %d jobs",
 			 cfg.max_jobs_per_batch);
-		add(&v, "jobs", msg);
+		add(v, "jobs", msg);
 	} else {
 		json_array_foreach(jobs, i, job) {
-			snprintf(v.prefix, sizeof(v.prefix), "/jobs/%zu", i);
-			check_job(&v, job);
+			snprintf(v->prefix + n, sizeof(v->prefix) - n,
+				 "/jobs/%zu", i);
+			check_job(v, job);
 		}
 	}
+	v->prefix[n] = 0;
+}
+
+int validate_batch(const json_t *body, json_t *errors)
+{
+	struct verr v = { .errors = errors };
+	char msg[96];
+
+	check_batch(&v, body, 0);
 	if (v.count > MAX_ERRORS) {
 		v.prefix[0] = 0;
 		snprintf(msg, sizeof(msg), "%d more problems not listed",

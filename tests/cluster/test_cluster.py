@@ -20,7 +20,8 @@ once.
 
 Tests (SCALEOUT §5): C1 spread, C2 limit, C3 kill -9 (CLUSTER_C3_ROUNDS
 rounds, default 3), C4 freeze, C6 cross-node cancel, C8 idempotency race,
-GET /v1/nodes, and a long-poll on one node for a batch run by the others.
+GET /v1/nodes, a long-poll on one node for a batch run by the others, and
+halt policies across nodes.
 Every wait is bounded; every process started here is killed by PID at the
 end, also on failure.  Ends with `cluster: N passed, M failed` and a non-zero
 exit on failure.  JOBPOOL_SKIP_CLUSTER=1 skips the suite (exit 77);
@@ -1354,6 +1355,74 @@ def test_c6_cancel_across_nodes():
 
 
 test_c6_cancel_across_nodes.timeout = 150
+
+
+def _sh(script):
+    return {"kind": "command", "args": {"argv": ["sh", "-c", script]}}
+
+
+def _halt_batch(cl, node, mode, count, fail_s, run_s, slots=6):
+    """A batch of which the pool's slots run count jobs that fail after
+    fail_s and run_s jobs, with 10 more queued; returns (batch, its jobs,
+    the node that ran job 0) once it ended."""
+    jobs = ([_sh("sleep %.1f; exit 1" % fail_s)] * count +
+            [_sh("sleep %.1f" % run_s)] * (slots - count) +
+            [_sh("sleep %.1f" % run_s)] * 10)
+    b = node.submit(jobs, halt={"when": "fail", "count": count,
+                                "mode": mode})
+    d = wait_batch(node, b["id"], timeout=run_s + 20)
+    js = all_jobs(node, b["id"])
+    return d, js, job_node(js[0])
+
+
+def test_halt_across_nodes():
+    """A halt policy holds across nodes: "soon" cancels the queued jobs
+    everywhere and lets the other nodes' running jobs finish; "now" kills
+    them on every node; two failures on two nodes at once, each counted by
+    its own node, still halt the batch (the poll sees both)."""
+    with Cluster() as cl:
+        n1, n2, n3 = cl["n1"], cl["n2"], cl["n3"]
+        d, js, where = _halt_batch(cl, n1, "soon", 1, 1.5, 4.0)
+        t = tally(js)
+        assert d["state"] == "canceled" and d["halted"] and \
+            d["halted"]["reason"] == "1 job failed (halt when fail count 1)", d
+        assert t == {"failed": 1, "succeeded": 5, "canceled": 10}, t
+        ran = {job_node(j) for j in js[1:6]}
+        assert len(ran | {where}) >= 2, "the first six ran on %r" % ran
+        for j in js[6:]:
+            assert j["started_at"] is None, j
+        note("halt soon: failed on %s, running ones finished on %r" % (
+            where, sorted(ran)))
+        d, js, where = _halt_batch(cl, n2, "now", 1, 1.5, 30.0)
+        t = tally(js)
+        assert d["state"] == "canceled" and d["halted"], d
+        assert t == {"failed": 1, "canceled": 15}, t
+        killed = [j for j in js[1:6] if j["started_at"]]
+        assert len(killed) == 5, tally(js[1:6])
+        for j in killed:
+            assert j["error"] == "canceled while running" and \
+                j["timings"]["run_ms"] < 15000, j
+        others = {job_node(j) for j in killed} - {where}
+        assert others, "no running job on another node than %s" % where
+        note("halt now: failed on %s, killed on %r" % (where,
+                                                       sorted(others)))
+        assert_same_everywhere([n1, n2, n3], "/v1/batches/" + d["id"])
+    # One worker a node: the two failures end at once on two nodes, and
+    # each node's own count (its end not yet committed by the other) is 1.
+    with Cluster(workers=1) as cl:
+        n1, n2, n3 = cl["n1"], cl["n2"], cl["n3"]
+        d, js, where = _halt_batch(cl, n3, "now", 2, 1.5, 30.0, slots=3)
+        t = tally(js)
+        assert d["state"] == "canceled" and d["halted"] and \
+            d["halted"]["reason"] == "2 jobs failed (halt when fail count 2)", \
+            d
+        assert t == {"failed": 2, "canceled": 11}, t
+        note("halt now, 2 failures on %r" % sorted(
+            {job_node(j) for j in js[:2]}))
+        assert_same_everywhere([n1, n2, n3], "/v1/batches/" + d["id"])
+
+
+test_halt_across_nodes.timeout = 150
 
 
 def test_c8_idempotency_race():

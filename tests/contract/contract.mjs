@@ -448,6 +448,7 @@ async function main() {
 	await call(S, 'GET', '/v1/jobs/xyz', { expect: 404 });
 	await call(S, 'GET', '/v1/jobs/j_999999999999', { expect: 404 });
 	await call(S, 'GET', '/v1/batches/b_999999999999/jobs', { expect: 404 });
+	await call(S, 'GET', '/v1/batches/b_999999999999/joblog', { expect: 404 });
 	await call(S, 'POST', '/v1/batches/b_999999999999/cancel', { expect: 404 });
 	await call(S, 'POST', '/v1/jobs/j_999999999999/cancel', { expect: 404 });
 	await call(S, 'DELETE', '/v1/batches/b_999999999999', { expect: 404 });
@@ -611,6 +612,17 @@ async function main() {
 		check: (r) => want(r.json?.items?.length === 1 && r.json.items[0].id === A_JOBS[5], 'state filter'),
 	});
 	await call(S, 'GET', `/v1/batches/${A_ID}/jobs?limit=1001`, { expect: 400, label: 'GET /v1/batches/{id}/jobs?limit=1001 400' });
+	await call(S, 'GET', `/v1/batches/${A_ID}/joblog`, {
+		expect: 200, label: 'GET /v1/batches/{id}/joblog 200',
+		check: (r) => {
+			const lines = r.body.split('\n');
+			return [
+				...want(lines[0] === 'Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand', `header ${JSON.stringify(lines[0])}`),
+				...want(lines.length > 2 && lines.pop() === '' && lines.every((l) => l.split('\t').length === 9), 'a line without 9 tab-separated columns'),
+			];
+		},
+	});
+	await call(S, 'GET', `/v1/batches/${A_ID}/joblog?limit=5`, { expect: 400, label: 'GET /v1/batches/{id}/joblog?limit=5 400' });
 
 	// The nulls a read shows are accepted back (as absent).
 	const nulls = await call(S, 'POST', '/v1/batches', {
@@ -680,7 +692,7 @@ async function main() {
 	await call(S, 'POST', '/v1/events', { expect: 405, json: {}, label: 'POST /v1/events 405' });
 
 	// -- HEAD: every GET path answers it with the GET's status and headers, no body
-	for (const path of ['/healthz', '/readyz', '/openapi.yaml', '/metrics', '/', '/v1/batches', '/v1/pool', '/v1/nodes', `/v1/batches/${H_ID}`, `/v1/batches/${H_ID}/jobs`, `/v1/jobs/${H_JOBS[0]}`])
+	for (const path of ['/healthz', '/readyz', '/openapi.yaml', '/metrics', '/', '/v1/batches', '/v1/pool', '/v1/nodes', `/v1/batches/${H_ID}`, `/v1/batches/${H_ID}/jobs`, `/v1/batches/${H_ID}/joblog`, `/v1/jobs/${H_JOBS[0]}`])
 		await call(S, 'HEAD', path, { expect: 200, label: `HEAD ${findTemplate(path)} 200`, check: (r) => want(r.body === '', 'HEAD answered a body') });
 	await call(S, 'HEAD', '/v1/jobs/j_999999999999', { expect: 404, label: 'HEAD /v1/jobs/{id} 404', check: (r) => want(r.body === '', 'HEAD answered a body') });
 

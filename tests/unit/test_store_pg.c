@@ -1779,3 +1779,32 @@ Test(store_pg, a_settled_batch_is_announced_in_the_log)
 	cr_assert_neq(s.events[found].event_id, 0);
 	seen_free(&s);
 }
+
+/* A batch's COPY is finished only when the connection is next needed (the
+ * answer is built meanwhile): one that fails there takes the whole turn
+ * with it, and nothing of the turn is kept, as with a failed COMMIT. */
+Test(store_pg, a_copy_that_fails_late_loses_the_turn)
+{
+	json_t *body, *ids = NULL;
+	int64_t kept, id = 0;
+
+	if (!pg_on)
+		return;
+	kept = insert_sleep(1, "", "");
+	sql_do("ALTER TABLE jp_jobs ADD CONSTRAINT no_boom CHECK "
+	       "(kind <> 'boom')");
+	body = parse("{\"name\": \"late\", \"jobs\": [{\"kind\": \"noop\"}, "
+		     "{\"kind\": \"boom\"}]}");
+	/* the rows were sent; PostgreSQL refuses them after this returns */
+	cr_assert_eq(store_batch_insert(body, T0, NULL, NULL, &id, &ids), 0);
+	json_decref(body);
+	json_decref(ids);
+	cr_assert_lt(store_flush(), 0, "a turn whose COPY failed committed");
+	cr_assert(store_degraded());
+	cr_assert_eq(sql_i64("SELECT count(*) FROM jp_batches WHERE id = %lld",
+			     (long long)id), 0);
+	cr_assert_eq(sql_i64("SELECT count(*) FROM jp_jobs WHERE batch_id = "
+			     "%lld", (long long)id), 0);
+	cr_assert_eq(sql_i64("SELECT count(*) FROM jp_batches WHERE id = %lld",
+			     (long long)kept), 1);
+}
