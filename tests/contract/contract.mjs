@@ -623,6 +623,38 @@ async function main() {
 		},
 	});
 	await call(S, 'GET', `/v1/batches/${A_ID}/joblog?limit=5`, { expect: 400, label: 'GET /v1/batches/{id}/joblog?limit=5 400' });
+	await call(S, 'GET', `/v1/batches/${A_ID}/deliveries`, {
+		expect: 200, label: 'GET /v1/batches/{id}/deliveries 200 (no webhook)',
+		check: (r) => want(Array.isArray(r.json?.items) && r.json.items.length === 0 && r.json.next_cursor === null, 'not an empty page'),
+	});
+	await call(S, 'GET', '/v1/batches/b_999999999999/deliveries', { expect: 404, label: 'GET /v1/batches/{id}/deliveries 404' });
+	await call(S, 'POST', '/v1/batches', {
+		expect: 400, label: 'POST /v1/batches 400 (webhook host not allowed)',
+		json: { jobs: [{ kind: 'noop' }], webhook: { url: 'http://127.0.0.1:9/hook' } },
+		check: (r) => want(r.json?.errors?.some((e) => e.path === '/webhook/url'), `errors ${JSON.stringify(r.json?.errors)}`),
+	});
+	await call(S, 'POST', '/v1/batches', {
+		expect: 400, label: 'POST /v1/batches 400 (a bad follow-up)',
+		json: { jobs: [{ kind: 'noop' }], then: { on: 'success', batch: { jobs: [{ kind: 'nope' }] } } },
+		check: (r) => want(r.json?.errors?.some((e) => e.path === '/then/batch/jobs/0/kind'), `errors ${JSON.stringify(r.json?.errors)}`),
+	});
+	const parent = await call(S, 'POST', '/v1/batches', {
+		expect: 201, label: 'POST /v1/batches 201 (with a follow-up)',
+		json: { jobs: [{ kind: 'noop' }], then: { on: 'completion', batch: { name: 'next', jobs: [{ kind: 'noop' }] } } },
+		check: (r) => want(r.json?.then_state === 'pending' && r.json.then_batch_id === null && r.json.parent_id === null, 'follow-up fields'),
+	});
+	if (parent.json?.id) {
+		const ended = await call(S, 'GET', `/v1/batches/${parent.json.id}?wait=10`, { expect: 200, label: 'GET /v1/batches/{id}?wait= 200 (a parent)' });
+		let child = ended.json?.then_batch_id;
+		for (let i = 0; !child && i < 50; i++) {
+			await new Promise((ok) => setTimeout(ok, 100));
+			child = (await call(S, 'GET', `/v1/batches/${parent.json.id}`, { expect: 200 })).json?.then_batch_id;
+		}
+		await call(S, 'GET', `/v1/batches/${child}`, {
+			expect: 200, label: 'GET /v1/batches/{id} 200 (a follow-up)',
+			check: (r) => want(r.json?.parent_id === parent.json.id && r.json.name === 'next', `follow-up ${JSON.stringify(r.json)}`),
+		});
+	}
 
 	// The nulls a read shows are accepted back (as absent).
 	const nulls = await call(S, 'POST', '/v1/batches', {

@@ -324,3 +324,31 @@ def test_bad_webhooks_are_400():
             "webhook": {"url": "http://127.0.0.1/x"}})
         assert_problem(st, h, body, 400, "/webhook/url")
         assert "--webhook-allow" in json.dumps(body)
+
+
+def test_deliveries_after_batches_without_webhooks():
+    """The outbox triggers come and go with the batches that need them
+    (SQLite): a batch without a webhook ending between two with one, and
+    two with one at once, lose no delivery and invent none."""
+    rcv = Receiver(SECRET)
+    hook = {"url": rcv.url, "secret": SECRET,
+            "events": ["batch.finished", "job.finished"]}
+    try:
+        with Server(workers=2, args=ARGS) as srv:
+            a = srv.submit([{"kind": "noop"}] * 3, webhook=hook)
+            srv.wait_batch(a["id"])
+            plain = srv.submit([{"kind": "noop"}] * 5)
+            srv.wait_batch(plain["id"])
+            b = srv.submit([{"kind": "sleep", "args": {"seconds": 0.3}}],
+                           webhook=hook)
+            c = srv.submit([{"kind": "noop"}] * 2, webhook=hook)
+            srv.wait_batch(c["id"])
+            srv.wait_batch(b["id"])
+            want = sorted([("job.finished", j) for x in (a, b, c)
+                           for j in x["job_ids"]] +
+                          [("batch.finished", x["id"]) for x in (a, b, c)])
+            wait_until(lambda: rcv.events() == want, 15, what="deliveries")
+            assert not rcv.bad, rcv.bad
+            assert deliveries(srv, plain["id"]) == []
+    finally:
+        rcv.close()
