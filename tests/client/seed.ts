@@ -119,13 +119,22 @@ function parseEvent(block: string): ServerSentEvent | undefined {
 		if (typeof jobId === 'string' && typeof batch_id === 'string' && typeof attempts === 'number' && isJobState(state))
 			return { event: 'job', id, data: { id: jobId, batch_id, state, attempts } };
 	}
-	if (event === 'batch' && 'id' in parsed && 'state' in parsed && 'counts' in parsed) {
+	if (event === 'batch' && 'id' in parsed && 'state' in parsed && 'counts' in parsed && 'halted' in parsed) {
 		const counts = toCounts(parsed.counts);
-		if (typeof parsed.id === 'string' && isBatchState(parsed.state) && counts)
-			return { event: 'batch', id, data: { id: parsed.id, state: parsed.state, counts } };
+		const halted = toHalted(parsed.halted);
+		if (typeof parsed.id === 'string' && isBatchState(parsed.state) && counts && halted !== undefined)
+			return { event: 'batch', id, data: { id: parsed.id, state: parsed.state, counts, halted } };
 	}
 	if (event === 'reset') return { event: 'reset', id, data: { missed: true } };
 	return undefined;
+}
+
+// toHalted reads a batch's `halted`: null until its halt policy fired, then {reason, at}.
+function toHalted(v: unknown): { reason: string; at: string } | null | undefined {
+	if (v === null) return null;
+	if (typeof v !== 'object' || !('reason' in v) || !('at' in v)) return undefined;
+	const { reason, at } = v;
+	return typeof reason === 'string' && typeof at === 'string' ? { reason, at } : undefined;
 }
 
 const JOB_STATES: readonly Schemas['JobState'][] = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'canceled'];
