@@ -91,7 +91,10 @@ static int parse_count(const char *s, long lo, long hi, long *out)
 	return parse_long(digits, lo, hi, out);
 }
 
-/* The wait parameter of long-polls: seconds, 0..60, decimals allowed. */
+/* The wait parameter of long-polls: seconds, 0..WAIT_MAX_S, decimals
+ * allowed.  An hour, so a script waits for a long batch with one request
+ * (a waiting request holds no thread, only its connection). */
+#define WAIT_MAX_S 3600
 static int parse_wait(struct request *r, double *out)
 {
 	const char *s = param(r, "wait");
@@ -102,7 +105,7 @@ static int parse_wait(struct request *r, double *out)
 	if (!s)
 		return 0;
 	v = strtod(s, &end);
-	if (!*s || *end || !isfinite(v) || v < 0 || v > 60)
+	if (!*s || *end || !isfinite(v) || v < 0 || v > WAIT_MAX_S)
 		return -1;
 	*out = v;
 	return 0;
@@ -117,6 +120,27 @@ struct page {
 /* parse_page reads state, limit and after; answers 400 itself and returns
  * -1 when one is bad.  Cursors are the key of the last item, prefixed with
  * the letter of its list so a batch cursor is never taken for a job one. */
+/* states_ok checks a state filter: one state or a comma list of them
+ * ("running,queued"), each known to ok. */
+static int states_ok(const char *list, int (*ok)(const char *))
+{
+	char one[32];
+	size_t n;
+
+	for (;;) {
+		n = strcspn(list, ",");
+		if (n == 0 || n >= sizeof(one))
+			return 0;
+		memcpy(one, list, n);
+		one[n] = 0;
+		if (!ok(one))
+			return 0;
+		if (!list[n])
+			return 1;
+		list += n + 1;
+	}
+}
+
 static int parse_page(struct request *r, char cursor_prefix,
 		      int (*state_ok)(const char *), struct page *p,
 		      enum MHD_Result *rc)
@@ -136,8 +160,9 @@ static int parse_page(struct request *r, char cursor_prefix,
 		*rc = http_invalid(r, path, "is not a parameter of this endpoint");
 		return -1;
 	}
-	if (p->state && !state_ok(p->state)) {
-		*rc = http_invalid(r, "?state", "is not a known state");
+	if (p->state && !states_ok(p->state, state_ok)) {
+		*rc = http_invalid(r, "?state", "is not a known state or a "
+				   "comma list of them");
 		return -1;
 	}
 	s = param(r, "limit");
@@ -384,6 +409,8 @@ static int webhook_secret(json_t *body)
 
 	if (!json_is_object(w))
 		return 0;
+	/* a 201 posted back says "generated"; only the server says so */
+	json_object_del(w, "generated");
 	if (json_string_value(json_object_get(w, "secret")))
 		return 0;
 	secret = webhook_new_secret();
@@ -393,6 +420,73 @@ static int webhook_secret(json_t *body)
 	json_object_set_new(w, "generated", json_true());
 	free(secret);
 	return 0;
+}
+
+/* default_args gives a command job the defaults' env and cwd: its own
+ * env is merged over the defaults' (its names win), its own cwd wins. */
+static void default_args(json_t *job, const json_t *d)
+{
+	json_t *args = json_object_get(job, "args"), *env, *own, *merged;
+	const json_t *cwd = json_object_get(d, "cwd");
+
+	if (!args) {
+		args = json_object();
+		json_object_set_new(job, "args", args);
+	}
+	if (!json_is_object(args))
+		return;
+	env = json_object_get(d, "env");
+	own = json_object_get(args, "env");
+	if (json_is_object(env) && json_is_object(own)) {
+		merged = json_copy(env);
+		json_object_update(merged, own);
+		json_object_set_new(args, "env", merged);
+	} else if (json_is_object(env) && (!own || json_is_null(own))) {
+		json_object_set(args, "env", env);
+	}
+	own = json_object_get(args, "cwd");
+	if (json_is_string(cwd) && (!own || json_is_null(own)))
+		json_object_set(args, "cwd", (json_t *)cwd);
+}
+
+/* apply_defaults copies a batch's defaults into each of its jobs that
+ * does not set its own (null counts as not set), then drops them: the
+ * store sees jobs as if each had been sent whole.  A follow-up's are
+ * applied too, since its body is stored as it will be submitted.
+ * Returns whether anything had defaults (the jobs are then checked again:
+ * a merged env may make args too large). */
+static int apply_defaults(json_t *body)
+{
+	static const char *const fields[] = { "timeout_s", "max_attempts",
+		"retry_on", "retry_backoff_s", NULL };
+	json_t *d = json_object_get(body, "defaults"), *then, *job, *v;
+	const char *kind;
+	int any = 0;
+	size_t i, k;
+
+	then = json_object_get(body, "then");
+	if (json_is_object(then) &&
+	    json_is_object(json_object_get(then, "batch")))
+		any = apply_defaults(json_object_get(then, "batch"));
+	if (!json_is_object(d)) {
+		json_object_del(body, "defaults");
+		return any;
+	}
+	json_array_foreach(json_object_get(body, "jobs"), i, job) {
+		if (!json_is_object(job))
+			continue;
+		for (k = 0; fields[k]; k++) {
+			v = json_object_get(d, fields[k]);
+			if (v && !json_is_null(v) &&
+			    !json_object_get(job, fields[k]))
+				json_object_set(job, fields[k], v);
+		}
+		kind = json_string_value(json_object_get(job, "kind"));
+		if (kind && strcmp(kind, "command") == 0)
+			default_args(job, d);
+	}
+	json_object_del(body, "defaults");
+	return 1;
 }
 
 static enum MHD_Result api_batch_create(struct request *r)
@@ -432,6 +526,18 @@ static enum MHD_Result api_batch_create(struct request *r)
 		}
 	}
 	drop_nulls(body);
+	if (apply_defaults(body)) {
+		errors = json_array();
+		n = validate_batch(body, errors);
+		if (n > 0) {
+			json_decref(body);
+			snprintf(detail, sizeof(detail), "%d invalid field%s "
+				 "with the defaults applied", n,
+				 n == 1 ? "" : "s");
+			return http_problem(r, P_INVALID, detail, errors);
+		}
+		json_decref(errors);
+	}
 	if (webhook_secret(body) < 0) {
 		json_decref(body);
 		return http_problem(r, P_INTERNAL, "no secret could be made "
@@ -514,17 +620,26 @@ static enum MHD_Result api_batch_list(struct request *r)
 
 /* get_or_wait answers with the object, or suspends the request when the
  * client asked to wait and the object is not terminal yet. */
+static enum MHD_Result fail_status(struct request *r, json_t *obj);
+
 static enum MHD_Result get_or_wait(struct request *r, int is_batch)
 {
-	static const char *const allowed[] = { "wait", NULL };
+	static const char *const allowed[] = { "wait", "fail", NULL };
+	const char *fail = param(r, "fail"), *bad = unknown_param(r, allowed);
 	int64_t id = r->ids[0];
+	char path[80];
 	json_t *obj;
 	double wait;
 
-	if (unknown_param(r, allowed))
-		return http_invalid(r, "?wait", "is the only parameter of this endpoint");
+	if (bad) {
+		snprintf(path, sizeof(path), "?%.64s", bad);
+		return http_invalid(r, path, "is not a parameter of this endpoint");
+	}
 	if (parse_wait(r, &wait) < 0)
-		return http_invalid(r, "?wait", "must be a number of seconds from 0 to 60");
+		return http_invalid(r, "?wait", "must be a number of seconds from "
+				    "0 to 3600");
+	if (fail && strcmp(fail, "true") != 0 && strcmp(fail, "false") != 0)
+		return http_invalid(r, "?fail", "must be true or false");
 	obj = is_batch ? store_batch_json(id) : store_job_json(id);
 	if (!obj)
 		return http_problem(r, P_NOT_FOUND, is_batch ?
@@ -540,6 +655,23 @@ static enum MHD_Result get_or_wait(struct request *r, int is_batch)
 		http_suspend_wait(r, is_batch, id);
 		return MHD_YES;
 	}
+	if (fail && strcmp(fail, "true") == 0)
+		return fail_status(r, obj);
+	return http_json(r, 200, obj);
+}
+
+/* fail_status answers ?fail=true, for `curl -sf` in a script: 200 only
+ * when the object ended succeeded, 412 when it ended otherwise, 408 when
+ * the wait ended first; curl -f exits 22 on both.  The body is the object
+ * as without ?fail, so a script may still read it (curl -f shows none). */
+static enum MHD_Result fail_status(struct request *r, json_t *obj)
+{
+	const char *s = json_string_value(json_object_get(obj, "state"));
+
+	if (!terminal(obj))
+		return http_json(r, 408, obj);
+	if (!s || strcmp(s, "succeeded") != 0)
+		return http_json(r, 412, obj);
 	return http_json(r, 200, obj);
 }
 
@@ -551,6 +683,38 @@ static enum MHD_Result api_batch_get(struct request *r)
 static enum MHD_Result api_job_get(struct request *r)
 {
 	return get_or_wait(r, 0);
+}
+
+/* GET /v1/jobs/{id}/output[?stream=stdout|stderr][&attempt=N][&follow=]:
+ * a command job's captured output as text (output.c). */
+static enum MHD_Result api_job_output(struct request *r)
+{
+	static const char *const allowed[] = { "stream", "attempt", "follow",
+					       NULL };
+	const char *bad = unknown_param(r, allowed), *v;
+	int stream = 0, attempt = 0, follow = 0;
+	char path[80];
+
+	if (bad) {
+		snprintf(path, sizeof(path), "?%.64s", bad);
+		return http_invalid(r, path, "is not a parameter of this endpoint");
+	}
+	v = param(r, "stream");
+	if (v && strcmp(v, "stdout") != 0 && strcmp(v, "stderr") != 0)
+		return http_invalid(r, "?stream", "must be stdout or stderr");
+	stream = v && strcmp(v, "stderr") == 0;
+	v = param(r, "follow");
+	if (v && strcmp(v, "true") != 0 && strcmp(v, "false") != 0)
+		return http_invalid(r, "?follow", "must be true or false");
+	follow = v && strcmp(v, "true") == 0;
+	v = param(r, "attempt");
+	if (v) {
+		if (!*v || strlen(v) > 9 || strspn(v, "0123456789") != strlen(v) ||
+		    (attempt = atoi(v)) < 1)
+			return http_invalid(r, "?attempt",
+					    "must be an attempt number (1, 2, ...)");
+	}
+	return output_open(r, r->ids[0], stream, attempt, follow);
 }
 
 static enum MHD_Result api_batch_jobs(struct request *r)
@@ -662,6 +826,97 @@ static enum MHD_Result api_job_cancel(struct request *r)
 	return after_commit(r, cancel_reply);
 }
 
+/* retry_reply answers a retry with the job, or the batch and how many of
+ * its jobs went back to the queue ("retried"), as committed. */
+static enum MHD_Result retry_reply(struct request *r)
+{
+	int rc = r->op_rc, is_batch = r->route->pattern[4] == 'b';
+	json_t *obj;
+
+	if (!r->commit_ok || rc == -500)
+		return not_committed(r, "the retry");
+	if (rc == -404)
+		return http_problem(r, P_NOT_FOUND, is_batch ?
+				    "no such batch" : "no such job", NULL);
+	if (rc == -409)
+		return http_problem(r, P_CONFLICT, is_batch ?
+				    "the batch has queued or running jobs; "
+				    "retry it once it has finished" :
+				    "the job is queued or running; only a "
+				    "finished job can be retried", NULL);
+	obj = is_batch ? store_batch_json(r->ids[0]) : store_job_json(r->ids[0]);
+	if (!obj)
+		return http_problem(r, P_INTERNAL, "object vanished", NULL);
+	if (is_batch)
+		json_object_set_new(obj, "retried", json_integer(rc));
+	return http_json(r, 200, obj);
+}
+
+static enum MHD_Result api_job_retry(struct request *r)
+{
+	r->op_rc = engine_retry_job(r->ids[0]);
+	return after_commit(r, retry_reply);
+}
+
+/* retry_states reads the optional body {"states": [...]} of a batch's
+ * retry into a mask of ended states (default: failed, timed_out,
+ * canceled).  Answers 400/415 itself and returns -1 when it is bad. */
+static int retry_states(struct request *r, unsigned *mask,
+			enum MHD_Result *rc)
+{
+	json_t *body, *states, *e;
+	char path[32];
+	const char *bad = NULL;
+	size_t i;
+	int st;
+
+	*mask = 1u << JS_FAILED | 1u << JS_TIMED_OUT | 1u << JS_CANCELED;
+	if (r->len == 0)
+		return 0;
+	if (!(body = parse_body(r, rc)))
+		return -1;
+	states = json_object_get(body, "states");
+	if (!json_is_object(body) || json_object_size(body) > (states ? 1 : 0)) {
+		json_decref(body);
+		*rc = http_invalid(r, "/", "must be {\"states\": [...]} or empty");
+		return -1;
+	}
+	if (states && !json_is_null(states)) {
+		if (!json_is_array(states) || json_array_size(states) == 0)
+			bad = "/states";
+		*mask = 0;
+		json_array_foreach(states, i, e) {
+			st = json_is_string(e) ?
+			     job_state_parse(json_string_value(e)) : -1;
+			if (st < JS_SUCCEEDED) {
+				snprintf(path, sizeof(path), "/states/%zu", i);
+				bad = path;
+				break;
+			}
+			*mask |= 1u << st;
+		}
+	}
+	json_decref(body);
+	if (bad) {
+		*rc = http_invalid(r, bad, "must be a non-empty array of "
+				   "\"succeeded\", \"failed\", \"timed_out\" "
+				   "and \"canceled\"");
+		return -1;
+	}
+	return 0;
+}
+
+static enum MHD_Result api_batch_retry(struct request *r)
+{
+	enum MHD_Result rc;
+	unsigned mask;
+
+	if (retry_states(r, &mask, &rc) < 0)
+		return rc;
+	r->op_rc = engine_retry_batch(r->ids[0], mask);
+	return after_commit(r, retry_reply);
+}
+
 static enum MHD_Result deleted_reply(struct request *r)
 {
 	if (!r->commit_ok)
@@ -685,6 +940,145 @@ static enum MHD_Result api_batch_delete(struct request *r)
 	else if (store_batch_delete(r->ids[0]) < 0)
 		return http_problem(r, P_UNAVAILABLE, "the batch could not be deleted", NULL);
 	return after_commit(r, deleted_reply);
+}
+
+/* ---- pause, resume, priority, cancel all, what runs ---- */
+
+/* batch_set_reply answers a pause, resume or PATCH with the batch as
+ * committed. */
+static enum MHD_Result batch_set_reply(struct request *r)
+{
+	json_t *obj;
+
+	if (!r->commit_ok || r->op_rc == -500)
+		return not_committed(r, "the change");
+	if (r->op_rc == -404)
+		return http_problem(r, P_NOT_FOUND, "no such batch", NULL);
+	obj = store_batch_json(r->ids[0]);
+	return obj ? http_json(r, 200, obj) :
+		     http_problem(r, P_INTERNAL, "object vanished", NULL);
+}
+
+/* POST /v1/batches/{id}/pause and .../resume: stored with the batch, so
+ * it survives a restart and holds on every node. */
+static enum MHD_Result api_batch_pause(struct request *r)
+{
+	r->op_rc = engine_batch_set(r->ids[0], 1, STORE_KEEP);
+	return after_commit(r, batch_set_reply);
+}
+
+static enum MHD_Result api_batch_resume(struct request *r)
+{
+	r->op_rc = engine_batch_set(r->ids[0], 0, STORE_KEEP);
+	return after_commit(r, batch_set_reply);
+}
+
+/* PATCH /v1/batches/{id} {"priority": N}: the one field a client may
+ * change; the schedule takes it at once. */
+static enum MHD_Result api_batch_patch(struct request *r)
+{
+	enum MHD_Result rc;
+	json_t *body = parse_body(r, &rc), *v;
+	const char *key;
+	json_int_t prio;
+
+	if (!body)
+		return rc;
+	if (!json_is_object(body) || json_object_size(body) == 0) {
+		json_decref(body);
+		return http_invalid(r, "/", "must be {\"priority\": N}");
+	}
+	json_object_foreach(body, key, v) {
+		if (strcmp(key, "priority") != 0) {
+			char path[80];
+
+			snprintf(path, sizeof(path), "/%.64s", key);
+			json_decref(body);
+			return http_invalid(r, path, "cannot be changed; only "
+					    "priority can");
+		}
+	}
+	v = json_object_get(body, "priority");
+	/* as validate.c takes it at submission: an integral number */
+	if (!json_is_number(v) || json_number_value(v) !=
+	    floor(json_number_value(v)) || json_number_value(v) < -1000 ||
+	    json_number_value(v) > 1000) {
+		json_decref(body);
+		return http_invalid(r, "/priority", "must be an integer from "
+				    "-1000 to 1000");
+	}
+	prio = (json_int_t)json_number_value(v);
+	json_decref(body);
+	r->op_rc = engine_batch_set(r->ids[0], -1, prio);
+	return after_commit(r, batch_set_reply);
+}
+
+/* POST /v1/pause and /v1/resume: dispatch on this node stops or restarts;
+ * running jobs finish.  In memory only: a restart, and every other node
+ * sharing a PostgreSQL database, dispatch as before (pause each node, or
+ * pause the batches, which is stored). */
+static json_t *pool_view(void);
+
+static enum MHD_Result pause_all(struct request *r, int paused)
+{
+	if (sched_all_paused() != paused)
+		log_info("pool: dispatch %s", paused ? "paused" : "resumed");
+	sched_pause_all(paused);
+	return http_json(r, 200, pool_view());
+}
+
+static enum MHD_Result api_pause(struct request *r)
+{
+	return pause_all(r, 1);
+}
+
+static enum MHD_Result api_resume_all(struct request *r)
+{
+	return pause_all(r, 0);
+}
+
+static enum MHD_Result cancel_all_reply(struct request *r)
+{
+	json_t *ids = r->job_ids;
+
+	if (!r->commit_ok || r->op_rc < 0)
+		return not_committed(r, "the cancel");
+	r->job_ids = NULL;
+	return http_json(r, 200, json_pack("{s:i, s:o}", "canceled",
+					   r->op_rc, "batch_ids", ids));
+}
+
+/* POST /v1/batches/cancel: every unfinished batch, as one cancel each.
+ * The canceled ids ride in r->job_ids until the commit (freed with the
+ * request if it never comes). */
+static enum MHD_Result api_cancel_all(struct request *r)
+{
+	json_t *ids = json_array();
+
+	if (!ids)
+		return http_problem(r, P_INTERNAL, "out of memory", NULL);
+	r->op_rc = engine_cancel_all(ids);
+	json_decref(r->job_ids);
+	r->job_ids = ids;
+	return after_commit(r, cancel_all_reply);
+}
+
+/* GET /v1/jobs: jobs of every batch, in id order, with ?state (a comma
+ * list) and the cursor pages of the other lists. */
+static enum MHD_Result api_jobs_list(struct request *r)
+{
+	enum MHD_Result rc;
+	struct page p;
+	json_t *list;
+
+	if (parse_page(r, 'j', job_state_ok, &p, &rc) < 0)
+		return rc;
+	list = store_jobs_list(p.state, p.after < 0 ? 0 : p.after,
+			       (int)p.limit);
+	if (!list)
+		return http_problem(r, P_INTERNAL, "the jobs could not be read",
+				    NULL);
+	return http_json(r, 200, list);
 }
 
 /* GET /v1/events[?batch_id=][&last_event_id=]: Last-Event-ID (the header
@@ -720,9 +1114,37 @@ static enum MHD_Result api_events(struct request *r)
 	return events_open(r, batch_id, after);
 }
 
+/* pool_view is GET /v1/pool: pool_json, whether dispatch is paused here,
+ * and for each busy worker its job's name, kind, batch and start, read
+ * from the store (one read per busy worker; pool.c knows ids only). */
+static json_t *pool_view(void)
+{
+	json_t *pool = pool_json(), *w, *job;
+	const char *id;
+	size_t i;
+
+	if (!pool)
+		return NULL;
+	json_object_set_new(pool, "paused", json_boolean(sched_all_paused()));
+	json_array_foreach(json_object_get(pool, "workers"), i, w) {
+		id = json_string_value(json_object_get(w, "job_id"));
+		job = id ? store_job_json(parse_id(id, 'j')) : NULL;
+		json_object_set_new(w, "job_name", job ? json_incref(
+			json_object_get(job, "name")) : json_null());
+		json_object_set_new(w, "job_kind", job ? json_incref(
+			json_object_get(job, "kind")) : json_null());
+		json_object_set_new(w, "batch_id", job ? json_incref(
+			json_object_get(job, "batch_id")) : json_null());
+		json_object_set_new(w, "job_started_at", job ? json_incref(
+			json_object_get(job, "started_at")) : json_null());
+		json_decref(job);
+	}
+	return pool;
+}
+
 static enum MHD_Result api_pool_get(struct request *r)
 {
-	return http_json(r, 200, pool_json());
+	return http_json(r, 200, pool_view());
 }
 
 /* api_nodes_get lists the servers sharing this database: with SQLite,
@@ -806,7 +1228,7 @@ static enum MHD_Result api_pool_put(struct request *r)
 		return http_problem(r, P_UNAVAILABLE, "the server is shutting down", NULL);
 	pool_resize((int)d);
 	log_info("pool: resized to %d", (int)d);
-	return http_json(r, 200, pool_json());
+	return http_json(r, 200, pool_view());
 }
 
 /* ---- routing ---- */
@@ -827,8 +1249,18 @@ static const struct route routes[] = {
 	{"/v1/batches/{b}/joblog", "GET", api_batch_joblog},
 	{"/v1/batches/{b}/deliveries", "GET", api_batch_deliveries},
 	{"/v1/batches/{b}/cancel", "POST", api_batch_cancel},
+	{"/v1/batches/{b}/retry", "POST", api_batch_retry},
+	{"/v1/batches/{b}", "PATCH", api_batch_patch},
+	{"/v1/batches/{b}/pause", "POST", api_batch_pause},
+	{"/v1/batches/{b}/resume", "POST", api_batch_resume},
+	{"/v1/batches/cancel", "POST", api_cancel_all},
+	{"/v1/pause", "POST", api_pause},
+	{"/v1/resume", "POST", api_resume_all},
+	{"/v1/jobs", "GET", api_jobs_list},
 	{"/v1/jobs/{j}", "GET", api_job_get},
+	{"/v1/jobs/{j}/output", "GET", api_job_output},
 	{"/v1/jobs/{j}/cancel", "POST", api_job_cancel},
+	{"/v1/jobs/{j}/retry", "POST", api_job_retry},
 	{"/v1/events", "GET", api_events},
 	{"/v1/pool", "GET", api_pool_get},
 	{"/v1/nodes", "GET", api_nodes_get},
@@ -915,7 +1347,7 @@ static void options(struct request *r)
 	    MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 					"Access-Control-Request-Method")) {
 		http_header(r, "Access-Control-Allow-Methods",
-			    "GET, POST, PUT, DELETE");
+			    "GET, POST, PUT, PATCH, DELETE");
 		http_header(r, "Access-Control-Allow-Headers",
 			    "Authorization, Content-Type, Idempotency-Key, "
 			    "Last-Event-ID");

@@ -487,6 +487,11 @@ static int retry(struct slot *s, struct outcome *o, struct sbatch *b)
 			 (long long)s->job_id);
 		return -1;
 	}
+	metrics_retries(1);
+	log_event(LOG_INFO, "retry", s->batch_id, s->job_id, "engine: job "
+		  "j_%012lld of batch b_%012lld %s (attempt %d); retry in %.3f s",
+		  (long long)s->job_id, (long long)s->batch_id,
+		  job_state_name(o->state), s->job_attempts, (double)delay / 1e6);
 	if (!b)
 		return 0;
 	if (delay <= 0) {
@@ -771,6 +776,22 @@ static void poll_policy(struct sbatch *b, const struct batch_info *info)
 		cancel_batch(info->id, 0, 0);
 }
 
+/* log_end logs a job that ended other than well: failed, timed out, or
+ * canceled while it ran (a success is the expected case, and a line per
+ * success would drown the rest). */
+static void log_end(const struct slot *s, const struct outcome *o)
+{
+	if (o->state == JS_SUCCEEDED)
+		return;
+	log_event(o->state == JS_CANCELED ? LOG_INFO : LOG_WARN,
+		  o->state == JS_CANCELED ? "cancel" : "failure", s->batch_id,
+		  s->job_id, "engine: job j_%012lld of batch b_%012lld (%s, "
+		  "attempt %d) %s: %s", (long long)s->job_id,
+		  (long long)s->batch_id, s->kind, s->job_attempts,
+		  job_state_name(o->state), o->error ? o->error : "exit code "
+		  "not 0");
+}
+
 static void finish(struct slot *s, struct outcome *o)
 {
 	struct sbatch *b = sched_find(s->batch_id);
@@ -806,6 +827,8 @@ static void finish(struct slot *s, struct outcome *o)
 		return;
 	}
 	publish_job(job_id, batch_id, o->state, s->job_attempts);
+	metrics_job_finished(s->kind, o->state);
+	log_end(s, o);
 	pool_job_ended(s);
 	if (b && !done)
 		after_end(b, batch_id, o->state, o->run_us);
@@ -1034,6 +1057,9 @@ static void group_results(struct slot *s, const json_t *msg)
 			d->started_at = started;
 			d->o = o;
 			metrics_queue_wait(started - h.queued_at);
+			metrics_job_finished(h.kind, o.state);
+			if (o.state != JS_SUCCEEDED)
+				log_end(s, &o);
 			pool_group_pop(s);
 			continue;
 		}
@@ -1189,6 +1215,10 @@ static void worker_died(struct slot *s, int status)
 				 "the worker running the job exited with code %d",
 				 o.exit_code);
 		o.error = error;
+		log_event(LOG_WARN, "crash", s->batch_id, s->job_id, "engine: "
+			  "job j_%012lld of batch b_%012lld crashed its worker "
+			  "(pid %d): %s", (long long)s->job_id,
+			  (long long)s->batch_id, (int)s->pid, error);
 		break;
 	}
 	finish(s, &o);
@@ -1279,6 +1309,11 @@ int engine_cancel_job(int64_t job_id)
 
 	if (store_job_batch(job_id, &batch_id, &state, &attempts) < 0)
 		return -404;
+	if (state == JS_QUEUED || state == JS_RUNNING)
+		log_event(LOG_INFO, "cancel", batch_id, job_id, "engine: job "
+			  "j_%012lld of batch b_%012lld canceled by a client "
+			  "(was %s)", (long long)job_id, (long long)batch_id,
+			  job_state_name(state));
 	if (state == JS_QUEUED && (h = held_job(job_id, &s))) {
 		/* Stored first, so a restart does not run it again. */
 		if (store_job_cancel_req(job_id) < 0)
@@ -1380,7 +1415,154 @@ int engine_cancel_batch(int64_t batch_id)
 
 	if (rc == 0 && store_batch_halt(batch_id, NULL, 0, 0) < 0)
 		return -500;
+	if (rc == 0)
+		log_event(LOG_INFO, "cancel", batch_id, 0, "engine: batch "
+			  "b_%012lld canceled by a client", (long long)batch_id);
 	return rc;
+}
+
+/* engine_batch_set pauses or resumes a batch (paused 1/0, -1: kept)
+ * and/or gives it a new priority (STORE_KEEP: kept): stored in the turn's
+ * transaction, on this node's schedule at once (a resumed batch starts at
+ * the next dispatch, a raised one is picked first), on the others' at
+ * their tick.  Returns 0, -404, or -500 when the write failed. */
+int engine_batch_set(int64_t batch_id, int paused, int64_t priority)
+{
+	struct sbatch *b;
+	int rc = store_batch_set(batch_id, paused, priority);
+
+	if (rc < 0)
+		return -500;
+	if (rc > 0)
+		return -404;
+	if ((b = sched_find(batch_id))) {
+		if (paused >= 0)
+			sched_set_paused(b, paused);
+		if (priority != STORE_KEEP)
+			sched_set_priority(b, (int)priority);
+	}
+	publish_batch(batch_id);        /* events and long-polls see it */
+	return 0;
+}
+
+/* engine_cancel_all cancels every unfinished batch, as committed and in
+ * this turn, as engine_cancel_batch does one (POST /v1/batches/cancel).
+ * The ids come from the store, not the schedule: with several nodes a
+ * batch whose jobs all run elsewhere is on no schedule here.  Returns how
+ * many were canceled (their ids appended to ids when not NULL), or -500. */
+int engine_cancel_all(json_t *ids)
+{
+	int64_t after = -1, id;
+	json_t *page, *item;
+	const char *next, *s;
+	int n = 0, rc;
+	size_t i;
+
+	do {
+		page = store_batch_list("queued,running", after, 1000);
+		if (!page)
+			return -500;
+		json_array_foreach(json_object_get(page, "items"), i, item) {
+			s = json_string_value(json_object_get(item, "id"));
+			if (!s || (id = parse_id(s, 'b')) < 0)
+				continue;
+			rc = engine_cancel_batch(id);
+			if (rc == -500) {
+				json_decref(page);
+				return -500;
+			}
+			if (rc == 0 && ids)
+				json_array_append_new(ids, json_string(s));
+			n += rc == 0;
+		}
+		next = json_string_value(json_object_get(page, "next_cursor"));
+		after = next ? strtoll(next + 1, NULL, 10) : -1;
+		json_decref(page);
+	} while (after > 0);
+	return n;
+}
+
+/* ---- retries a client asks for (POST .../retry) ---- */
+
+static void rerun_event(int64_t job_id, int attempts, void *ctx)
+{
+	publish_job(job_id, *(int64_t *)ctx, JS_QUEUED, attempts);
+}
+
+/* reopen schedules batch_id after store_jobs_rerun put n of its jobs back
+ * in the queue.  It is in this turn's transaction, which this node's
+ * claims share (or follow, with PostgreSQL), so it runs at once; other
+ * nodes see it at their next look.  A finished batch joins the schedule
+ * as a submission does; one still on it takes the store's counts, less
+ * the jobs waiting out a backoff here (queued in the store, not yet in
+ * the schedule: see sched_delayed), from the first index again. */
+static void reopen(int64_t batch_id, int n)
+{
+	struct sbatch *b = sched_find(batch_id);
+	struct batch_info info;
+	struct backoff *w;
+
+	if (n <= 0 || store_batch_info(batch_id, &info) < 0)
+		return;
+	if (!b) {
+		sched_add(&info);
+		load_policy(sched_find(batch_id), batch_id);
+	} else {
+		for (w = backoffs; w; w = w->next)
+			if (w->batch_id == batch_id)
+				info.queued--;
+		sched_update(b, &info);
+		sched_set_cursor(b, -1);
+	}
+	publish_batch(batch_id);
+}
+
+int engine_retry_job(int64_t job_id)
+{
+	enum job_state state;
+	int64_t batch_id;
+	int n;
+
+	if (store_job_batch(job_id, &batch_id, &state, NULL) < 0)
+		return -404;
+	if (state == JS_QUEUED || state == JS_RUNNING)
+		return -409;
+	n = store_jobs_rerun(batch_id, job_id, 1u << state, now_us(),
+			     rerun_event, &batch_id);
+	if (n < 0)
+		return -500;
+	if (n == 0)
+		return -409;    /* changed meanwhile (another node) */
+	metrics_retries(n);
+	log_event(LOG_INFO, "retry", batch_id, job_id, "engine: job j_%012lld: "
+		  "retried by a client", (long long)job_id);
+	reopen(batch_id, n);
+	return 0;
+}
+
+/* engine_retry_batch: only a finished batch, so what "the batch's
+ * failures" are cannot change while they are re-queued. */
+int engine_retry_batch(int64_t batch_id, unsigned states)
+{
+	struct batch_info info;
+	int n;
+
+	if (store_batch_info(batch_id, &info) < 0)
+		return -404;
+	if (info.queued + info.running > 0)
+		return -409;
+	n = store_jobs_rerun(batch_id, 0, states, now_us(), rerun_event,
+			     &batch_id);
+	if (n < 0)
+		return -500;
+	if (n > 0)
+		metrics_retries(n);
+	if (n > 0)
+		log_event(LOG_INFO, "retry", batch_id, 0, "engine: batch "
+			  "b_%012lld: %d jobs retried by a client",
+			  (long long)batch_id, n);
+	reopen(batch_id, n);
+	return n;
 }
 
 /* engine_batch_added puts a durably stored batch on the schedule. */

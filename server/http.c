@@ -404,6 +404,11 @@ static void on_commit(int ok)
 		if (ok && r->ack_batch && !r->replay) {
 			engine_batch_added(r->ack_batch);
 			metrics_batch_submitted();
+			/* Logged once durable: a batch whose commit failed
+			 * was never submitted. */
+			log_event(LOG_INFO, "submit", r->ack_batch, 0,
+				  "api: batch b_%012lld submitted: %d job(s)",
+				  (long long)r->ack_batch, r->njobs);
 		}
 		MHD_resume_connection(r->conn);
 		resumed = 1;
@@ -628,6 +633,7 @@ static enum MHD_Result first_call(struct MHD_Connection *conn,
 	r->conn = conn;
 	r->url = url;
 	r->method = method;
+	r->start_mono = mono_us();
 	*con_cls = r;
 	len = body_length(r);
 	if (!len)
@@ -678,6 +684,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
 		return;
 	metrics_http(r->route ? r->route->pattern : NULL, r->method,
 		     r->status);
+	if (r->status)
+		metrics_http_time(r->method, r->status,
+				  mono_us() - r->start_mono);
 	if (r->phase == PH_WAIT)
 		waiter_remove(r);
 	else if (r->phase == PH_ACK)
@@ -709,22 +718,51 @@ static void on_mhd(int fd, uint32_t events, void *ctx)
  * the loop on a full stderr (MHD's default writes to stderr directly). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
-	log_vwarn(fmt, ap);
+	char msg[900];
+
+	/* Prefixed, so a line like "Failed to bind to port 0" says whose it
+	 * is (http_start logs the address we asked for right after). */
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	log_warn("http: libmicrohttpd: %s", msg);
+}
+
+/* listen_addr fills sa from --listen: an IPv4 address, or an IPv6 one
+ * ("::1", given as [::1]:PORT).  Returns its length, 0 when neither. */
+static socklen_t listen_addr(struct sockaddr_storage *ss)
+{
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+
+	memset(ss, 0, sizeof(*ss));
+	if (inet_pton(AF_INET, cfg.listen_host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)cfg.listen_port);
+		return sizeof(*in4);
+	}
+	if (inet_pton(AF_INET6, cfg.listen_host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)cfg.listen_port);
+		return sizeof(*in6);
+	}
+	return 0;
 }
 
 int http_start(void)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_storage sa;
 	const union MHD_DaemonInfo *info;
+	unsigned v6;
 
-	sa.sin_port = htons((uint16_t)cfg.listen_port);
-	if (inet_pton(AF_INET, cfg.listen_host, &sa.sin_addr) != 1) {
-		log_warn("http: --listen: not an IPv4 address: %s",
-			 cfg.listen_host);
+	if (!listen_addr(&sa)) {
+		log_error("http: --listen: not an IPv4 or IPv6 address: %s",
+			  cfg.listen_host);
 		return -1;
 	}
+	/* MHD takes the family from the address, but wants to be told it
+	 * is IPv6 too, or it treats the port as an IPv4 one. */
+	v6 = sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0;
 	daemon_ = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-				   MHD_USE_ERROR_LOG,
+				   MHD_USE_ERROR_LOG | v6,
 				   0, NULL, NULL, on_request, NULL,
 				   /* first, or MHD says its earlier
 				    * messages went to stderr */
@@ -742,8 +780,8 @@ int http_start(void)
 				   MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
 				   MHD_OPTION_END);
 	if (!daemon_) {
-		log_warn("http: cannot listen on %s:%d: %s", cfg.listen_host,
-			 cfg.listen_port, strerror(errno));
+		log_error("http: cannot listen on %s:%d: %s", cfg.listen_host,
+			  cfg.listen_port, strerror(errno));
 		return -1;
 	}
 	publish_subscribe(&http_sub);
@@ -816,6 +854,7 @@ void http_stop(void)
 	wake_all();
 	publish_flush();
 	events_close();
+	output_close();
 	http_run();
 	http_run();
 	MHD_stop_daemon(daemon_);

@@ -26,6 +26,7 @@ struct request {
 	size_t len, cap;
 	int gated, answered, listed;
 	unsigned status;                /* of the answer, for /metrics */
+	int64_t start_mono;             /* first callback, for /metrics */
 	enum phase phase;
 	const struct route *route;
 	int64_t ids[2];                 /* ids parsed from the path */
@@ -96,6 +97,18 @@ enum MHD_Result events_open(struct request *r, int64_t batch_id,
  * (the stream owns its state; MHD frees it when the answer ends).  Out of
  * memory it answers 500 itself. */
 enum MHD_Result joblog_open(struct request *r, int64_t batch_id);
+
+/* output.c */
+/* output_open answers GET /v1/jobs/{id}/output: the captured bytes of
+ * stream (0 stdout, 1 stderr) of the job's attempt (0: the running one on
+ * this node, else the latest that ended), as text/plain; with follow_it a
+ * stream that goes on until that attempt ends (the stream owns its state;
+ * MHD frees it when the answer ends).  404 for an unknown job or attempt;
+ * out of memory it answers 500 itself. */
+enum MHD_Result output_open(struct request *r, int64_t job_id, int stream,
+			    int attempt, int follow_it);
+/* output_close ends every follow (shutdown). */
+void output_close(void);
 
 /* api.c */
 enum MHD_Result http_route(struct request *r);

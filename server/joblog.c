@@ -24,7 +24,7 @@
 #include "http.h"
 
 /* Jobs rendered per store read: a page holds each job's captured output
- * (up to 2 x --max-output-bytes), so pages stay small. */
+ * (up to 2 x --max-output-bytes per kept attempt), so pages stay small. */
 #define JOBLOG_PAGE 100
 
 static int buf_add(struct joblog_buf *b, const char *s, size_t n)
@@ -117,8 +117,8 @@ static size_t stdin_bytes(const json_t *job)
 	return json_is_string(in) ? json_string_length(in) : 0;
 }
 
-/* output_bytes is Receive: the job's captured stdout and stderr as
- * stored (cut at --max-output-bytes each). */
+/* output_bytes is Receive: the captured stdout and stderr (cut at
+ * --max-output-bytes each) of a history entry or a job, as stored. */
 static size_t output_bytes(const json_t *job)
 {
 	const json_t *out = json_object_get(job, "output");
@@ -201,7 +201,7 @@ static const char *host(const json_t *job, const json_t *entry)
 }
 
 /* add_line writes the line of one ended attempt; receive is its output's
- * size (only the job's latest attempt still has its output stored). */
+ * size. */
 static int add_line(struct joblog_buf *b, const json_t *job,
 		    const json_t *entry, size_t receive)
 {
@@ -229,11 +229,15 @@ int joblog_job(struct joblog_buf *b, const json_t *job)
 								 "attempts"));
 
 	json_array_foreach(history, i, entry) {
-		/* The row keeps the output of its latest ended attempt until
-		 * the next one starts; earlier attempts' output is gone. */
-		receive = i + 1 == n && (!st || strcmp(st, "running") != 0) &&
-			  json_integer_value(json_object_get(entry, "attempt")) ==
-			  attempts ? output_bytes(job) : 0;
+		/* Each attempt's entry keeps its output; an entry written
+		 * before it did has only the row's, that of the latest ended
+		 * attempt until the next one starts. */
+		if (json_object_get(entry, "output"))
+			receive = output_bytes(entry);
+		else
+			receive = i + 1 == n && (!st || strcmp(st, "running") != 0) &&
+				  json_integer_value(json_object_get(entry, "attempt")) ==
+				  attempts ? output_bytes(job) : 0;
 		if (add_line(b, job, entry, receive) < 0)
 			return -1;
 	}

@@ -64,8 +64,10 @@ json_t *json_ms(int64_t us);            /* new; ms with 3 decimals */
 void fmt_id(char *buf, size_t size, char prefix, int64_t id);
 /* hash_hex writes a 128-bit hash of s[0..n) as 32 hex digits + NUL. */
 void hash_hex(const char *s, size_t n, char *out);
-/* parse_duration reads "90s", "15m", "12h", "7d" or plain seconds into
- * microseconds; returns -1 when it is not one. */
+/* parse_duration reads "250ms", "90s", "15m", "12h" or "7d" into
+ * microseconds; returns -1 when it is not one.  A unit is required (a bare
+ * "7" was taken as seconds and a --retention meant as days purged batches
+ * seconds after they ended); only "0" may go without. */
 int64_t parse_duration(const char *s);
 /* parse_id returns the number in "<prefix>_<12 digits>", or -1. */
 int64_t parse_id(const char *s, char prefix);
@@ -78,6 +80,30 @@ void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void fatal(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2), noreturn));
+enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_FATAL };
+void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* log_error is for what stops the server (start-up failures). */
+void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* log_event logs one thing that happened to a batch or job at level; with
+ * --log-format json the line also carries "event" and the ids as the API
+ * shows them ("batch_id": "b_...", "job_id": "j_..."; an id <= 0 is left
+ * out).  The message should name the ids too, for the text format. */
+void log_event(int level, const char *event, int64_t batch_id,
+	       int64_t job_id, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+/* log_setup chooses the format (json: one object a line, else text) and
+ * the lowest level written (LOG_DEBUG..LOG_ERROR). */
+void log_setup(int json, int min_level);
+/* log_level_parse returns the LOG_* of "debug", "info", "warn", "error",
+ * or -1. */
+int log_level_parse(const char *s);
+/* parse_cpu_max reads a cgroup v2 cpu.max ("max 100000", "150000 100000")
+ * into the CPUs it allows, rounded up, at least 1; 0 for no limit, -1 when
+ * it is not one. */
+int parse_cpu_max(const char *s);
+/* cpus_usable is the CPUs this process may run on: its affinity mask, cut
+ * by the cgroup v2 CPU quota of its cgroup and its ancestors; at least 1. */
+int cpus_usable(void);
 void log_vwarn(const char *fmt, va_list ap)
 	__attribute__((format(printf, 1, 0)));
 
@@ -263,6 +289,7 @@ struct batch_info {
 	int queued, running;
 	int cancel_req;
 	int started;            /* a job of it has started */
+	int paused;             /* POST /v1/batches/{id}/pause: none starts */
 };
 
 /* A job a worker runs now, as memory knows it (store_resync); held: one it
@@ -414,6 +441,16 @@ int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 					 void *ctx),
 			      void *ctx, const int64_t *keep, size_t nkeep);
 int store_batch_delete(int64_t batch_id);
+/* store_jobs_rerun puts ended jobs of batch_id back in the queue as new
+ * attempts (a client's retry): job_id alone when not 0, else every job of
+ * the batch whose state is in states (a bit 1 << JS_* per state; only
+ * ended states count).  History and attempts stay; max_attempts grows to
+ * allow one more; the batch is open again (not finished, canceled nor
+ * halted).  fn(job_id, attempts, ctx) is called per re-queued job.
+ * Returns how many were re-queued (0: none matched), or -1. */
+int store_jobs_rerun(int64_t batch_id, int64_t job_id, unsigned states,
+		     int64_t now, void (*fn)(int64_t job_id, int attempts,
+					     void *ctx), void *ctx);
 /* store_then_child is the follow-up batch the end of batch_id created
  * (its `then`), or 0. */
 int64_t store_then_child(int64_t batch_id);
@@ -481,6 +518,16 @@ json_t *store_webhook_list(int64_t batch_id, const char *state,
  * events}, and its secret too with with_secret when the server generated
  * it (the 201 of its submission).  New, NULL when it has none. */
 json_t *store_webhook_json(int64_t batch_id, int with_secret);
+/* store_batch_set changes a batch's paused flag (paused < 0: kept) and
+ * priority (STORE_KEEP: kept) in the turn's transaction.  Returns 0, 1
+ * when there is no such batch, -1 on failure.  The caller updates the
+ * schedule. */
+#define STORE_KEEP INT64_MIN
+int store_batch_set(int64_t batch_id, int paused, int64_t priority);
+/* store_jobs_list is GET /v1/jobs: jobs of every batch in id order after
+ * job id `after`, whose state is one of states (a comma list, NULL: any):
+ * {items, next_cursor} (new), NULL on failure. */
+json_t *store_jobs_list(const char *states, int64_t after, int limit);
 int store_ping(void);
 /* store_memory_bytes is what SQLite holds now, all connections together
  * (page caches, statements, schema). */
@@ -503,9 +550,16 @@ void sched_delayed(struct sbatch *b);
 void sched_ready(struct sbatch *b);
 void sched_drop_queued(struct sbatch *b, int n);
 void sched_update(struct sbatch *b, const struct batch_info *info);
+void sched_set_priority(struct sbatch *b, int priority);
+void sched_set_paused(struct sbatch *b, int paused);
+/* sched_pause_all stops (1) or restarts (0) every pick on this node. */
+void sched_pause_all(int paused);
+int sched_all_paused(void);
 int sched_queued(const struct sbatch *b);
 void sched_remove(struct sbatch *b);
 int sched_queued_total(void);
+/* sched_queued_bands: queued jobs of priority > 0, == 0, < 0 in out[0..2]. */
+void sched_queued_bands(int out[3]);
 size_t sched_bytes(void);       /* memory held for the batches, hash included */
 void sched_clear(void);
 /* Groups: a batch whose jobs run short is handed to workers many jobs at a
@@ -558,11 +612,13 @@ struct slot {
 	int cancel_requested;           /* a client canceled its job */
 	int64_t respawn_mono;           /* when to try again, 0: not due */
 	/* the job's kind and retry policy */
+	char kind[32];
 	int is_command;
 	int max_attempts;
 	double backoff_s;
 	struct retry_policy retry;
-	/* captured output of a command job ("out" messages), NUL-terminated */
+	/* captured output of a command job ("out" messages, which come while
+	 * it runs), NUL-terminated; followers read it (output.c) */
 	char *out[2];
 	size_t out_len[2];
 	/* Jobs handed in groups and not settled yet, in the order the worker
@@ -576,6 +632,7 @@ struct slot {
 /* A job of a group (see protocol.h), from its claim. */
 struct handed {
 	int64_t job_id, batch_id, idx, queued_at;
+	char kind[32];                  /* for logs and /metrics */
 	int attempts;                   /* this attempt's number */
 	int max_attempts;
 	double backoff_s;
@@ -606,6 +663,14 @@ extern int (*pool_spawn)(pid_t *pid, const char *path,
 			 const posix_spawn_file_actions_t *fa,
 			 const posix_spawnattr_t *attr, char *const argv[],
 			 char *const envp[]);
+/* The attempts of a job whose history entries keep their output (the
+ * first ones; the latest ended attempt's is also the job's `output`). */
+#define HISTORY_OUTPUTS 5
+/* pool_output_hook, when set, is told of slot s's captured output: after
+ * append_output added bytes (ended 0), and when s's job ends, before its
+ * buffers are freed (ended 1).  output.c follows running jobs with it; the
+ * pool does not know who listens. */
+extern void (*pool_output_hook)(const struct slot *s, int ended);
 /* pool_start starts size workers; events is borrowed for the pool's life. */
 int pool_start(int size, const struct pool_events *events);
 int pool_size(void);
@@ -660,6 +725,14 @@ extern const struct pool_events engine_pool_events;
 void engine_batch_added(int64_t batch_id);
 int engine_cancel_job(int64_t job_id);
 int engine_cancel_batch(int64_t batch_id);
+/* engine_retry_job and engine_retry_batch put ended jobs back in the
+ * queue (store_jobs_rerun) and their batch on the schedule.  Return 0 (or
+ * how many jobs of the batch), -404, -409 (the job is queued or running;
+ * the batch has queued or running jobs) or -500 (the store refused). */
+int engine_retry_job(int64_t job_id);
+int engine_retry_batch(int64_t batch_id, unsigned states);
+int engine_batch_set(int64_t batch_id, int paused, int64_t priority);
+int engine_cancel_all(json_t *ids);
 int64_t engine_tick(int64_t now_mono);
 int engine_load(void);
 int engine_resync(void);
@@ -705,6 +778,14 @@ void metrics_job_run(int64_t run_us);
 void metrics_queue_wait(int64_t wait_us);
 void metrics_grouped(int n);            /* jobs handed in a group */
 void metrics_batch_submitted(void);
+/* metrics_job_finished counts a job that ended (terminal state st) after
+ * running; kind is borrowed. */
+void metrics_job_finished(const char *kind, enum job_state st);
+/* metrics_http_time observes one answered request's time, from its first
+ * byte to its completion. */
+void metrics_http_time(const char *method, unsigned status, int64_t us);
+void metrics_worker_restart(void);      /* a dead worker is replaced */
+void metrics_retries(int n);            /* n jobs queued again to retry */
 /* metrics_webhook counts an attempt's outcome: "delivered", "retried" or
  * "failed". */
 void metrics_webhook(const char *outcome);

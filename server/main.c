@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +26,10 @@ static int64_t drain_deadline;
 static int purge_more;          /* retention has work left: do not sleep */
 static int stop_loop;
 static char worker_path[PATH_MAX];
+static int log_json_opt, log_level_opt = LOG_INFO;
+static int workers_from_cpus;   /* --workers not given: CPUs usable */
+
+extern char **environ;
 
 static const char usage[] =
 "usage: jobpoold [options]\n"
@@ -33,11 +38,13 @@ static const char usage[] =
 "runs them, poll or long-poll for state and timings.\n"
 "\n"
 "  --listen HOST:PORT     address to serve HTTP on      [127.0.0.1:8080]\n"
-"                         (port 0 picks a free port; the log says which)\n"
+"                         (port 0 picks a free port; the log says which;\n"
+"                         IPv6 in brackets: [::1]:8080)\n"
 "  --db PATH|URL          SQLite database file, or a PostgreSQL URL\n"
 "                         (postgresql://user@host:port/db) that several\n"
 "                         nodes share                   [./jobpool.db]\n"
-"  --workers N            worker processes              [number of cores]\n"
+"  --workers N            worker processes, 1 to 1024   [CPUs this process\n"
+"                         may use: affinity and cgroup CPU quota]\n"
 "  --worker-bin PATH      the jobpool-worker program    [next to jobpoold]\n"
 "  --kill-grace-ms MS     SIGTERM-to-SIGKILL grace when a running job is\n"
 "                         canceled or times out         [2000]\n"
@@ -94,40 +101,82 @@ static const char usage[] =
 "                         (tests shorten it, e.g. 100ms) [1s]\n"
 "  --commit-interval-us N longest delay before job state changes are\n"
 "                         committed (submissions never wait) [2000]\n"
+"  --log-format FORMAT    text or json (one object a line: ts, level, msg,\n"
+"                         and event, batch_id, job_id where they apply)\n"
+"                                                        [text]\n"
+"  --log-level LEVEL      debug, info, warn or error    [info]\n"
+"  --version              print the version and exit\n"
 "  -h, --help             this text\n"
+"\n"
+"A DURATION needs a unit: ms, s, m, h or d (250ms, 90s, 12h, 7d).\n"
 "\n"
 "Every option can also be set in the environment as JOBPOOL_<NAME>, e.g.\n"
 "JOBPOOL_LISTEN, JOBPOOL_DB, JOBPOOL_WORKERS; a flag wins over the\n"
 "environment.\n";
 
+/* die_usage logs a bad flag or variable as an error (through the logger,
+ * so --log-format json still gets JSON) and exits 2. */
 static void __attribute__((noreturn))
 die_usage(const char *what, const char *value)
 {
-	fprintf(stderr, "jobpoold: invalid %s: %s\n\n%s", what, value, usage);
+	log_error("invalid %s: %s (jobpoold --help lists the options)", what,
+		  value);
 	exit(2);
 }
 
+/* number reads a whole decimal in [lo, hi]; out of it, the error says the
+ * range, so the fix needs no trip to --help. */
 static long number(const char *what, const char *s, long lo, long hi)
 {
+	char buf[160];
 	char *end;
 	long v;
 
 	errno = 0;
 	v = strtol(s, &end, 10);
-	if (errno || !*s || *end || v < lo || v > hi)
-		die_usage(what, s);
+	if (errno || !*s || *end || v < lo || v > hi) {
+		snprintf(buf, sizeof(buf), "%s (want a whole number from %ld "
+			 "to %ld)", what, lo, hi);
+		die_usage(buf, s);
+	}
 	return v;
 }
 
+/* duration reads a DURATION (a unit is a must) into microseconds and
+ * checks it against [lo, hi]; range says that range in words. */
+static int64_t duration(const char *what, const char *s, int64_t lo,
+			int64_t hi, const char *range)
+{
+	char buf[160];
+	int64_t v = parse_duration(s);
+
+	if (v < 0) {
+		snprintf(buf, sizeof(buf), "%s (a duration needs a unit: ms, "
+			 "s, m, h or d, e.g. 90s, 12h, 7d)", what);
+		die_usage(buf, s);
+	}
+	if (v < lo || v > hi) {
+		snprintf(buf, sizeof(buf), "%s (want %s)", what, range);
+		die_usage(buf, s);
+	}
+	return v;
+}
+
+/* set_listen takes HOST:PORT, or [IPV6]:PORT as in a URL. */
 static void set_listen(const char *s)
 {
-	const char *colon = strrchr(s, ':');
+	const char *colon = strrchr(s, ':'), *host = s;
 	size_t n;
 
-	if (!colon || (n = (size_t)(colon - s)) == 0 ||
-	    n >= sizeof(cfg.listen_host))
-		die_usage("--listen (want HOST:PORT)", s);
-	memcpy(cfg.listen_host, s, n);
+	if (colon && s[0] == '[' && colon > s && colon[-1] == ']') {
+		host = s + 1;
+		n = (size_t)(colon - s) - 2;
+	} else {
+		n = colon ? (size_t)(colon - s) : 0;
+	}
+	if (!colon || n == 0 || n >= sizeof(cfg.listen_host))
+		die_usage("--listen (want HOST:PORT or [IPV6]:PORT)", s);
+	memcpy(cfg.listen_host, host, n);
 	cfg.listen_host[n] = 0;
 	cfg.listen_port = (int)number("--listen port", colon + 1, 0, 65535);
 }
@@ -137,7 +186,8 @@ enum opt { O_LISTEN = 1, O_DB, O_WORKERS, O_WORKER_BIN, O_GRACE, O_DRAIN,
 	   O_DB_BYTES, O_RETENTION, O_IDEM_TTL, O_TOKEN, O_CORS, O_EVENTS,
 	   O_OPEN_BATCHES, O_CONNS, O_CONNS_CLIENT, O_HEADER_TIMEOUT,
 	   O_EVENTS_BYTES, O_GROUP_MAX, O_NODE_NAME, O_NODE_LEASE,
-	   O_POLL_INTERVAL, O_WEBHOOK_ALLOW, O_WEBHOOK_BACKOFF };
+	   O_POLL_INTERVAL, O_WEBHOOK_ALLOW, O_WEBHOOK_BACKOFF, O_LOG_FORMAT,
+	   O_LOG_LEVEL, O_VERSION };
 
 static const struct option options[] = {
 	{"listen", required_argument, NULL, O_LISTEN},
@@ -170,6 +220,9 @@ static const struct option options[] = {
 	{"poll-interval", required_argument, NULL, O_POLL_INTERVAL},
 	{"webhook-allow", required_argument, NULL, O_WEBHOOK_ALLOW},
 	{"webhook-backoff", required_argument, NULL, O_WEBHOOK_BACKOFF},
+	{"log-format", required_argument, NULL, O_LOG_FORMAT},
+	{"log-level", required_argument, NULL, O_LOG_LEVEL},
+	{"version", no_argument, NULL, O_VERSION},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0}
 };
@@ -245,12 +298,13 @@ static void set_option(int o, const char *v)
 					  1L << 50);
 		break;
 	case O_RETENTION:
-		if ((cfg.retention_us = parse_duration(v)) <= 0)
-			die_usage("--retention (want e.g. 7d, 12h, 30m, 90s)", v);
+		cfg.retention_us = duration("--retention", v, 1, INT64_MAX,
+					    "more than 0, e.g. 7d");
 		break;
 	case O_IDEM_TTL:
-		if ((cfg.idempotency_ttl_us = parse_duration(v)) <= 0)
-			die_usage("--idempotency-ttl (want e.g. 24h)", v);
+		cfg.idempotency_ttl_us = duration("--idempotency-ttl", v, 1,
+						  INT64_MAX,
+						  "more than 0, e.g. 24h");
 		break;
 	case O_TOKEN:
 		if (!*v)
@@ -290,16 +344,12 @@ static void set_option(int o, const char *v)
 		snprintf(cfg.node_name, sizeof(cfg.node_name), "%s", v);
 		break;
 	case O_NODE_LEASE:
-		cfg.node_lease_us = parse_duration(v);
-		if (cfg.node_lease_us < 2000000 ||
-		    cfg.node_lease_us > 600LL * 1000000)
-			die_usage("--node-lease (want 2s to 10m)", v);
+		cfg.node_lease_us = duration("--node-lease", v, 2000000,
+					     600LL * 1000000, "2s to 10m");
 		break;
 	case O_POLL_INTERVAL:
-		cfg.poll_interval_us = parse_duration(v);
-		if (cfg.poll_interval_us < 10000 ||
-		    cfg.poll_interval_us > 60LL * 1000000)
-			die_usage("--poll-interval (want 10ms to 60s)", v);
+		cfg.poll_interval_us = duration("--poll-interval", v, 10000,
+						60LL * 1000000, "10ms to 60s");
 		break;
 	case O_WEBHOOK_ALLOW:
 		if (webhook_allow_parse(v) < 0)
@@ -308,35 +358,124 @@ static void set_option(int o, const char *v)
 		cfg.webhook_allow = v;
 		break;
 	case O_WEBHOOK_BACKOFF:
-		cfg.webhook_backoff_us = parse_duration(v);
-		if (cfg.webhook_backoff_us < 1000 ||
-		    cfg.webhook_backoff_us > 3600LL * 1000000)
-			die_usage("--webhook-backoff (want 1ms to 1h)", v);
+		cfg.webhook_backoff_us = duration("--webhook-backoff", v, 1000,
+						  3600LL * 1000000,
+						  "1ms to 1h");
 		break;
 	case O_HEADER_TIMEOUT:
-		cfg.header_timeout_us = parse_duration(v);
-		if (cfg.header_timeout_us <= 0 ||
-		    cfg.header_timeout_us > 3600LL * 1000000)
-			die_usage("--header-timeout (want e.g. 10s, up to 1h)", v);
+		cfg.header_timeout_us = duration("--header-timeout", v, 1,
+						 3600LL * 1000000,
+						 "more than 0, up to 1h");
 		break;
+	case O_LOG_FORMAT:
+		if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0)
+			die_usage("--log-format (want text or json)", v);
+		log_json_opt = strcmp(v, "json") == 0;
+		log_setup(log_json_opt, log_level_opt);
+		break;
+	case O_LOG_LEVEL:
+		if (log_level_parse(v) < 0)
+			die_usage("--log-level (want debug, info, warn or error)",
+				  v);
+		log_level_opt = log_level_parse(v);
+		log_setup(log_json_opt, log_level_opt);
+		break;
+	case O_VERSION:
+		printf("jobpoold %s\n", JOBPOOL_VERSION);
+		exit(0);
 	}
+}
+
+/* env_name writes the JOBPOOL_<NAME> of a long option. */
+static void env_name(char *env, size_t size, const char *name)
+{
+	char *p;
+
+	snprintf(env, size, "JOBPOOL_%s", name);
+	for (p = env; *p; p++)
+		*p = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ?
+					      *p - 32 : *p);
+}
+
+/* env_only: options with no environment form (they act and exit). */
+static int env_only_skip(int val)
+{
+	return val == 'h' || val == O_VERSION;
+}
+
+/* warn_unknown_env names every JOBPOOL_* variable no option reads: a typo
+ * (JOBPOOL_WORKER=4) would otherwise be ignored without a word.  The ones
+ * the server and its workers pass to jobs are known too: a jobpoold
+ * started from a command job inherits them. */
+static void warn_unknown_env(void)
+{
+	static const char *const passed[] = { "JOBPOOL_INSTANCE",
+					      "JOBPOOL_JOB",
+					      "JOBPOOL_LEASE_FD", NULL };
+	const struct option *o;
+	char env[64], **e;
+	size_t n;
+	int i, known;
+
+	for (e = environ; *e; e++) {
+		if (strncmp(*e, "JOBPOOL_", 8) != 0)
+			continue;
+		n = strcspn(*e, "=");
+		known = 0;
+		for (o = options; o->name && !known; o++) {
+			env_name(env, sizeof(env), o->name);
+			known = !env_only_skip(o->val) && strlen(env) == n &&
+				strncmp(env, *e, n) == 0;
+		}
+		for (i = 0; passed[i] && !known; i++)
+			known = strlen(passed[i]) == n &&
+				strncmp(passed[i], *e, n) == 0;
+		if (!known)
+			log_warn("unknown environment variable %.*s ignored "
+				 "(jobpoold --help lists the options; each is "
+				 "also JOBPOOL_<NAME>)", (int)n, *e);
+	}
+}
+
+/* log_options applies --log-format and --log-level (flag or variable)
+ * before anything else, so that even a bad flag is reported as asked. */
+static void log_options(int argc, char **argv)
+{
+	const char *v;
+	int c;
+
+	if ((v = getenv("JOBPOOL_LOG_FORMAT")) && *v)
+		set_option(O_LOG_FORMAT, v);
+	if ((v = getenv("JOBPOOL_LOG_LEVEL")) && *v)
+		set_option(O_LOG_LEVEL, v);
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1)
+		if (c == O_LOG_FORMAT || c == O_LOG_LEVEL)
+			set_option(c, optarg);
+	opterr = 1;
+	optind = 0;             /* glibc: rescan from the start */
+}
+
+/* listen_loopback: 127.0.0.0/8 or ::1, reachable from this host only. */
+static int listen_loopback(void)
+{
+	return strncmp(cfg.listen_host, "127.", 4) == 0 ||
+	       strcmp(cfg.listen_host, "::1") == 0;
 }
 
 /* parse_config applies JOBPOOL_* variables first, then flags over them. */
 static void parse_config(int argc, char **argv)
 {
 	const struct option *o;
-	char env[64], *p;
+	char env[64];
 	const char *v;
 	int c;
 
+	log_options(argc, argv);
 	for (o = options; o->name; o++) {
-		if (o->val == 'h')
+		if (env_only_skip(o->val))
 			continue;
-		snprintf(env, sizeof(env), "JOBPOOL_%s", o->name);
-		for (p = env; *p; p++)
-			*p = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ?
-						      *p - 32 : *p);
+		env_name(env, sizeof(env), o->name);
 		v = getenv(env);
 		if (v && *v)
 			set_option(o->val, v);
@@ -352,19 +491,22 @@ static void parse_config(int argc, char **argv)
 	}
 	if (optind < argc)
 		die_usage("argument", argv[optind]);
+	warn_unknown_env();
 	if (strcmp(cfg.listen_host, "localhost") == 0)
 		strcpy(cfg.listen_host, "127.0.0.1");
 	/* Anyone who can reach the port can run jobs (and with
 	 * --allow-command, programs): beyond loopback a token is a must. */
-	if (strncmp(cfg.listen_host, "127.", 4) != 0 && !cfg.token) {
-		fprintf(stderr, "jobpoold: refusing to listen on %s without a "
-			"token; set --token or JOBPOOL_TOKEN\n", cfg.listen_host);
+	if (!listen_loopback() && !cfg.token) {
+		log_error("refusing to listen on %s without a token; set "
+			  "--token or JOBPOOL_TOKEN", cfg.listen_host);
 		exit(2);
 	}
-	if (!cfg.workers)
-		cfg.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
-	if (cfg.workers < 1)
-		cfg.workers = 1;
+	/* In a container the host's core count overstates what we get:
+	 * taskset and --cpus (cgroup cpu.max) both cut it. */
+	if (!cfg.workers) {
+		cfg.workers = cpus_usable();
+		workers_from_cpus = 1;
+	}
 	if (!cfg.node_name[0])
 		default_node_name(cfg.node_name, sizeof(cfg.node_name));
 }
@@ -381,7 +523,7 @@ static void hide_token(void)
 	if (cfg.token) {
 		copy = strdup(cfg.token);
 		if (!copy) {
-			fprintf(stderr, "jobpoold: out of memory\n");
+			log_error("out of memory");
 			exit(1);
 		}
 		/* cfg.token points into argv or environ: wipe both. */
@@ -394,30 +536,86 @@ static void hide_token(void)
 	prctl(PR_SET_DUMPABLE, 0);
 }
 
+/* program_ok: path is an executable regular file (access(X_OK) alone
+ * also passes a directory).  Returns 0, or -1 with errno set. */
+static int program_ok(const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0 || access(path, X_OK) < 0)
+		return -1;
+	if (!S_ISREG(st.st_mode)) {
+		errno = S_ISDIR(st.st_mode) ? EISDIR : EACCES;
+		return -1;
+	}
+	return 0;
+}
+
 /* find_worker locates jobpool-worker: the flag, else beside this binary
- * (installed), else ../workers/ (the build tree). */
+ * (installed), else ../workers/ (the build tree).  On failure it logs what
+ * it tried and why each failed, and returns -1. */
 static int find_worker(void)
 {
 	static const char *const rel[] = { "/jobpool-worker",
 					   "/../workers/jobpool-worker" };
-	char self[PATH_MAX - 32];
+	char self[PATH_MAX - 32], tried[2][PATH_MAX + 64];
 	ssize_t n;
 	size_t i;
 
-	if (cfg.worker_bin)
-		return access(cfg.worker_bin, X_OK);
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
+	if (cfg.worker_bin) {
+		if (program_ok(cfg.worker_bin) == 0)
+			return 0;
+		log_error("--worker-bin %s: %s (want the path of the "
+			  "jobpool-worker program)", cfg.worker_bin,
+			  strerror(errno));
 		return -1;
+	}
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0) {
+		log_error("cannot find jobpool-worker: /proc/self/exe: %s; "
+			  "set --worker-bin", strerror(errno));
+		return -1;
+	}
 	self[n] = 0;
 	*strrchr(self, '/') = 0;
 	for (i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
 		snprintf(worker_path, sizeof(worker_path), "%s%s", self, rel[i]);
-		if (access(worker_path, X_OK) == 0) {
+		if (program_ok(worker_path) == 0) {
 			cfg.worker_bin = worker_path;
 			return 0;
 		}
+		snprintf(tried[i], sizeof(tried[i]), "%s (%s)", worker_path,
+			 strerror(errno));
 	}
+	log_error("cannot find jobpool-worker: tried %s and %s; set "
+		  "--worker-bin", tried[0], tried[1]);
+	return -1;
+}
+
+/* check_db_dir: SQLite's own word for a missing directory is "unable to
+ * open database file", which names neither the path nor the cause. */
+static int check_db_dir(void)
+{
+	char dir[PATH_MAX];
+	const char *slash, *why;
+	struct stat st;
+
+	if (!*cfg.db_path || strcmp(cfg.db_path, ":memory:") == 0 ||
+	    store_is_url(cfg.db_path) || strncmp(cfg.db_path, "file:", 5) == 0)
+		return 0;
+	slash = strrchr(cfg.db_path, '/');
+	if (!slash)
+		return 0;               /* the current directory */
+	snprintf(dir, sizeof(dir), "%.*s", slash == cfg.db_path ? 1 :
+		 (int)(slash - cfg.db_path), cfg.db_path);
+	if (stat(dir, &st) < 0)
+		why = errno == ENOENT ? "does not exist" : strerror(errno);
+	else if (!S_ISDIR(st.st_mode))
+		why = "is not a directory";
+	else
+		return 0;
+	log_error("--db %s: the directory %s %s; create it first", cfg.db_path,
+		  dir, why);
 	return -1;
 }
 
@@ -480,18 +678,15 @@ static int lock_db(void)
 	if (store_lock(cfg.db_path, &holder) >= 0)
 		return 0;
 	if (errno != EWOULDBLOCK) {
-		fprintf(stderr, "jobpoold: cannot open %s: %s\n", cfg.db_path,
-			strerror(errno));
+		log_error("cannot open %s: %s", cfg.db_path, strerror(errno));
 		exit(3);
 	}
 	if (holder > 0)
-		fprintf(stderr, "jobpoold: %s is in use by another jobpoold "
-			"(pid %d); one database has one server\n", cfg.db_path,
-			(int)holder);
+		log_error("%s is in use by another jobpoold (pid %d); one "
+			  "database has one server", cfg.db_path, (int)holder);
 	else
-		fprintf(stderr, "jobpoold: %s is in use by another jobpoold "
-			"(pid unknown); one database has one server\n",
-			cfg.db_path);
+		log_error("%s is in use by another jobpoold (pid unknown); one "
+			  "database has one server", cfg.db_path);
 	return -1;
 }
 
@@ -735,6 +930,73 @@ static const char *db_shown(void)
 	return buf;
 }
 
+/* fmt_duration writes us in the largest unit that holds it whole, as
+ * --retention and the others accept it back; "off" for 0. */
+static const char *fmt_duration(char *buf, size_t size, int64_t us)
+{
+	static const struct { int64_t us; const char *unit; } units[] = {
+		{ 86400LL * 1000000, "d" }, { 3600LL * 1000000, "h" },
+		{ 60LL * 1000000, "m" }, { 1000000, "s" }, { 1000, "ms" },
+	};
+	size_t i;
+
+	if (us <= 0)
+		return "off";
+	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (us % units[i].us == 0)
+			break;
+	if (i == sizeof(units) / sizeof(units[0]))
+		snprintf(buf, size, "%.3fms", (double)us / 1000);
+	else
+		snprintf(buf, size, "%lld%s", (long long)(us / units[i].us),
+			 units[i].unit);
+	return buf;
+}
+
+/* log_settings writes the effective settings on one line (flags over
+ * variables over defaults), so a log shows what a server ran with; the
+ * token is only said to be set. */
+static void log_settings(void)
+{
+	char ret[32], ttl[32], hdr[32], lease[32], poll[32], hook[32];
+
+	log_info("settings: version=%s listen=%s%s%s:%d db=%s workers=%d%s "
+		 "worker-bin=%s retention=%s idempotency-ttl=%s "
+		 "header-timeout=%s kill-grace-ms=%d drain-timeout-s=%g "
+		 "max-body-bytes=%zu max-jobs-per-batch=%d "
+		 "max-queued-jobs=%lld max-open-batches=%d max-db-bytes=%lld "
+		 "max-output-bytes=%zu max-connections=%d "
+		 "max-connections-per-client=%d group-max=%d "
+		 "commit-interval-us=%d allow-command=%s token=%s "
+		 "cors-origin=%.100s webhook-allow=%.100s webhook-backoff=%s "
+		 "node-name=%s node-lease=%s poll-interval=%s log-format=%s "
+		 "log-level=%s", JOBPOOL_VERSION,
+		 strchr(cfg.listen_host, ':') ? "[" : "", cfg.listen_host,
+		 strchr(cfg.listen_host, ':') ? "]" : "", cfg.listen_port,
+		 db_shown(), cfg.workers,
+		 workers_from_cpus ? " (CPUs usable)" : "", cfg.worker_bin,
+		 fmt_duration(ret, sizeof(ret), cfg.retention_us),
+		 fmt_duration(ttl, sizeof(ttl), cfg.idempotency_ttl_us),
+		 fmt_duration(hdr, sizeof(hdr), cfg.header_timeout_us),
+		 cfg.kill_grace_ms, cfg.drain_timeout_s, cfg.max_body_bytes,
+		 cfg.max_jobs_per_batch, (long long)cfg.max_queued_jobs,
+		 cfg.max_open_batches, (long long)cfg.max_db_bytes,
+		 cfg.max_output_bytes, cfg.max_connections,
+		 cfg.max_connections_per_client, cfg.group_max,
+		 cfg.commit_interval_us, cfg.allow_command ? "yes" : "no",
+		 cfg.token ? "set" : "none",
+		 cfg.cors_origins ? cfg.cors_origins : "none",
+		 cfg.webhook_allow ? cfg.webhook_allow : "none",
+		 fmt_duration(hook, sizeof(hook), cfg.webhook_backoff_us),
+		 cfg.node_name,
+		 fmt_duration(lease, sizeof(lease), cfg.node_lease_us),
+		 fmt_duration(poll, sizeof(poll), cfg.poll_interval_us),
+		 log_json_opt ? "json" : "text",
+		 log_level_opt == LOG_DEBUG ? "debug" :
+		 log_level_opt == LOG_INFO ? "info" :
+		 log_level_opt == LOG_WARN ? "warn" : "error");
+}
+
 int main(int argc, char **argv)
 {
 	int64_t dirty_since = 0;
@@ -744,28 +1006,35 @@ int main(int argc, char **argv)
 	cfg.started_at = now_us();
 	hide_token();
 	srandom((unsigned)(now_us() ^ getpid()));
-	if (find_worker() < 0) {
-		fprintf(stderr, "jobpoold: cannot find jobpool-worker; "
-			"use --worker-bin\n");
+	if (find_worker() < 0)
 		return 2;
-	}
+	log_settings();
+	if (check_db_dir() < 0)
+		return 3;
 	if (lock_db() < 0)
 		return 6;
-	if (store_open(cfg.db_path) < 0)
+	if (store_open(cfg.db_path) < 0) {
+		log_error("cannot open the database %s; exiting", db_shown());
 		return 3;
+	}
 	store_set_rollback_hook(on_rollback);
 	set_instance();
 	if (store_recover(now_us(), &requeued, &interrupted, note_orphan,
-			  NULL) < 0)
+			  NULL) < 0) {
+		log_error("cannot recover the database %s; exiting",
+			  db_shown());
 		return 3;
+	}
 	if (norphan_jobs)
 		pool_kill_marked(instance, orphan_jobs, norphan_jobs);
 	free(orphan_jobs);
 	if (requeued || interrupted)
 		log_info("recovery: %d running job(s) re-queued, %d failed as "
 			 "interrupted", requeued, interrupted);
-	if (events_init() < 0)
+	if (events_init() < 0) {
+		log_error("cannot set up the event buffer; exiting");
 		return 1;
+	}
 	if (store_events_start() > 0)
 		events_log_start(store_events_start());
 	n = engine_load();
@@ -773,21 +1042,25 @@ int main(int argc, char **argv)
 	 * not to init, so they can be killed (pool_kill_orphans). */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	if (loop_init() < 0 || setup_signals() < 0) {
-		log_warn("cannot set up the event loop: %s", strerror(errno));
+		log_error("cannot set up the event loop: %s", strerror(errno));
 		return 1;
 	}
 	fit_fd_limit();
 	if (http_start() < 0)
 		return 4;
-	if (pool_start(cfg.workers, &engine_pool_events) < 0)
+	if (pool_start(cfg.workers, &engine_pool_events) < 0) {
+		log_error("cannot start %d worker(s) from %s; exiting",
+			  cfg.workers, cfg.worker_bin);
 		return 5;
+	}
 	if (deliver_start() < 0) {
-		log_warn("cannot start webhook delivery (libcurl)");
+		log_error("cannot start webhook delivery (libcurl)");
 		return 1;
 	}
-	log_info("listening on http://%s:%d (db %s, %d workers, %d unfinished "
-		 "batch(es))", cfg.listen_host, http_port(), db_shown(),
-		 cfg.workers, n);
+	log_info("listening on http://%s%s%s:%d (db %s, %d workers, %d "
+		 "unfinished batch(es))", strchr(cfg.listen_host, ':') ? "[" :
+		 "", cfg.listen_host, strchr(cfg.listen_host, ':') ? "]" : "",
+		 http_port(), db_shown(), cfg.workers, n);
 	while (!stop_loop)
 		if (turn(&dirty_since) < 0) {
 			log_warn("event loop: %s", strerror(errno));

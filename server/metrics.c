@@ -40,6 +40,33 @@ struct http_count {
 static struct http_count *http_counts;
 static size_t nhttp, caphttp;
 
+/* Jobs ended after running, by kind and terminal state.  A counter, unlike
+ * jobpool_jobs{state} (stored rows, which retention deletes).  Kinds are
+ * the worker's closed list, so the table stays small. */
+#define KINDS_MAX 32
+static struct {
+	char kind[32];
+	uint64_t n[JS__COUNT];
+} finished[KINDS_MAX];
+static size_t nfinished;
+static uint64_t worker_restarts, retries;
+
+/* HTTP request time by method and status class ("2xx"...): few series,
+ * enough to see slow writes or slow errors.  Bounds from 0.5 ms (a read)
+ * to 60 s (a long-poll waits up to its timeout). */
+static const double http_bounds[] = {
+	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+	2.5, 5, 10, 30, 60
+};
+#define NHTTP_BOUNDS (sizeof(http_bounds) / sizeof(http_bounds[0]))
+#define HTTP_METHODS 8          /* known_method's list, and OTHER */
+struct http_hist {
+	uint64_t buckets[NHTTP_BOUNDS];
+	uint64_t count;
+	double sum;
+};
+static struct http_hist http_time[HTTP_METHODS][5];     /* 1xx..5xx */
+
 static void observe(struct histogram *h, int64_t us)
 {
 	double s = (double)us / 1e6;
@@ -82,11 +109,12 @@ void metrics_grouped(int n)
 	jobs_grouped += (uint64_t)n;
 }
 
+static const char *const known[] = {
+	"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL
+};
+
 static int known_method(const char *m)
 {
-	static const char *const known[] = {
-		"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL
-	};
 	int i;
 
 	for (i = 0; known[i]; i++)
@@ -132,6 +160,129 @@ void metrics_http(const char *route, const char *method, unsigned status)
 	http_counts[nhttp].status = status;
 	http_counts[nhttp].n = 1;
 	nhttp++;
+}
+
+void metrics_job_finished(const char *kind, enum job_state st)
+{
+	size_t i;
+
+	if (st < JS_SUCCEEDED || st >= JS__COUNT)
+		return;
+	for (i = 0; i < nfinished; i++)
+		if (strcmp(finished[i].kind, kind) == 0)
+			break;
+	if (i == nfinished) {
+		if (nfinished == KINDS_MAX)
+			return;         /* more kinds than the worker has */
+		snprintf(finished[i].kind, sizeof(finished[i].kind), "%s",
+			 kind);
+		nfinished++;
+	}
+	finished[i].n[st]++;
+}
+
+void metrics_http_time(const char *method, unsigned status, int64_t us)
+{
+	struct http_hist *h;
+	double s = (double)us / 1e6;
+	size_t i, m;
+
+	if (status < 100 || status > 599)
+		return;
+	for (m = 0; known[m] && strcmp(known[m], method) != 0; m++)
+		;
+	h = &http_time[m][status / 100 - 1];
+	for (i = 0; i < NHTTP_BOUNDS && s > http_bounds[i]; i++)
+		;
+	if (i < NHTTP_BOUNDS)
+		h->buckets[i]++;
+	h->count++;
+	h->sum += s;
+}
+
+void metrics_worker_restart(void)
+{
+	worker_restarts++;
+}
+
+void metrics_retries(int n)
+{
+	retries += (uint64_t)n;
+}
+
+/* render_http_time writes the series that saw a request: an empty
+ * histogram per method and class would be 80 lines of zeros. */
+static void render_http_time(FILE *f)
+{
+	const char *name = "jobpool_http_request_duration_seconds";
+	size_t m, c, i;
+	uint64_t cum;
+
+	fprintf(f, "# HELP %s Time from a request's arrival to its answer's "
+		"end, by method and status class.\n# TYPE %s histogram\n",
+		name, name);
+	for (m = 0; m < HTTP_METHODS; m++)
+		for (c = 0; c < 5; c++) {
+			const struct http_hist *h = &http_time[m][c];
+			const char *mn = known[m] ? known[m] : "OTHER";
+
+			if (!h->count)
+				continue;
+			cum = 0;
+			for (i = 0; i < NHTTP_BOUNDS; i++) {
+				cum += h->buckets[i];
+				fprintf(f, "%s_bucket{method=\"%s\",status="
+					"\"%zuxx\",le=\"%g\"} %llu\n", name,
+					mn, c + 1, http_bounds[i],
+					(unsigned long long)cum);
+			}
+			fprintf(f, "%s_bucket{method=\"%s\",status=\"%zuxx\","
+				"le=\"+Inf\"} %llu\n%s_sum{method=\"%s\","
+				"status=\"%zuxx\"} %.6f\n%s_count{method=\"%s\","
+				"status=\"%zuxx\"} %llu\n", name, mn, c + 1,
+				(unsigned long long)h->count, name, mn, c + 1,
+				h->sum, name, mn, c + 1,
+				(unsigned long long)h->count);
+		}
+}
+
+/* render_operators: what an operator alerts on (jobs ending badly, workers
+ * dying, retries, queues by priority) and what the build is. */
+static void render_operators(FILE *f)
+{
+	int bands[3];
+	size_t i, st;
+
+	fprintf(f, "# HELP jobpool_build_info The running version (always 1)."
+		"\n# TYPE jobpool_build_info gauge\n"
+		"jobpool_build_info{version=\"%s\"} 1\n", JOBPOOL_VERSION);
+	fprintf(f, "# HELP jobpool_jobs_finished_total Jobs that ended after "
+		"running, since start, by kind and state.\n"
+		"# TYPE jobpool_jobs_finished_total counter\n");
+	for (i = 0; i < nfinished; i++)
+		for (st = JS_SUCCEEDED; st < JS__COUNT; st++)
+			fprintf(f, "jobpool_jobs_finished_total{kind=\"%s\","
+				"state=\"%s\"} %llu\n", finished[i].kind,
+				job_state_name((enum job_state)st),
+				(unsigned long long)finished[i].n[st]);
+	fprintf(f, "# HELP jobpool_worker_restarts_total Worker processes "
+		"that died and were replaced, since start.\n"
+		"# TYPE jobpool_worker_restarts_total counter\n"
+		"jobpool_worker_restarts_total %llu\n",
+		(unsigned long long)worker_restarts);
+	fprintf(f, "# HELP jobpool_retries_total Jobs queued again for another "
+		"attempt (retry policy or a client's retry), since start.\n"
+		"# TYPE jobpool_retries_total counter\n"
+		"jobpool_retries_total %llu\n", (unsigned long long)retries);
+	sched_queued_bands(bands);
+	fprintf(f, "# HELP jobpool_queued_jobs Queued jobs by batch priority "
+		"band: high (> 0), normal (0), low (< 0).\n"
+		"# TYPE jobpool_queued_jobs gauge\n"
+		"jobpool_queued_jobs{priority=\"high\"} %d\n"
+		"jobpool_queued_jobs{priority=\"normal\"} %d\n"
+		"jobpool_queued_jobs{priority=\"low\"} %d\n", bands[0],
+		bands[1], bands[2]);
+	render_http_time(f);
 }
 
 static void render_histogram(FILE *f, const char *name, const char *help,
@@ -214,6 +365,7 @@ char *metrics_render(void)
 		"# TYPE jobpool_workers_live gauge\n"
 		"jobpool_workers_live %d\n", pool_live());
 	render_memory(f);
+	render_operators(f);
 	render_histogram(f, "jobpool_job_run_seconds",
 			 "Run time of finished job attempts.", &run_hist);
 	render_histogram(f, "jobpool_job_queue_wait_seconds",

@@ -252,6 +252,7 @@ void pool_slot_load(struct slot *s, const struct handed *h)
 	s->max_attempts = h->max_attempts;
 	s->backoff_s = h->backoff_s;
 	s->retry = h->retry;
+	memcpy(s->kind, h->kind, sizeof(s->kind));
 	s->is_command = 0;
 	s->cancel_requested = h->cancel;
 	s->started_mono = 0;
@@ -269,6 +270,7 @@ static void handed_of(struct handed *h, const struct claim *c)
 	h->max_attempts = c->max_attempts;
 	h->backoff_s = c->backoff_s;
 	h->retry = c->retry;
+	memcpy(h->kind, c->kind, sizeof(h->kind));
 	h->cancel = 0;
 	h->announced = 0;
 	h->running = 0;
@@ -521,6 +523,8 @@ int pool_job_started(const struct slot *s)
 	return s->group_len <= 0 || s->group[s->group_pos].announced;
 }
 
+void (*pool_output_hook)(const struct slot *s, int ended);
+
 /* append_output keeps a chunk of a command's captured output.  The worker
  * already capped it (output_cap bytes of raw output per stream); the bound
  * here only protects the server from a worker that does not. */
@@ -540,6 +544,8 @@ static void append_output(struct slot *s, json_int_t fd, const json_t *data)
 	s->out_len[i] += n;
 	p[s->out_len[i]] = 0;
 	s->out[i] = p;
+	if (pool_output_hook)
+		pool_output_hook(s, 0);
 }
 
 static void handle_message(struct slot *s, const char *buf, size_t len)
@@ -655,6 +661,10 @@ void pool_job_ended(struct slot *s)
 {
 	int i;
 
+	/* Before the buffers go: a follower still owes its client the
+	 * bytes it has not sent yet. */
+	if (pool_output_hook && s->job_id)
+		pool_output_hook(s, 1);
 	for (i = 0; i < 2; i++) {
 		free(s->out[i]);
 		s->out[i] = NULL;
@@ -771,8 +781,16 @@ void pool_reap(void)
 		s->pid = 0;
 		s->state = SLOT_EMPTY;
 		s->job_id = 0;
-		if (!shutting_down && !s->retire && s->index < target)
+		if (!shutting_down && !s->retire && s->index < target) {
+			log_event(LOG_WARN, "worker_replaced", 0, 0, "pool: "
+				  "slot %d: worker %d %s %d; starting a new one",
+				  s->index, (int)pid, WIFSIGNALED(status) ?
+				  "was killed by signal" : "exited with code",
+				  WIFSIGNALED(status) ? WTERMSIG(status) :
+				  WEXITSTATUS(status));
+			metrics_worker_restart();
 			respawn(s);
+		}
 	}
 	if (orphans)
 		pool_kill_orphans();

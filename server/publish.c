@@ -15,7 +15,8 @@
 
 #include "jobpool.h"
 
-#define MAX_SUBSCRIBERS 4
+/* Long-polls, SSE, webhooks and output follows (output.c), with room. */
+#define MAX_SUBSCRIBERS 8
 /* Above this many entries the array is given back after publishing, so a
  * burst (a 100,000-job cancel) does not pin its memory. */
 #define KEEP_CHANGES 4096

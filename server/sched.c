@@ -5,7 +5,10 @@
  * sched_pick walks it from the head and returns the first batch with a
  * queued job and room under its own concurrency.  Only batches at their
  * limit are skipped, and each of those holds a running job, so a pick looks
- * at no more than pool-size + 1 entries whatever the queue length.
+ * at no more than pool-size + 1 entries whatever the queue length, plus the
+ * batches a client paused (POST /v1/batches/{id}/pause), which are skipped
+ * too.  A server-wide pause (sched_pause_all) picks nothing; jobs already
+ * handed to a worker in a group still start, as the worker runs them.
  * Which job of the batch runs next is the store's question (lowest index).
  */
 #include <stdlib.h>
@@ -33,6 +36,9 @@ struct sbatch {
 
 static struct sbatch *head, *tail;
 static int queued_total;
+/* POST /v1/pause: no batch is picked, so nothing new starts on this node
+ * (memory only: a restart or another node does not know it). */
+static int all_paused;
 static int nbatches;
 static int nmedians;            /* batches holding a run-time window */
 
@@ -84,22 +90,12 @@ static int before(const struct sbatch *a, const struct sbatch *b)
 	return a->b.id < b->b.id;
 }
 
-/* sched_add inserts a copy of b.  New batches usually go last among their
- * priority, so the insertion point is searched from the tail. */
-void sched_add(const struct batch_info *b)
+/* link_in puts n in the list at its place.  New batches usually go last
+ * among their priority, so the insertion point is searched from the tail. */
+static void link_in(struct sbatch *n)
 {
-	struct sbatch *n = calloc(1, sizeof(*n)), *p;
+	struct sbatch *p;
 
-	if (!n)
-		abort();
-	n->b = *b;
-	n->cursor = -1;
-	n->polled_queued = n->polled_running = -1;
-	queued_total += b->queued;
-	nbatches++;
-	if ((size_t)nbatches > nbuckets)
-		hash_grow();
-	hash_put(n);
 	for (p = tail; p && before(n, p); p = p->prev)
 		;
 	n->prev = p;
@@ -112,6 +108,65 @@ void sched_add(const struct batch_info *b)
 		p->next = n;
 	else
 		head = n;
+}
+
+static void link_out(struct sbatch *b)
+{
+	if (b->prev)
+		b->prev->next = b->next;
+	else
+		head = b->next;
+	if (b->next)
+		b->next->prev = b->prev;
+	else
+		tail = b->prev;
+	b->prev = b->next = NULL;
+}
+
+/* sched_add inserts a copy of b. */
+void sched_add(const struct batch_info *b)
+{
+	struct sbatch *n = calloc(1, sizeof(*n));
+
+	if (!n)
+		abort();
+	n->b = *b;
+	n->cursor = -1;
+	n->polled_queued = n->polled_running = -1;
+	queued_total += b->queued;
+	nbatches++;
+	if ((size_t)nbatches > nbuckets)
+		hash_grow();
+	hash_put(n);
+	link_in(n);
+}
+
+/* sched_set_priority moves b to its place for a new priority (PATCH
+ * /v1/batches/{id}), so the next pick already honors it. */
+void sched_set_priority(struct sbatch *b, int priority)
+{
+	if (b->b.priority == priority)
+		return;
+	link_out(b);
+	b->b.priority = priority;
+	link_in(b);
+}
+
+/* sched_set_paused: a paused batch is skipped by sched_pick; its running
+ * jobs finish. */
+void sched_set_paused(struct sbatch *b, int paused)
+{
+	b->b.paused = paused;
+}
+
+void sched_pause_all(int paused)
+{
+	all_paused = paused;
+}
+
+int sched_all_paused(void)
+{
+	return all_paused;
 }
 
 struct sbatch *sched_find(int64_t id)
@@ -130,8 +185,10 @@ struct sbatch *sched_pick(void)
 {
 	struct sbatch *p;
 
+	if (all_paused)
+		return NULL;
 	for (p = head; p; p = p->next) {
-		if (p->b.queued <= 0)
+		if (p->b.queued <= 0 || p->b.paused)
 			continue;
 		if (p->b.concurrency > 0 && p->b.running >= p->b.concurrency)
 			continue;
@@ -216,6 +273,9 @@ void sched_update(struct sbatch *b, const struct batch_info *info)
 	b->b.running = info->running;
 	b->b.cancel_req = info->cancel_req;
 	b->b.started = b->b.started || info->started;
+	/* another node's pause or PATCH */
+	b->b.paused = info->paused;
+	sched_set_priority(b, info->priority);
 }
 
 int sched_queued(const struct sbatch *b)
@@ -231,14 +291,7 @@ void sched_drop_queued(struct sbatch *b, int n)
 
 void sched_remove(struct sbatch *b)
 {
-	if (b->prev)
-		b->prev->next = b->next;
-	else
-		head = b->next;
-	if (b->next)
-		b->next->prev = b->prev;
-	else
-		tail = b->prev;
+	link_out(b);
 	queued_total -= b->b.queued;
 	nbatches--;
 	hash_del(b);
@@ -389,4 +442,18 @@ int sched_policy_due(struct sbatch *b, const struct batch_info *info)
 	b->polled_queued = info->queued;
 	b->polled_running = info->running;
 	return 1;
+}
+
+/* sched_queued_bands sums queued jobs by priority band: out[0] priority
+ * above 0, out[1] exactly 0 (the default), out[2] below 0.  Bands rather
+ * than values keep the /metrics label set fixed whatever clients choose;
+ * O(unfinished batches), like the rest of a scrape. */
+void sched_queued_bands(int out[3])
+{
+	const struct sbatch *b;
+
+	out[0] = out[1] = out[2] = 0;
+	for (b = head; b; b = b->next)
+		out[b->b.priority > 0 ? 0 : b->b.priority == 0 ? 1 : 2] +=
+			b->b.queued;
 }

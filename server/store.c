@@ -61,7 +61,11 @@ static int64_t totals[JS__COUNT], pending[JS__COUNT], sp_mark[JS__COUNT];
 	"started_at, finished_at, n_total, n_queued, n_running, " \
 	"n_succeeded, n_failed, n_timed_out, n_canceled, total_run_us, " \
 	"total_cpu_us, halt, timeout_pct, halted_reason, halted_at, " \
-	"parent_id, then_batch_id, then_state"
+	"parent_id, then_batch_id, then_state, paused, " \
+	/* the running jobs' starts, for a live parallelism (store_read.c) */ \
+	"CASE WHEN n_running > 0 THEN (SELECT CAST(total(j.started_at) AS " \
+	"INTEGER) FROM jobs j WHERE j.batch_id = batches.id AND " \
+	"j.state = 'running') ELSE 0 END"
 
 static const char *const sql[S__COUNT] = {
 	[S_BATCH_INSERT] = "INSERT INTO batches (name, state, concurrency, "
@@ -152,7 +156,9 @@ static const char *const sql[S__COUNT] = {
 	[S_LIST_B] = "SELECT " BATCH_COLS " FROM batches WHERE id < ? "
 		"ORDER BY id DESC LIMIT ?",
 	[S_LIST_B_STATE] = "SELECT " BATCH_COLS " FROM batches "
-		"WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?",
+		"WHERE state IN (SELECT value FROM json_each('[\"' || "
+		"replace(?, ',', '\",\"') || '\"]')) AND id < ? "
+		"ORDER BY id DESC LIMIT ?",
 	[S_LIST_J] = "SELECT " JOB_COLS " FROM jobs WHERE id > ? AND id < ? "
 		"ORDER BY id LIMIT ?",
 	[S_JOB_RANGE] = "SELECT first_job, n_total FROM batches WHERE id = ?",
@@ -161,14 +167,16 @@ static const char *const sql[S__COUNT] = {
 	[S_SP_ROLLBACK] = "ROLLBACK TO op",
 	[S_SET_FIRST] = "UPDATE batches SET first_job = ? WHERE id = ?",
 	[S_LIST_J_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE batch_id = ? "
-		"AND state = ? AND idx > ? ORDER BY idx LIMIT ?",
+		"AND state IN (SELECT value FROM json_each('[\"' || "
+		"replace(?, ',', '\",\"') || '\"]')) AND idx > ? "
+		"ORDER BY idx LIMIT ?",
 	[S_ACTIVE] = "SELECT id, priority, coalesce(concurrency, 0), "
-		"n_queued, n_running, cancel_req, started_at IS NOT NULL "
-		"FROM batches "
+		"n_queued, n_running, cancel_req, started_at IS NOT NULL, "
+		"paused FROM batches "
 		"WHERE state IN ('queued', 'running') ORDER BY id",
 	[S_INFO] = "SELECT id, priority, coalesce(concurrency, 0), "
-		"n_queued, n_running, cancel_req, started_at IS NOT NULL "
-		"FROM batches WHERE id = ?",
+		"n_queued, n_running, cancel_req, started_at IS NOT NULL, "
+		"paused FROM batches WHERE id = ?",
 	[S_QUEUED_IDS] = "SELECT id, attempts FROM jobs WHERE batch_id = ? "
 		"AND state = 'queued' ORDER BY idx",
 	[S_IDEM_GET] = "SELECT body_hash, batch_id FROM idempotency "
@@ -200,6 +208,16 @@ static const char *const sql[S__COUNT] = {
 	/* a cancel that came first wins: a canceled batch never halts */
 	[S_HALT] = "UPDATE batches SET halted_reason = ?, halted_at = ? "
 		"WHERE id = ? AND halted_at IS NULL AND NOT cancel_req",
+	/* pause, resume, PATCH: NULL keeps a value */
+	[S_BATCH_SET] = "UPDATE batches SET paused = coalesce(?1, paused), "
+		"priority = coalesce(?2, priority) WHERE id = ?3",
+	/* GET /v1/jobs; a state list is "a,b" (validated by the API) */
+	[S_LIST_ALL_J] = "SELECT " JOB_COLS " FROM jobs WHERE id > ? "
+		"ORDER BY id LIMIT ?",
+	[S_LIST_ALL_J_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state IN "
+		"(SELECT value FROM json_each('[\"' || "
+		"replace(?, ',', '\",\"') || '\"]')) AND id > ? "
+		"ORDER BY id LIMIT ?",
 };
 
 static sqlite3_stmt *st[S__COUNT];
@@ -984,6 +1002,10 @@ static int purge_step_(int64_t cutoff, int64_t key_cutoff, int max)
 		if (store_step_one(S_BATCH_DEL, batch_id) < 0)
 			return -1;
 		n++;
+		/* Logged here, the one place that knows the id; the
+		 * commit follows within the loop turn. */
+		log_event(LOG_INFO, "purge", batch_id, 0, "retention: purged "
+			  "batch b_%012lld", (long long)batch_id);
 	}
 	return n;
 }
@@ -1043,9 +1065,12 @@ const struct store_ops sqlite_store_ops = {
 	.batch_cancel_except = sq_batch_cancel_except,
 	.batch_delete = sq_batch_delete,
 	.then_child = sq_then_child,
+	.jobs_rerun = sq_jobs_rerun,
 	.batch_policy = sq_batch_policy,
 	.batch_runs = sq_batch_runs,
 	.batch_halt = sq_batch_halt,
+	.batch_set = sq_batch_set,
+	.jobs_list = sq_jobs_list,
 	.ping = sq_ping,
 	.memory_bytes = sq_memory_bytes,
 	.webhook_insert = sq_webhook_insert,

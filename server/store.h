@@ -18,6 +18,7 @@ enum stmt_id {
 	S_JOB_INSERT_MANY, S_SP, S_SP_RELEASE, S_SP_ROLLBACK,
 	S_POLICY, S_RUNS, S_HALT,
 	S_THEN_SET, S_THEN_GET, S_THEN_DONE, S_THEN_PARENT, S_THEN_CHILD,
+	S_BATCH_SET, S_LIST_ALL_J, S_LIST_ALL_J_STATE,
 	S__COUNT
 };
 
@@ -129,6 +130,8 @@ int sq_then_sweep(int64_t now);
 int sq_batch_policy(int64_t batch_id, struct batch_policy *p);
 int sq_batch_runs(int64_t batch_id, int64_t *out, int max);
 int sq_batch_halt(int64_t batch_id, const char *reason, int64_t at, int soon);
+int sq_batch_set(int64_t batch_id, int paused, int64_t priority);
+json_t *sq_jobs_list(const char *states, int64_t after, int limit);
 int sq_ping(void);
 int64_t sq_memory_bytes(void);
 

@@ -21,6 +21,7 @@ static void info_row(sqlite3_stmt *s, struct batch_info *b)
 	b->running = sqlite3_column_int(s, 4);
 	b->cancel_req = sqlite3_column_int(s, 5);
 	b->started = sqlite3_column_int(s, 6);
+	b->paused = sqlite3_column_int(s, 7);
 }
 
 int sq_batch_info(int64_t id, struct batch_info *b)
@@ -301,8 +302,9 @@ json_t *store_history_entry(const struct outcome *o, int64_t started_at,
 			    int attempt, int slot, pid_t pid)
 {
 	const char *sig = o->signal ? signal_name(o->signal) : NULL;
+	json_t *h;
 
-	return json_pack("{s:i, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+	h = json_pack("{s:i, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 		"attempt", attempt, "state", job_state_name(o->state),
 		"started_at", json_time(started_at),
 		"finished_at", json_time(o->finished_at),
@@ -314,6 +316,15 @@ json_t *store_history_entry(const struct outcome *o, int64_t started_at,
 		"worker", pid > 0 ? json_pack("{s:i, s:i, s:s}", "slot", slot,
 					      "pid", (int)pid, "node",
 					      cfg.node_name) : json_null());
+	/* Each attempt keeps its own output here (capped per stream as the
+	 * job's is): the job's `output` holds only the latest attempt's and
+	 * is cleared when the next one starts, and a retried job's first
+	 * failure is usually the one worth reading.  Only the first
+	 * HISTORY_OUTPUTS attempts: max_attempts may be 100, and every read
+	 * of the job carries its history. */
+	if (h && o->output && attempt <= HISTORY_OUTPUTS)
+		json_object_set(h, "output", o->output);
+	return h;
 }
 
 /* record_attempt writes the outcome of slot w's attempt: the job's row (in
@@ -336,8 +347,9 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 	if (o->result)
 		rtext = json_dumps(o->result, JSON_COMPACT |
 				   JSON_REAL_PRECISION(17));
-	if (!store_room((rtext ? strlen(rtext) : 0) + (otext ? strlen(otext) : 0) +
-		  1024)) {
+	/* The output is stored twice: in the row and in its history entry. */
+	if (!store_room((rtext ? strlen(rtext) : 0) +
+			(otext ? 2 * strlen(otext) : 0) + 1024)) {
 		/* Out of room: keep the outcome, drop what takes the room,
 		 * so the job does not stay "running" forever. */
 		free(rtext);
@@ -346,8 +358,15 @@ static int record_attempt(int64_t job_id, int64_t batch_id,
 		error = "finished, but its result did not fit in the database "
 			"(--max-db-bytes)";
 	}
-	h = store_history_entry(o, w->started_at, w->job_attempts, w->index,
-			  w->pid);
+	{
+		/* Dropped for room: from the history entry too. */
+		struct outcome ho = *o;
+
+		if (!otext)
+			ho.output = NULL;
+		h = store_history_entry(&ho, w->started_at, w->job_attempts,
+					w->index, w->pid);
+	}
 	htext = json_dumps(h, JSON_COMPACT | JSON_REAL_PRECISION(15));
 	json_decref(h);
 	s = store_get(S_JOB_FINISH);
@@ -852,4 +871,34 @@ int sq_batch_delete(int64_t batch_id)
 	if (store_sp_begin() < 0)
 		return -1;
 	return store_sp_end(batch_delete_(batch_id));
+}
+
+static int batch_set_(int64_t batch_id, int paused, int64_t priority)
+{
+	sqlite3_stmt *s;
+
+	if (store_begin() < 0)
+		return -1;
+	s = store_get(S_BATCH_SET);
+	if (paused >= 0)
+		sqlite3_bind_int(s, 1, paused != 0);
+	else
+		sqlite3_bind_null(s, 1);
+	if (priority != STORE_KEEP)
+		sqlite3_bind_int64(s, 2, priority);
+	else
+		sqlite3_bind_null(s, 2);
+	sqlite3_bind_int64(s, 3, batch_id);
+	if (store_step(s) < 0)
+		return -1;
+	return sqlite3_changes(store_db) == 1 ? 0 : 1;
+}
+
+/* sq_batch_set: a pause or a new priority, in the turn's transaction like
+ * every write, so its answer waits for the commit (api.c after_commit). */
+int sq_batch_set(int64_t batch_id, int paused, int64_t priority)
+{
+	if (store_sp_begin() < 0)
+		return -1;
+	return store_sp_end(batch_set_(batch_id, paused, priority));
 }

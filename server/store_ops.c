@@ -275,6 +275,13 @@ int store_batch_cancel_except(int64_t batch_id, int64_t now, int *canceled,
 		batch_done, fn, ctx, keep, nkeep);
 }
 
+int store_jobs_rerun(int64_t batch_id, int64_t job_id, unsigned states,
+		     int64_t now, void (*fn)(int64_t job_id, int attempts,
+					     void *ctx), void *ctx)
+{
+	return store_be->jobs_rerun(batch_id, job_id, states, now, fn, ctx);
+}
+
 int64_t store_then_child(int64_t batch_id)
 {
 	return store_be->then_child(batch_id);
@@ -299,6 +306,16 @@ int store_batch_halt(int64_t batch_id, const char *reason, int64_t at,
 		     int soon)
 {
 	return store_be->batch_halt(batch_id, reason, at, soon);
+}
+
+int store_batch_set(int64_t batch_id, int paused, int64_t priority)
+{
+	return store_be->batch_set(batch_id, paused, priority);
+}
+
+json_t *store_jobs_list(const char *states, int64_t after, int limit)
+{
+	return store_be->jobs_list(states, after, limit);
 }
 
 int store_ping(void)

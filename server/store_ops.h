@@ -85,6 +85,9 @@ struct store_ops {
 		void *ctx), void *ctx, const int64_t *keep, size_t nkeep);
 	int (*batch_delete)(int64_t batch_id);
 	int64_t (*then_child)(int64_t batch_id);
+	int (*jobs_rerun)(int64_t batch_id, int64_t job_id, unsigned states,
+		int64_t now, void (*fn)(int64_t job_id, int attempts,
+		void *ctx), void *ctx);
 	/* halt policies and relative timeouts (see store_batch_policy) */
 	int (*batch_policy)(int64_t batch_id, struct batch_policy *p);
 	int (*batch_runs)(int64_t batch_id, int64_t *out, int max);
@@ -92,6 +95,9 @@ struct store_ops {
 		int soon);
 	int (*ping)(void);
 	int64_t (*memory_bytes)(void);
+	/* pause and PATCH (see store_batch_set), GET /v1/jobs */
+	int (*batch_set)(int64_t batch_id, int paused, int64_t priority);
+	json_t *(*jobs_list)(const char *states, int64_t after, int limit);
 	/* webhooks: the outbox (see store_webhook_claim in jobpool.h) */
 	int (*webhook_insert)(int64_t batch_id, const json_t *webhook,
 		int generated);
@@ -110,6 +116,15 @@ struct store_ops {
  * store_pg_webhook.c); their rows are written by the schema's triggers. */
 int sq_webhook_insert(int64_t batch_id, const json_t *webhook, int generated);
 void sq_webhook_idle(void);
+int sq_webhook_reopen(int64_t batch_id);
+/* Ended jobs back in the queue (store_rerun.c, store_pg_rerun.c); see
+ * store_jobs_rerun in jobpool.h. */
+int sq_jobs_rerun(int64_t batch_id, int64_t job_id, unsigned states,
+		  int64_t now, void (*fn)(int64_t job_id, int attempts,
+					  void *ctx), void *ctx);
+int pg_jobs_rerun(int64_t batch_id, int64_t job_id, unsigned states,
+		  int64_t now, void (*fn)(int64_t job_id, int attempts,
+					  void *ctx), void *ctx);
 int sq_webhook_claim(int64_t now, int64_t lease_until, int max,
 		struct delivery *out, int64_t *next_due);
 int sq_webhook_body(int64_t id, const char *body);
@@ -166,6 +181,9 @@ struct row {
  * (BATCH_THEN_COL, the follow-up batches), in both stores. */
 #define BATCH_POLICY_COL 17
 #define BATCH_THEN_COL 21
+/* Then paused (0/1) and the sum of the running jobs' started_at (µs), from
+ * which a running batch's parallelism counts their run so far. */
+#define BATCH_PAUSE_COL 24
 json_t *store_render_batch(const struct row *r);
 json_t *store_render_job(const struct row *r);
 

@@ -46,7 +46,8 @@ static size_t nsettle, settle_cap;
 #define BATCH_COLS "id, name, state, concurrency, priority, created_at, " \
 	"started_at, finished_at, n_total, queued, running, succeeded, " \
 	"failed, timed_out, canceled, run_us, cpu_us, halt, timeout_pct, " \
-	"halted_reason, halted_at, parent_id, then_batch_id, then_state"
+	"halted_reason, halted_at, parent_id, then_batch_id, then_state, " \
+	"paused::int, running_start_us"
 /* history || entry, for a text column holding a JSON array */
 #define HISTORY_ADD(e) "left(history, -1) || CASE WHEN history = '[]' " \
 	"THEN '' ELSE ',' END || " e " || ']'"
@@ -244,7 +245,8 @@ static const char *const sql[P__COUNT] = {
 	[P_LIST_B] = "SELECT " BATCH_COLS " FROM jp_batch_view WHERE id < $1 "
 		"ORDER BY id DESC LIMIT $2",
 	[P_LIST_B_STATE] = "SELECT " BATCH_COLS " FROM jp_batch_view "
-		"WHERE stored_state = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+		"WHERE stored_state = ANY (string_to_array($1, ',')) "
+		"AND id < $2 ORDER BY id DESC LIMIT $3",
 	[P_LIST_J] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id > $1 "
 		"AND id < $2 ORDER BY id LIMIT $3",
 	/* the batch's id range, filtered: no (batch, state) index to keep
@@ -252,17 +254,18 @@ static const char *const sql[P__COUNT] = {
 	[P_LIST_J_STATE] = "SELECT " JOB_COLS " FROM jp_jobs "
 		"WHERE id > (SELECT first_job FROM jp_batches WHERE id = $1) + $3 "
 		"AND id < (SELECT first_job + n_total FROM jp_batches "
-		"WHERE id = $1) AND state = $2 ORDER BY id LIMIT $4",
+		"WHERE id = $1) AND state = ANY (string_to_array($2, ',')) "
+		"ORDER BY id LIMIT $4",
 	[P_JOB_RANGE] = "SELECT first_job, n_total FROM jp_batches "
 		"WHERE id = $1",
 	[P_ACTIVE] = "SELECT id, priority, coalesce(concurrency, 0), queued, "
 		"running, cancel_req::int, (started_at IS NOT NULL)::int, "
-		"(stored_state = 'queued')::int "
+		"paused::int, (stored_state = 'queued')::int "
 		"FROM jp_batch_view WHERE stored_state IN ('queued', 'running') "
 		"ORDER BY id",
 	[P_INFO] = "SELECT id, priority, coalesce(concurrency, 0), queued, "
-		"running, cancel_req::int, (started_at IS NOT NULL)::int "
-		"FROM jp_batch_view WHERE id = $1",
+		"running, cancel_req::int, (started_at IS NOT NULL)::int, "
+		"paused::int FROM jp_batch_view WHERE id = $1",
 	[P_IDEM_GET] = "SELECT body_hash, batch_id FROM jp_idempotency "
 		"WHERE key = $1 AND created_at >= $2",
 	/* An expired key is replaced; a live one (another node's, committed
@@ -376,6 +379,15 @@ static const char *const sql[P__COUNT] = {
 	/* a client's cancel after a "soon" halt: kill the running ones too */
 	[P_HALT_LIFT] = "UPDATE jp_batches SET halt_soon = false "
 		"WHERE id = $1 AND halt_soon",
+	/* pause, resume, PATCH: NULL keeps a value.  Other nodes see it at
+	 * their tick (P_ACTIVE), so a batch's pause holds on all of them. */
+	[P_BATCH_SET] = "UPDATE jp_batches SET "
+		"paused = coalesce($2::int::boolean, paused), "
+		"priority = coalesce($3::int, priority) WHERE id = $1",
+	/* GET /v1/jobs; $1 NULL: any state, else a list "a,b" */
+	[P_LIST_ALL_J] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id > $2 "
+		"AND ($1::text IS NULL OR "
+		"state = ANY (string_to_array($1, ','))) ORDER BY id LIMIT $3",
 	/* follow-up batches (then_fire) */
 	[P_THEN_SET] = "UPDATE jp_batches SET then_on = $2, then_body = $3, "
 		"then_state = 'pending' WHERE id = $1",
@@ -1702,6 +1714,8 @@ static int purge_step_(int64_t cutoff, int64_t key_cutoff, int max)
 		    pg_step(P_BATCH_DEL, &p) < 0)
 			return -1;
 		n++;
+		log_event(LOG_INFO, "purge", batch_id, 0, "retention: purged "
+			  "batch b_%012lld", (long long)batch_id);
 	}
 	return n;
 }
@@ -1977,6 +1991,39 @@ static json_t *pg_job_list(int64_t batch_id, const char *state,
 	return list(P_LIST_J_STATE, &p, limit, 2, store_render_job, 'j');
 }
 
+/* pg_jobs_list is GET /v1/jobs, in job id order (sq_jobs_list). */
+static json_t *pg_jobs_list(const char *states, int64_t after, int limit)
+{
+	struct pgp p = { 0 };
+
+	pgp_txt(&p, states);
+	pgp_i64(&p, after);
+	pgp_i64(&p, limit + 1);
+	return list(P_LIST_ALL_J, &p, limit, 0, store_render_job, 'j');
+}
+
+static int batch_set_(int64_t batch_id, int paused, int64_t priority)
+{
+	struct pgp p = { 0 };
+	int n;
+
+	if (pg_begin() < 0)
+		return -1;
+	pgp_i64(&p, batch_id);
+	pgp_opt(&p, paused != 0, paused >= 0);
+	pgp_opt(&p, priority, priority != STORE_KEEP);
+	n = pg_step(P_BATCH_SET, &p);
+	return n < 0 ? -1 : n == 1 ? 0 : 1;
+}
+
+/* pg_batch_set: see store_batch_set. */
+static int pg_batch_set(int64_t batch_id, int paused, int64_t priority)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(batch_set_(batch_id, paused, priority));
+}
+
 const struct store_ops pg_store_ops = {
 	.name = "postgresql",
 	.dispatch_after_commit = 1,
@@ -2025,9 +2072,12 @@ const struct store_ops pg_store_ops = {
 	.batch_cancel_except = pg_batch_cancel_except,
 	.batch_delete = pg_batch_delete,
 	.then_child = pg_then_child,
+	.jobs_rerun = pg_jobs_rerun,
 	.batch_policy = pg_batch_policy,
 	.batch_runs = pg_batch_runs,
 	.batch_halt = pg_batch_halt,
+	.batch_set = pg_batch_set,
+	.jobs_list = pg_jobs_list,
 	.ping = pg_ping,
 	.memory_bytes = pg_memory_bytes,
 	.webhook_insert = pg_webhook_insert,

@@ -24,6 +24,7 @@ static void info_row(const PGresult *r, int i, struct batch_info *b)
 	b->running = (int)pg_i64(r, i, 4);
 	b->cancel_req = (int)pg_i64(r, i, 5);
 	b->started = (int)pg_i64(r, i, 6);
+	b->paused = (int)pg_i64(r, i, 7);
 }
 
 int pg_batch_info(int64_t id, struct batch_info *b)

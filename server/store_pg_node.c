@@ -374,9 +374,10 @@ static int look(const struct store_tick *cb)
 		b.running = (int)pg_i64(r, i, 4);
 		b.cancel_req = (int)pg_i64(r, i, 5);
 		b.started = (int)pg_i64(r, i, 6);
+		b.paused = (int)pg_i64(r, i, 7);
 		if (b.queued == 0 && b.running == 0)
 			pg_settle_later(b.id);
-		else if (b.started && pg_i64(r, i, 7) && pg_begin() == 0) {
+		else if (b.started && pg_i64(r, i, 8) && pg_begin() == 0) {
 			p.n = 0;
 			pgp_i64(&p, b.id);
 			pgp_i64(&p, now_us());

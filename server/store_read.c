@@ -94,12 +94,20 @@ json_t *store_render_batch(const struct row *s)
 	int64_t total = s->i64(s, 8), run_us = s->i64(s, 15);
 	int64_t terminal = s->i64(s, 11) + s->i64(s, 12) + s->i64(s, 13) +
 			   s->i64(s, 14);
-	int64_t makespan = 0;
-	json_t *counts, *timings;
+	int64_t makespan = 0, now = now_us(), live_us = 0;
+	json_t *counts, *timings, *batch;
 
 	fmt_id(id, sizeof(id), 'b', s->i64(s, 0));
 	if (started > 0)
-		makespan = (finished > 0 ? finished : now_us()) - started;
+		makespan = (finished > 0 ? finished : now) - started;
+	/* A running batch's parallelism counts its running jobs' run so far
+	 * (running * now - the sum of their starts): counting finished runs
+	 * only, a batch of five long jobs showed 0.0 until the first ended.
+	 * total_run_ms stays the sum of ended attempts. */
+	if (finished <= 0 && s->i64(s, 10) > 0)
+		live_us = s->i64(s, 10) * now - s->i64(s, BATCH_PAUSE_COL + 1);
+	if (live_us < 0)
+		live_us = 0;
 	counts = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"total", total, "queued", s->i64(s, 9),
 		"running", s->i64(s, 10), "succeeded", s->i64(s, 11),
@@ -110,10 +118,10 @@ json_t *store_render_batch(const struct row *s)
 		"total_run_ms", json_ms(run_us),
 		"total_cpu_ms", json_ms(s->i64(s, 16)),
 		"parallelism", makespan > 0 ?
-			json_real((double)(int64_t)((double)run_us / makespan *
-						    1000) / 1000) :
+			json_real((double)(int64_t)((double)(run_us + live_us) /
+						    makespan * 1000) / 1000) :
 			json_null());
-	return json_pack("{s:s, s:o, s:s, s:o, s:I, s:o, s:o, s:o, s:o, "
+	batch = json_pack("{s:s, s:o, s:s, s:o, s:I, s:o, s:o, s:o, s:o, "
 			 "s:f, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 		"id", id, "name", col_opt_str(s, 1),
 		"state", s->text(s, 2),
@@ -132,6 +140,10 @@ json_t *store_render_batch(const struct row *s)
 		"parent_id", col_opt_id(s, BATCH_THEN_COL),
 		"then_batch_id", col_opt_id(s, BATCH_THEN_COL + 1),
 		"then_state", col_opt_str(s, BATCH_THEN_COL + 2));
+	if (batch)
+		json_object_set_new(batch, "paused",
+				    json_boolean(s->i64(s, BATCH_PAUSE_COL)));
+	return batch;
 }
 
 json_t *store_render_job(const struct row *s)
@@ -139,13 +151,19 @@ json_t *store_render_job(const struct row *s)
 	char id[32], bid[32];
 	int64_t queued_at = s->i64(s, 13), started = s->i64(s, 14);
 	json_t *timings, *worker;
+	int running;
 
 	fmt_id(id, sizeof(id), 'j', s->i64(s, 0));
 	fmt_id(bid, sizeof(bid), 'b', s->i64(s, 1));
+	/* A running job's run_ms is its run so far (now - started_at), so a
+	 * list of what runs shows how long each has been at it. */
+	running = started > 0 && s->null(s, 16) &&
+		  strcmp(s->text(s, 6), "running") == 0;
 	timings = json_pack("{s:o, s:o, s:o, s:o, s:o}",
 		"queue_ms", started > 0 ? json_ms(started - queued_at) :
 					  json_null(),
-		"run_ms", col_opt_ms(s, 16),
+		"run_ms", running ? json_ms(now_us() - started) :
+				    col_opt_ms(s, 16),
 		"user_cpu_ms", col_opt_ms(s, 17),
 		"sys_cpu_ms", col_opt_ms(s, 18),
 		"max_rss_kb", col_opt_int(s, 19));
@@ -348,3 +366,21 @@ json_t *sq_job_list(int64_t batch_id, const char *state, int64_t after,
 	return list(s, limit, 2, job_row, 'j');
 }
 
+
+/* sq_jobs_list is GET /v1/jobs, in job id order.  A state filter reads
+ * the rows by id and skips the others: for the usual ?state=running the
+ * running ones are few, and the page stops at limit + 1. */
+json_t *sq_jobs_list(const char *states, int64_t after, int limit)
+{
+	sqlite3_stmt *s = store_rget(states ? S_LIST_ALL_J_STATE :
+					      S_LIST_ALL_J);
+	int i = 1;
+
+	if (!s)
+		return NULL;
+	if (states)
+		store_bind_text(s, i++, states);
+	sqlite3_bind_int64(s, i++, after);
+	sqlite3_bind_int(s, i, limit + 1);
+	return list(s, limit, 0, job_row, 'j');
+}

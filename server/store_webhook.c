@@ -165,6 +165,24 @@ int sq_webhook_insert(int64_t batch_id, const json_t *w, int generated)
 	return store_exec(outbox_triggers);
 }
 
+/* sq_webhook_reopen creates the outbox triggers again when batch_id,
+ * opened again by a retry (store_rerun.c), has a webhook: the end of the
+ * last open batch with one may have dropped them, and the new ends must
+ * be delivered.  In the retry's transaction, as sq_webhook_insert does.
+ * Returns 0 or -1. */
+int sq_webhook_reopen(int64_t batch_id)
+{
+	sqlite3_stmt *s = get(W_GET);
+	int has;
+
+	if (!s)
+		return -1;
+	sqlite3_bind_int64(s, 1, batch_id);
+	has = sqlite3_step(s) == SQLITE_ROW;
+	sqlite3_reset(s);
+	return has ? store_exec(outbox_triggers) : 0;
+}
+
 /* sq_webhook_idle drops the outbox triggers once no unfinished batch has a
  * webhook; called in the transaction that ends a batch.  Best effort: the
  * triggers left in place cost time, never a delivery. */

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -102,6 +103,8 @@ int64_t parse_duration(const char *s)
 
 	if (end == s || !isfinite(v) || v < 0)
 		return -1;
+	if (!*end && v == 0)
+		return 0;               /* zero is zero in every unit */
 	if (strncmp(end, "ms", 2) == 0 && (unit = 0.001))
 		end += 2;
 	else if (*end == 's')
@@ -112,9 +115,83 @@ int64_t parse_duration(const char *s)
 		end++;
 	else if (*end == 'd' && (unit = 86400))
 		end++;
+	else
+		return -1;              /* no unit: see jobpool.h */
 	if (*end || v * unit > 1e11)
 		return -1;
 	return (int64_t)(v * unit * 1e6);
+}
+
+int parse_cpu_max(const char *s)
+{
+	char *end;
+	double quota, period;
+
+	if (strncmp(s, "max", 3) == 0 && (s[3] == ' ' || s[3] == '\n' ||
+					  !s[3]))
+		return 0;
+	errno = 0;
+	quota = strtod(s, &end);
+	if (errno || end == s || *end != ' ' || !(quota > 0))
+		return -1;
+	period = strtod(end + 1, &end);
+	if (errno || !(period > 0) || (*end && *end != '\n') ||
+	    quota / period > 1e6)
+		return -1;
+	/* Rounded up: a quota of 1.5 CPUs can keep two workers busy half
+	 * the time, and one worker would leave half a CPU unused. */
+	return (int)ceil(quota / period);
+}
+
+/* cgroup_cpus is the tightest cpu.max from this process's cgroup up to the
+ * root of the hierarchy it sees (a container's own, with a cgroup
+ * namespace); 0 when there is none or no cgroup v2 at all. */
+static int cgroup_cpus(void)
+{
+	char line[4096], path[4200], max[128], *dir, *slash;
+	int best = 0, n;
+	FILE *f = fopen("/proc/self/cgroup", "r");
+
+	if (!f)
+		return 0;
+	dir = NULL;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "0::", 3) == 0) {     /* the v2 hierarchy */
+			line[strcspn(line, "\n")] = 0;
+			dir = line + 3;
+			break;
+		}
+	fclose(f);
+	while (dir) {
+		snprintf(path, sizeof(path), "/sys/fs/cgroup%s/cpu.max",
+			 strcmp(dir, "/") == 0 ? "" : dir);
+		f = fopen(path, "r");
+		if (f) {
+			if (fgets(max, sizeof(max), f) &&
+			    (n = parse_cpu_max(max)) > 0 && (!best || n < best))
+				best = n;
+			fclose(f);
+		}
+		slash = strrchr(dir, '/');
+		if (!slash || slash == dir)
+			break;
+		*slash = 0;
+	}
+	return best;
+}
+
+int cpus_usable(void)
+{
+	cpu_set_t set;
+	int n = 0, quota = cgroup_cpus();
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0)
+		n = CPU_COUNT(&set);
+	if (n < 1)
+		n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (quota > 0 && quota < n)
+		n = quota;
+	return n > 0 ? n : 1;
 }
 
 static const struct {
@@ -171,6 +248,10 @@ static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t log_more = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t log_less = PTHREAD_COND_INITIALIZER;
 static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+/* The logger's settings (--log-format, --log-level); main.c sets them
+ * before its first line, so start-up errors already come out as asked. */
+static int log_json;
+static int log_min = LOG_INFO;
 
 /* log_write writes up to n bytes at p to stderr, waiting while it is full
  * (also when someone made it non-blocking).  Returns the bytes consumed: on
@@ -236,9 +317,11 @@ static void log_put(const char *line, size_t len)
 
 	if (log_dropped) {
 		fmt_time(ts, sizeof(ts), now_us());
-		n = snprintf(note, sizeof(note), "%s jobpoold warn %lu log "
-			     "lines dropped: stderr was not read\n", ts,
-			     log_dropped);
+		n = snprintf(note, sizeof(note), log_json ?
+			     "{\"ts\":\"%s\",\"level\":\"warn\",\"msg\":\"%lu "
+			     "log lines dropped: stderr was not read\"}\n" :
+			     "%s jobpoold warn %lu log lines dropped: stderr "
+			     "was not read\n", ts, log_dropped);
 		if (n > 0 && log_used + (size_t)n + len > LOG_CAP)
 			goto full;
 		log_append(note, (size_t)n);
@@ -307,22 +390,96 @@ static void log_start(void)
 	}
 }
 
-static void log_line(const char *level, const char *fmt, va_list ap)
+static const char *const level_names[] = { "debug", "info", "warn", "error",
+					   "fatal" };
+
+void log_setup(int json, int min_level)
+{
+	log_json = json;
+	log_min = min_level;
+}
+
+int log_level_parse(const char *s)
+{
+	int i;
+
+	for (i = LOG_DEBUG; i <= LOG_ERROR; i++)
+		if (strcmp(s, level_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* log_format_json renders one JSON line: ts, level, msg, then event and
+ * the ids as the API shows them when the caller gave them.  Returns the
+ * length, 0 when out of memory (the line is then lost, not the process). */
+static size_t log_format_json(char *line, size_t size, const char *ts,
+			      int level, const char *msg, const char *event,
+			      int64_t batch_id, int64_t job_id)
+{
+	json_t *o = json_object(), *m = json_string(msg);
+	char id[24], *text;
+	size_t len = 0;
+
+	/* A path or a client's bytes in an MHD message may not be UTF-8:
+	 * say so rather than lose the line that would show the problem. */
+	if (!m)
+		m = json_string("(message not UTF-8)");
+	if (!o) {
+		json_decref(m);
+		return 0;
+	}
+	json_object_set_new(o, "ts", json_string(ts));
+	json_object_set_new(o, "level", json_string(level_names[level]));
+	json_object_set_new(o, "msg", m);
+	if (event)
+		json_object_set_new(o, "event", json_string(event));
+	if (batch_id > 0) {
+		fmt_id(id, sizeof(id), 'b', batch_id);
+		json_object_set_new(o, "batch_id", json_string(id));
+	}
+	if (job_id > 0) {
+		fmt_id(id, sizeof(id), 'j', job_id);
+		json_object_set_new(o, "job_id", json_string(id));
+	}
+	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (text) {
+		len = (size_t)snprintf(line, size, "%s\n", text);
+		if (len >= size) {      /* cut: keep it one line, unparsed */
+			len = size - 1;
+			line[len - 1] = '\n';
+		}
+		free(text);
+	}
+	return len;
+}
+
+static void log_emit(int level, const char *event, int64_t batch_id,
+		     int64_t job_id, const char *fmt, va_list ap)
 {
 	char ts[40], msg[1024], line[LOG_LINE];
 	size_t len;
 	int n;
 
+	if (level < log_min)
+		return;
 	fmt_time(ts, sizeof(ts), now_us());
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	len = strlen(msg);
 	while (len && msg[len - 1] == '\n')     /* libmicrohttpd ends its own */
 		msg[--len] = 0;
-	n = snprintf(line, sizeof(line), "%s jobpoold %s %s\n", ts, level, msg);
-	len = n < 0 ? 0 : (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
+	if (log_json) {
+		len = log_format_json(line, sizeof(line), ts, level, msg, event,
+				      batch_id, job_id);
+	} else {
+		n = snprintf(line, sizeof(line), "%s jobpoold %s %s\n", ts,
+			     level_names[level], msg);
+		len = n < 0 ? 0 : (size_t)n < sizeof(line) ? (size_t)n :
+		      sizeof(line) - 1;
+	}
 	pthread_once(&log_once, log_start);
 	if (!log_threaded) {
-		fputs(line, stderr);
+		fwrite(line, 1, len, stderr);
 		return;
 	}
 	pthread_mutex_lock(&log_lock);
@@ -330,12 +487,36 @@ static void log_line(const char *level, const char *fmt, va_list ap)
 	pthread_mutex_unlock(&log_lock);
 }
 
+static void log_line(int level, const char *fmt, va_list ap)
+{
+	log_emit(level, NULL, 0, 0, fmt, ap);
+}
+
+void log_event(int level, const char *event, int64_t batch_id,
+	       int64_t job_id, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_emit(level, event, batch_id, job_id, fmt, ap);
+	va_end(ap);
+}
+
+void log_debug(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_line(LOG_DEBUG, fmt, ap);
+	va_end(ap);
+}
+
 void log_info(const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_line("info", fmt, ap);
+	log_line(LOG_INFO, fmt, ap);
 	va_end(ap);
 }
 
@@ -344,7 +525,16 @@ void log_warn(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_line("warn", fmt, ap);
+	log_line(LOG_WARN, fmt, ap);
+	va_end(ap);
+}
+
+void log_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_line(LOG_ERROR, fmt, ap);
 	va_end(ap);
 }
 
@@ -355,7 +545,7 @@ void fatal(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_line("fatal", fmt, ap);
+	log_line(LOG_FATAL, fmt, ap);
 	va_end(ap);
 	log_flush();
 	abort();
@@ -363,5 +553,5 @@ void fatal(const char *fmt, ...)
 
 void log_vwarn(const char *fmt, va_list ap)
 {
-	log_line("warn", fmt, ap);
+	log_line(LOG_WARN, fmt, ap);
 }

@@ -112,7 +112,7 @@ static void check_retry_on(struct verr *v, const json_t *job)
 	size_t i;
 	double d;
 
-	if (!list)
+	if (!list || json_is_null(list))
 		return;
 	if (!json_is_array(list) || json_array_size(list) > MAX_RETRY_ON) {
 		add(v, "retry_on", "must be an array of at most 64 exit codes or signal names");
@@ -189,11 +189,23 @@ static void check_args(struct verr *v, const json_t *job,
 	json_decref(empty);
 }
 
+/* What a read of a job shows beyond what a submission sets: accepted and
+ * ignored, so a job (or a batch with its jobs) read from the API can be
+ * posted back as read (SPEC §9, "Rerun").  The store reads only the fields
+ * it knows, so these never reach it. */
+#define JOB_READ_ONLY "id", "batch_id", "index", "state", "attempts", \
+	"created_at", "started_at", "finished_at", "timings", "worker", \
+	"exit_code", "signal", "error", "result", "output", "history"
+#define BATCH_READ_ONLY "id", "state", "created_at", "started_at", \
+	"finished_at", "counts", "progress", "timings", "halted", \
+	"parent_id", "then_batch_id", "then_state", "job_ids", "paused", \
+	"retried"
+
 static void check_job(struct verr *v, const json_t *job)
 {
 	static const char *const allowed[] = {
 		"kind", "args", "name", "timeout_s", "max_attempts",
-		"retry_on", "retry_backoff_s", NULL
+		"retry_on", "retry_backoff_s", JOB_READ_ONLY, NULL
 	};
 	const json_t *kind;
 	const struct kind *k = NULL;
@@ -219,9 +231,49 @@ static void check_job(struct verr *v, const json_t *job)
 	check_args(v, job, k);
 	check_name(v, job);
 	check_number(v, job, "timeout_s", 0, 604800, 1, 1);
-	check_int(v, job, "max_attempts", 1, 100, 0);
-	check_number(v, job, "retry_backoff_s", 0, 3600, 0, 0);
+	check_int(v, job, "max_attempts", 1, 100, 1);
+	check_number(v, job, "retry_backoff_s", 0, 3600, 0, 1);
 	check_retry_on(v, job);
+}
+
+/* check_defaults checks a batch's defaults {env, cwd, timeout_s,
+ * max_attempts, retry_on, retry_backoff_s} as the job fields they stand
+ * for (paths under /defaults); env and cwd as the command kind checks
+ * them.  The API copies them into the jobs (api.c, apply_defaults). */
+static void check_defaults(struct verr *v, const json_t *body)
+{
+	static const char *const allowed[] = {
+		"env", "cwd", "timeout_s", "max_attempts", "retry_on",
+		"retry_backoff_s", NULL
+	};
+	const json_t *d = json_object_get(body, "defaults");
+	const struct kind *k = kind_find("command");
+	size_t n = strlen(v->prefix);
+	json_t *args;
+
+	if (!d || json_is_null(d))
+		return;
+	if (!json_is_object(d)) {
+		add(v, "defaults", "must be an object {env?, cwd?, timeout_s?, "
+		    "max_attempts?, retry_on?, retry_backoff_s?}");
+		return;
+	}
+	strncat(v->prefix, "/defaults", sizeof(v->prefix) - n - 1);
+	kind_check_only(d, allowed, kind_err, v);
+	check_number(v, d, "timeout_s", 0, 604800, 1, 1);
+	check_int(v, d, "max_attempts", 1, 100, 1);
+	check_number(v, d, "retry_backoff_s", 0, 3600, 0, 1);
+	check_retry_on(v, d);
+	/* env and cwd as a command job's args would hold them */
+	args = json_pack("{s:[s]}", "argv", "true");
+	if (json_object_get(d, "env") && !json_is_null(json_object_get(d, "env")))
+		json_object_set(args, "env", json_object_get(d, "env"));
+	if (json_object_get(d, "cwd") && !json_is_null(json_object_get(d, "cwd")))
+		json_object_set(args, "cwd", json_object_get(d, "cwd"));
+	if (k && args)
+		k->validate(args, kind_err, v);
+	json_decref(args);
+	v->prefix[n] = 0;
 }
 
 /* check_halt checks a halt policy: {when, count | percent, mode}, with
@@ -272,8 +324,9 @@ static void check_halt(struct verr *v, const json_t *body)
  * POST anywhere its operator did not allow; nothing is resolved here. */
 static void check_webhook(struct verr *v, const json_t *body)
 {
+	/* generated: as the 201 shows it; the server decides it again */
 	static const char *const allowed[] = { "url", "secret", "events",
-					       NULL };
+					       "generated", NULL };
 	const json_t *w = json_object_get(body, "webhook"), *e;
 	unsigned char key[WEBHOOK_KEY_MAX];
 	size_t n = strlen(v->prefix), len;
@@ -363,7 +416,8 @@ static void check_batch(struct verr *v, const json_t *body, int depth)
 {
 	static const char *const allowed[] = {
 		"name", "concurrency", "priority", "jobs", "halt",
-		"timeout_pct", "webhook", "then", NULL
+		"timeout_pct", "webhook", "then", "defaults", BATCH_READ_ONLY,
+		NULL
 	};
 	const json_t *jobs, *job;
 	size_t i, n = strlen(v->prefix);
@@ -383,6 +437,7 @@ static void check_batch(struct verr *v, const json_t *body, int depth)
 	 * batch's normal jobs */
 	check_number(v, body, "timeout_pct", 100, 100000, 1, 1);
 	check_then(v, body, depth);
+	check_defaults(v, body);
 	jobs = json_object_get(body, "jobs");
 	if (!jobs) {
 		add(v, "jobs", "is required");

@@ -35,6 +35,13 @@ struct kind_job {
 	int signal;            /* 0 when none */
 	int killed;            /* the job was stopped by a cancel */
 	json_t *output;        /* new {"stdout","stderr","truncated"}, or NULL */
+	/* set by the worker, may be NULL: the command kind hands on_output
+	 * its text as it arrives (fd 1 stdout, 2 stderr), in pieces that
+	 * together are job->output's, so a client can follow a running
+	 * command; it sets output_handed once it did. */
+	void (*on_output)(struct kind_job *job, int fd, const char *text,
+			  size_t len);
+	int output_handed;
 	int have_rusage;       /* ru is the job's own process (wait4), exact */
 	struct rusage ru;
 };
@@ -91,6 +98,15 @@ int kind_number(const json_t *args, const char *field, int required,
  * bytes; *truncated is set when it was cut.  NULL when out of memory. */
 json_t *kind_utf8_string(const char *in, size_t len, size_t cap,
 			 int *truncated);
+
+/* kind_utf8_text is kind_utf8_string a piece at a time: it writes the
+ * text of the len bytes at in to out (room for len * 3 bytes), adding to
+ * *used, and stops where *used would pass cap (setting *cut) or, unless
+ * at_end, before a last character that the next bytes may complete.
+ * Returns how many bytes of in it consumed.  Pieces fed in order give the
+ * text kind_utf8_string gives for all of them. */
+size_t kind_utf8_text(const char *in, size_t len, char *out, size_t *used,
+		      size_t cap, int at_end, int *cut);
 
 /* command.c: the process group of the command running now (0: none). */
 extern volatile pid_t command_group;

@@ -279,6 +279,30 @@ static void send_output(const char *id, const json_t *output,
 	}
 }
 
+/* The id of the job handle_run runs, for hand_output. */
+static const char *running_id;
+
+/* hand_output is the command kind's on_output: its text goes to the server
+ * as it arrives, so a client can follow the job while it runs (GET
+ * /v1/jobs/{id}/output?follow=true); nothing of it is sent again at the
+ * end. */
+static void hand_output(struct kind_job *job, int fd, const char *text,
+			size_t len)
+{
+	size_t n;
+
+	(void)job;
+	while (len > 0) {
+		n = out_chunk(text, len);
+		if (send_msg(json_pack("{s:s, s:s, s:i, s:s%}", "t", "out",
+				       "job", running_id, "fd", fd, "data",
+				       text, n)) != 0)
+			die(EXIT_CHANNEL, "cannot send out");
+		text += n;
+		len -= n;
+	}
+}
+
 /* The first problem validate reports, as the job's error sentence. */
 struct problem {
 	int count;
@@ -402,7 +426,7 @@ static void handle_run(const char *id, const char *kind, const json_t *args,
 	struct kind_job job = {
 		.grace_ms = grace_ms, .output_cap = (size_t)output_cap,
 		.channel_fd = PROTO_FD, .channel_cancel = channel_cancel,
-		.exit_code = -1,
+		.exit_code = -1, .on_output = hand_output,
 	};
 	struct sample before, after;
 	char error[256] = "", marker[96];
@@ -416,11 +440,14 @@ static void handle_run(const char *id, const char *kind, const json_t *args,
 	int ok;
 
 	sample_take(&before);
+	running_id = id;
 	result = run_job(kind, args, &job, error, sizeof error);
 	sample_take(&after);
 	ok = result && !*error;
-	send_output(id, job.output, "stdout", 1);
-	send_output(id, job.output, "stderr", 2);
+	if (!job.output_handed) {
+		send_output(id, job.output, "stdout", 1);
+		send_output(id, job.output, "stderr", 2);
+	}
 	if (send_msg(done_new(id, ok, result, error, &job, &before, &after)) != 0 &&
 	    send_msg(done_new(id, 0, NULL, "result too large", &job, &before,
 			      &after)) != 0)

@@ -25,7 +25,10 @@
  *                      "killed":true|false,"truncated":true|false}
  *
  * A worker runs one job at a time and answers every "run" with the job's
- * "out" messages, if any, then exactly one "done".
+ * "out" messages, if any, then exactly one "done".  A command's "out"
+ * messages come while it runs, as its output arrives (so clients can
+ * follow it), each valid UTF-8; the stored output is all of them end to
+ * end, so none repeats what an earlier one said.
  *
  * Short jobs travel in groups, so that a job costs no message, context
  * switch or database turn of its own:

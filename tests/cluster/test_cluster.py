@@ -1250,6 +1250,29 @@ def test_c5_worker_channel_after_outage():
 test_c5_worker_channel_after_outage.timeout = 120
 
 
+def test_batch_pause_holds_on_every_node():
+    """A batch paused through one node starts no job on any node; resumed
+    through another, it runs to the end."""
+    with Cluster(n=2, workers=2) as cl:
+        n1, n2 = cl["n1"], cl["n2"]
+        for n in (n1, n2):
+            st, h, body = call(n, "POST", "/v1/pause")
+            assert st == 200, body
+        b = n1.submit([{"kind": "noop"}] * 3, name="paused")
+        st, h, body = call(n1, "POST", "/v1/batches/%s/pause" % b["id"])
+        assert st == 200, body
+        for n in (n1, n2):
+            st, h, body = call(n, "POST", "/v1/resume")
+            assert st == 200, body
+        time.sleep(1.0)         # several --poll-interval looks
+        got = get_ok(n2, "/v1/batches/" + b["id"])
+        assert got["paused"] is True and got["counts"]["queued"] == 3, got
+        st, h, body = call(n2, "POST", "/v1/batches/%s/resume" % b["id"])
+        assert st == 200, body
+        done = wait_batch(n1, b["id"], timeout=20)
+        assert done["state"] == "succeeded", done
+
+
 def test_c6_cancel_across_nodes():
     """C6: a job running on n3 canceled through n1; a batch running on all
     nodes canceled through n3; a batch canceled through n2 while the nodes

@@ -574,7 +574,7 @@ async function main() {
 		],
 	});
 	await call(S, 'GET', `/v1/batches/${A_ID}?wait=abc`, { expect: 400, label: 'GET /v1/batches/{id}?wait=abc 400' });
-	await call(S, 'GET', `/v1/jobs/${A_JOBS[0]}?wait=61`, { expect: 400, label: 'GET /v1/jobs/{id}?wait=61 400' });
+	await call(S, 'GET', `/v1/jobs/${A_JOBS[0]}?wait=3601`, { expect: 400, label: 'GET /v1/jobs/{id}?wait=3601 400' });
 
 	// -- lists and pagination
 	await call(S, 'GET', '/v1/batches', {
@@ -778,7 +778,7 @@ async function main() {
 		label: 'OPTIONS /v1/batches 204 (CORS preflight, no token)',
 		check: (r) => [
 			...want(r.headers['access-control-allow-origin'] === ORIGIN, `Access-Control-Allow-Origin ${r.headers['access-control-allow-origin']}`),
-			...want(r.headers['access-control-allow-methods'] === 'GET, POST, PUT, DELETE', `Access-Control-Allow-Methods ${r.headers['access-control-allow-methods']}`),
+			...want(r.headers['access-control-allow-methods'] === 'GET, POST, PUT, PATCH, DELETE', `Access-Control-Allow-Methods ${r.headers['access-control-allow-methods']}`),
 			...want(r.headers['access-control-allow-headers'] === 'Authorization, Content-Type, Idempotency-Key, Last-Event-ID', `Access-Control-Allow-Headers ${r.headers['access-control-allow-headers']}`),
 			...want(r.headers['access-control-max-age'] === '600', `Access-Control-Max-Age ${r.headers['access-control-max-age']}`),
 		],

@@ -220,10 +220,10 @@ def test_bad_query_params_400():
             ("/v1/batches?after=zzz", "after"),
             ("/v1/batches/%s/jobs?limit=0" % bid, "limit"),
             ("/v1/batches/%s/jobs?state=bogus" % bid, "state"),
-            ("/v1/batches/%s?wait=61" % bid, "wait"),
+            ("/v1/batches/%s?wait=3601" % bid, "wait"),
             ("/v1/batches/%s?wait=-1" % bid, "wait"),
             ("/v1/batches/%s?wait=abc" % bid, "wait"),
-            ("/v1/jobs/%s?wait=61" % jid, "wait"),
+            ("/v1/jobs/%s?wait=3601" % jid, "wait"),
             ("/v1/jobs/%s?wait=-1" % jid, "wait"),
         ]
         for path, param in cases:

@@ -134,7 +134,7 @@ CASES = [
     ("bad cursor", "GET", "/v1/batches?after=zzz", {}, None, 400, "?after"),
     ("bad state", "GET", "/v1/batches?state=bogus", {}, None, 400, "?state"),
     ("unknown query", "GET", "/v1/batches?foo=1", {}, None, 400, "?foo"),
-    ("wait 61", "GET", "/v1/jobs/j_000000000001?wait=61", {}, None, 400,
+    ("wait 3601", "GET", "/v1/jobs/j_000000000001?wait=3601", {}, None, 400,
      "?wait"),
     ("wait negative", "GET", "/v1/jobs/j_000000000001?wait=-1", {}, None, 400,
      "?wait"),

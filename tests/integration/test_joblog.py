@@ -241,7 +241,7 @@ def test_every_ended_attempt_and_parallel_reads_it_back():
             ("3", "3", "0", commands[2]),
             ("4", "0", "0", 'echo {"value":[1,"x"]}'),
         ], seen
-        # The first attempt's output is not kept: Receive 0; the last's is.
+        # Each attempt's output is kept; these print nothing: Receive 0.
         assert rows[2][5] == "0" and rows[3][5] == "0", rows[2:4]
         # parallel reads it unchanged: it reruns only job 3 (its last line
         # failed); jobs 1, 2 (whose last line succeeded) and 4 are done

@@ -333,6 +333,44 @@ Test(util, utf8_string_cuts_at_a_character)
 	utf8_is("abc", 3, 0, "", 1);
 }
 
+/* utf8_in_pieces feeds in to kind_utf8_text piece bytes at a time, as a
+ * running command's reads arrive, and checks the text is what
+ * kind_utf8_string makes of it all at once. */
+static void utf8_in_pieces(const char *in, size_t len, size_t cap,
+			   size_t piece)
+{
+	char out[256];
+	size_t used = 0, at = 0, avail = 0, took;
+	int cut = 0, truncated = 0;
+	json_t *whole = kind_utf8_string(in, len, cap, &truncated);
+
+	cr_assert(len * 3 < sizeof(out));
+	while (at < len && !cut) {
+		avail = avail + piece < len ? avail + piece : len;
+		took = kind_utf8_text(in + at, avail - at, out + used, &used,
+				      cap, avail == len, &cut);
+		at += took;
+		if (avail == len && !took)
+			break;
+	}
+	cr_assert_eq(used, json_string_length(whole), "piece %zu cap %zu",
+		     piece, cap);
+	cr_assert(memcmp(out, json_string_value(whole), used) == 0);
+	cr_assert_eq(cut, truncated);
+	json_decref(whole);
+}
+
+Test(util, utf8_text_in_pieces_is_the_whole_text)
+{
+	static const char in[] = "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"
+		"\xe0\x80\xff\xc3" "b\xf0\x9f\x98" "\0c\xe2\x82";
+	size_t piece, cap;
+
+	for (piece = 1; piece <= sizeof(in); piece++)
+		for (cap = 0; cap <= 3 * sizeof(in); cap += 5)
+			utf8_in_pieces(in, sizeof(in) - 1, cap, piece);
+}
+
 /* sleep */
 
 Test(sleep, validate_accepts_good_args)
@@ -934,6 +972,47 @@ Test(command, echo_hello)
 	cr_assert_str_eq(output_of(&job, "stderr"), "");
 	cr_assert_not(truncated_of(&job));
 	cr_assert(job.have_rusage);
+	job_free(&job, result);
+}
+
+static char handed[2][4096];
+static size_t handed_len[2];
+
+static void collect_output(struct kind_job *job, int fd, const char *text,
+			   size_t len)
+{
+	(void)job;
+	cr_assert(fd == 1 || fd == 2);
+	cr_assert(handed_len[fd - 1] + len < sizeof(handed[0]));
+	memcpy(handed[fd - 1] + handed_len[fd - 1], text, len);
+	handed_len[fd - 1] += len;
+}
+
+/* The pieces on_output gets while the command runs (a follower's view)
+ * are, end to end, the output stored: characters split across writes,
+ * invalid bytes and the cap included. */
+Test(command, handed_output_is_the_output)
+{
+	struct kind_job job = command_job();
+	json_t *result;
+
+	job.on_output = collect_output;
+	job.output_cap = 20;
+	result = run_command("{\"argv\": [\"sh\", \"-c\", \"printf 'a\\\\303'; "
+			     "sleep 0.1; printf '\\\\251\\\\377x\\\\n'; "
+			     "echo e >&2; sleep 0.1; echo 0123456789abcdef\"]}",
+			     &job);
+	cr_assert_not_null(result, "%s", job.error);
+	cr_assert(job.output_handed);
+	cr_assert_eq(handed_len[0], strlen(output_of(&job, "stdout")));
+	cr_assert(memcmp(handed[0], output_of(&job, "stdout"),
+			 handed_len[0]) == 0, "%.*s", (int)handed_len[0],
+		  handed[0]);
+	cr_assert_str_eq(output_of(&job, "stdout"),
+			 "a\xc3\xa9\xef\xbf\xbdx\n0123456789ab");
+	cr_assert(truncated_of(&job));
+	cr_assert_eq(handed_len[1], 2);
+	cr_assert(memcmp(handed[1], "e\n", 2) == 0);
 	job_free(&job, result);
 }
 

@@ -26,14 +26,61 @@ Test(util, parse_duration_units)
 	cr_assert_eq(parse_duration("12h"), 12 * 3600 * SEC);
 	cr_assert_eq(parse_duration("7d"), 7 * 86400 * SEC);
 	cr_assert_eq(parse_duration("1.5h"), 5400 * SEC);
-	cr_assert_eq(parse_duration("30"), 30 * SEC, "plain seconds");
-	cr_assert_eq(parse_duration("0"), 0);
+	cr_assert_eq(parse_duration("250ms"), SEC / 4);
+	cr_assert_eq(parse_duration("0"), 0, "zero needs no unit");
+	cr_assert_eq(parse_duration("0s"), 0);
 	cr_assert_eq(parse_duration("0.25s"), SEC / 4);
+}
+
+/* A bare number was seconds: "--retention 7" meant to keep a week purged
+ * batches 7 s after they ended.  Now every non-zero duration needs a unit. */
+Test(util, parse_duration_needs_a_unit)
+{
+	const char *bare[] = { "7", "30", "0.5", "1e3", "86400" };
+	size_t i;
+
+	for (i = 0; i < sizeof(bare) / sizeof(bare[0]); i++)
+		cr_assert_eq(parse_duration(bare[i]), -1, "\"%s\" accepted",
+			     bare[i]);
+}
+
+/* ---- parse_cpu_max (cgroup v2 cpu.max) ---- */
+
+Test(util, parse_cpu_max_quota_rounds_up)
+{
+	cr_assert_eq(parse_cpu_max("max 100000\n"), 0, "no limit");
+	cr_assert_eq(parse_cpu_max("max"), 0);
+	cr_assert_eq(parse_cpu_max("100000 100000\n"), 1);
+	cr_assert_eq(parse_cpu_max("200000 100000"), 2);
+	cr_assert_eq(parse_cpu_max("150000 100000\n"), 2, "1.5 CPUs");
+	cr_assert_eq(parse_cpu_max("50000 100000\n"), 1, "at least 1");
+	cr_assert_eq(parse_cpu_max("1000 100000\n"), 1);
+	cr_assert_eq(parse_cpu_max("400000 100000\n"), 4);
+}
+
+Test(util, parse_cpu_max_rejects)
+{
+	const char *bad[] = { "", "\n", "abc", "100000", "100000\n",
+			      "0 100000", "-5 100000", "100000 0",
+			      "100000 x", "maxi 100000", "100000 100000 7" };
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		cr_assert_eq(parse_cpu_max(bad[i]), -1, "\"%s\" accepted",
+			     bad[i]);
+}
+
+Test(util, cpus_usable_is_at_least_one_and_at_most_online)
+{
+	int n = cpus_usable();
+
+	cr_assert_geq(n, 1);
+	cr_assert_leq(n, sysconf(_SC_NPROCESSORS_CONF));
 }
 
 Test(util, parse_duration_rejects)
 {
-	const char *bad[] = { "", "x", "-1", "-1s", "5w", "1e20d", "1e20",
+	const char *bad[] = { "", "x", "-1", "-1s", "5w", "1e20d", "1e20s",
 			      "s", "5ss", "5 s", "inf", "nan", "10sx" };
 	size_t i;
 

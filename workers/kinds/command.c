@@ -141,6 +141,10 @@ struct stream {
 	char *buf;              /* new */
 	size_t len, size;
 	size_t dropped;
+	/* buf[0 .. handed) went to job->on_output as text_len bytes of text;
+	 * cut: the text reached the cap, nothing more goes */
+	size_t handed, text_len;
+	int cut;
 };
 
 /* Everything about one running command.  Strings in argv are borrowed from
@@ -508,6 +512,39 @@ static size_t stream_read(struct stream *s, size_t cap)
 	return (size_t)n;
 }
 
+/* stream_hand gives job->on_output the text of what s read since it last
+ * did, as output_new will make it (so the pieces a follower saw are the
+ * stored output); at_end hands a last incomplete character as well.  On
+ * the stack, in slices: no allocation that could fail and lose a piece. */
+static void stream_hand(struct stream *s, int fd, struct kind_job *job,
+			int at_end)
+{
+	char text[3 * 4096];
+	size_t used, took, slice;
+	int last;
+
+	if (!job->on_output)
+		return;
+	while (s->handed < s->len && !s->cut) {
+		slice = s->len - s->handed < 4096 ? s->len - s->handed : 4096;
+		/* A slice's border is no end: a character across it is held
+		 * back and starts the next slice. */
+		last = s->handed + slice == s->len;
+		used = s->text_len;
+		took = kind_utf8_text(s->buf + s->handed, slice, text, &used,
+				      job->output_cap, last && at_end,
+				      &s->cut);
+		if (used > s->text_len) {
+			job->on_output(job, fd, text, used - s->text_len);
+			job->output_handed = 1;
+		}
+		s->text_len = used;
+		s->handed += took;
+		if (!took)
+			return;
+	}
+}
+
 /* write_quiet is write without SIGPIPE: a pipe whose reader is gone would
  * raise it, killing a caller that does not ignore it.  It is blocked
  * around the write and the one the write raised is taken back. */
@@ -617,8 +654,9 @@ static void command_wait(struct command *c, struct kind_job *job)
 			continue;
 		}
 		for (i = 0; i < 2; i++)
-			if (c->out[i].fd >= 0 && p[WATCH_OUT + i].revents)
-				stream_read(&c->out[i], job->output_cap);
+			if (c->out[i].fd >= 0 && p[WATCH_OUT + i].revents &&
+			    stream_read(&c->out[i], job->output_cap))
+				stream_hand(&c->out[i], i + 1, job, 0);
 		if (c->in_fd >= 0 && p[WATCH_IN].revents)
 			input_write(c);
 		if (c->chan_fd >= 0 && p[WATCH_CHAN].revents &&
@@ -859,6 +897,8 @@ static json_t *command_run(const json_t *args, struct kind_job *job)
 		command_wait(&c, job);
 		command_end(&c, job);
 		result = command_result(&c, job);
+		stream_hand(&c.out[0], 1, job, 1);
+		stream_hand(&c.out[1], 2, job, 1);
 		job->output = output_new(&c, job->output_cap);
 		if (!result || !job->output)
 			job->error = "out of memory";

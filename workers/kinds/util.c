@@ -146,6 +146,45 @@ static size_t utf8_length(const unsigned char *s, size_t len)
 	return cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? 0 : n;
 }
 
+/* may_complete tells whether the len bytes at s (fewer than their lead
+ * byte asks for) could still become a valid character when more come. */
+static int may_complete(const unsigned char *s, size_t len)
+{
+	size_t need = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2, i;
+
+	if (s[0] < 0xc2 || s[0] > 0xf4 || len >= need)
+		return 0;
+	for (i = 1; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return 1;
+}
+
+size_t kind_utf8_text(const char *in, size_t len, char *out, size_t *used,
+		      size_t cap, int at_end, int *cut)
+{
+	static const char replacement[] = "\xef\xbf\xbd";
+	const unsigned char *s = (const unsigned char *)in;
+	size_t i = 0, n;
+
+	while (i < len) {
+		n = utf8_length(s + i, len - i);
+		/* Held back, not replaced: the rest may be in the next read,
+		 * and the text must come out as it would from all at once. */
+		if (!n && !at_end && may_complete(s + i, len - i))
+			break;
+		if (*used + (n ? n : 3) > cap) {
+			*cut = 1;
+			break;
+		}
+		memcpy(out, n ? in + i : replacement, n ? n : 3);
+		out += n ? n : 3;
+		*used += n ? n : 3;
+		i += n ? n : 1;
+	}
+	return i;
+}
+
 /* kind_utf8_string returns a new JSON string of the len bytes at in, each
  * invalid byte (NUL too) replaced by U+FFFD, and cut at a character
  * boundary to at most cap bytes, setting *truncated when it was cut.
@@ -153,24 +192,13 @@ static size_t utf8_length(const unsigned char *s, size_t len)
 json_t *kind_utf8_string(const char *in, size_t len, size_t cap,
 			 int *truncated)
 {
-	static const char replacement[] = "\xef\xbf\xbd";
-	const unsigned char *s = (const unsigned char *)in;
-	size_t i = 0, used = 0, n;
+	size_t used = 0;
 	char *out = malloc(len * 3 + 1);
 	json_t *str;
 
 	if (!out)
 		return NULL;
-	while (i < len) {
-		n = utf8_length(s + i, len - i);
-		if (used + (n ? n : 3) > cap) {
-			*truncated = 1;
-			break;
-		}
-		memcpy(out + used, n ? in + i : replacement, n ? n : 3);
-		used += n ? n : 3;
-		i += n ? n : 1;
-	}
+	kind_utf8_text(in, len, out, &used, cap, 1, truncated);
 	str = json_stringn(out, used);
 	free(out);
 	return str;
