@@ -54,6 +54,7 @@ async function api(path, opts = {}) {
   let body = null;
   const ct = res.headers.get("Content-Type") || "";
   if (res.status !== 204 && ct.includes("json")) body = await res.json();
+  else if (opts.text && res.ok) return res.text();
   else await res.text().catch(() => "");
   if (!res.ok) {
     const e = new Error(body && (body.detail || body.title) || "HTTP " + res.status);
@@ -90,7 +91,9 @@ async function loadPool() {
   const p = await api("/v1/pool");
   $("pool").dataset.size = p.size;
   $("pool").dataset.busy = p.busy;
-  $("pool-summary").textContent = "size " + p.size + " · busy " + p.busy + " · idle " + p.idle;
+  $("pool-summary").textContent = "size " + p.size + " · busy " + p.busy + " · idle " + p.idle +
+    (p.paused ? " · dispatch paused: no job starts" : "");
+  showPaused(p.paused);
   const input = $("pool-size-input");
   if (!poolSizeTouched && document.activeElement !== input) input.value = p.size;
   $("pool-body").innerHTML = p.workers.map((w) =>
@@ -100,6 +103,25 @@ async function loadPool() {
     (w.rss_kb == null ? "–" : (w.rss_kb / 1024).toFixed(1) + " MiB") + "</td></tr>").join("");
 }
 $("pool-size-input").addEventListener("input", () => { poolSizeTouched = true; });
+// showPaused shows the server's pause (GET /v1/pool "paused") on the pool and its button.
+function showPaused(paused) {
+  const btn = $("pause-server");
+  $("pool").dataset.paused = paused ? "true" : "false";
+  btn.hidden = false;
+  btn.textContent = paused ? "Resume dispatch" : "Pause dispatch";
+  btn.setAttribute("aria-pressed", paused ? "true" : "false");
+}
+$("pause-server").addEventListener("click", async () => {
+  const btn = $("pause-server"), pause = $("pool").dataset.paused !== "true";
+  btn.disabled = true;
+  try {
+    const p = await api(pause ? "/v1/pause" : "/v1/resume", {method: "POST"});
+    note("resize-msg", p.paused ? "Dispatch paused: running jobs finish, no new job starts." : "Dispatch resumed.");
+    await loadPool();
+  } catch (e) {
+    report("resize-msg", e);
+  } finally { btn.disabled = false; }
+});
 $("resize-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const size = parseInt($("pool-size-input").value, 10), btn = $("resize");
@@ -161,6 +183,13 @@ function renderBatchRow(b) {
   // a halted batch says so under its state, with the reason on hover
   tr.cells[1].innerHTML = badge(b.state) + (b.halted ? '<div class="muted halted" title="' +
     esc(b.halted.reason || "") + '">halted</div>' : "");
+  if (b.paused && !TERMINAL.has(b.state)) {
+    const p = document.createElement("div");
+    p.className = "muted paused-note";
+    p.textContent = "paused";
+    tr.cells[1].appendChild(p);
+  }
+  tr.dataset.paused = b.paused ? "true" : "false";
   const bar = tr.cells[2].firstChild;
   bar.setAttribute("aria-valuenow", pct);
   bar.firstChild.className = "bg-" + b.state;
@@ -182,9 +211,12 @@ function renderBatches() {
   $("batches-empty").hidden = rows.length > 0;
   if (selected && batches.has(selected)) renderDetailInfo();
 }
+// putBatch keeps b.  A finished batch stays finished (b is an older answer), unless a
+// retry opened it again (reopen): then the next answer is taken as it is.
 function putBatch(b) {
   const old = batches.get(b.id);
-  if (old && TERMINAL.has(old.state) && !TERMINAL.has(b.state)) return;  // an older answer; terminal is final
+  if (old && TERMINAL.has(old.state) && !TERMINAL.has(b.state) && !old.reopened) return;
+  if (old) old.reopened = false;
   batches.set(b.id, old ? Object.assign(old, b) : b);
   if (!order.includes(b.id)) { order.push(b.id); order.sort((x, y) => (x < y ? 1 : -1)); }
 }
@@ -200,6 +232,13 @@ async function loadBatches() {
 }
 // refreshBatch re-reads one batch (for its timings) soon after it changed.
 const pending = new Map();
+// reopen: a retry put jobs of the finished batch id back in the queue.  Its answer is not
+// kept (an event of the new attempts may have overtaken it); the batch is read again.
+function reopen(id) {
+  const b = batches.get(id);
+  if (b) b.reopened = true;
+  refreshBatch(id);
+}
 function refreshBatch(id) {
   if (pending.has(id)) return;
   pending.set(id, setTimeout(async () => {
@@ -259,6 +298,12 @@ async function pump(v) {
     if (v.again || v.dirty.size) { v.again = false; markDirty(v, -1); }
   }
 }
+// rereadView reads the loaded pages of the shown batch again (after an action on it).
+function rereadView() {
+  if (!view) return;
+  view.pages.forEach((p, k) => { if (p.loaded) view.dirty.add(k); });
+  markDirty(view, -1);
+}
 function markDirty(v, k) {
   if (k >= 0) v.dirty.add(k);
   if (!v.timer) v.timer = setTimeout(() => { v.timer = null; pump(v); }, v.jobs.length > 1000 ? 1000 : 150);
@@ -269,7 +314,7 @@ function pageOf(v, index) {
 }
 
 // ---- detail ----
-function closeDetail() { selected = null; view = null; $("detail").hidden = true; $("detail").dataset.batchId = ""; closeJob(); }
+function closeDetail() { selected = null; view = null; $("detail").hidden = true; $("detail").dataset.batchId = ""; closeJob(); go(""); }
 function select(id) {
   selected = id;
   view = newView(id);
@@ -284,6 +329,7 @@ function select(id) {
   renderDetailInfo();
   renderNow();
   d.scrollIntoView({block: "nearest"});
+  go("#/batches/" + id);
   pump(view);
 }
 function renderDetailInfo() {
@@ -300,9 +346,45 @@ function renderDetailInfo() {
     (b.halt.count != null ? b.halt.count : b.halt.percent + "%"))]);
   if (b.timeout_pct != null) rows.push(["timeout", esc(b.timeout_pct + "% of the median run")]);
   if (b.halted) rows.push(["halted", esc(b.halted.reason) + '<div class="muted">' + esc(b.halted.at) + "</div>"]);
+  if (b.paused && !TERMINAL.has(b.state)) rows.push(["paused", "yes: no queued job starts"]);
   $("detail-info").innerHTML = rows.map((r) => "<div><dt>" + r[0] + "</dt><dd>" + r[1] + "</dd></div>").join("");
-  $("cancel-batch").hidden = TERMINAL.has(b.state);
+  const done = TERMINAL.has(b.state), c = b.counts || {};
+  $("detail").dataset.paused = b.paused ? "true" : "false";
+  $("cancel-batch").hidden = done;
+  // Retry puts back what did not succeed (the API's default states).
+  $("retry-batch").hidden = !done || !((c.failed || 0) + (c.timed_out || 0) + (c.canceled || 0));
+  const pb = $("pause-batch");
+  pb.hidden = done;
+  pb.textContent = b.paused ? "Resume batch" : "Pause batch";
+  pb.setAttribute("aria-pressed", b.paused ? "true" : "false");
 }
+$("retry-batch").addEventListener("click", async () => {
+  const id = selected, btn = $("retry-batch");
+  btn.disabled = true;
+  try {
+    const b = await api("/v1/batches/" + id + "/retry", {method: "POST"});
+    note("detail-msg", "Retried " + b.retried + " job" + (b.retried === 1 ? "" : "s") + " of " + id + ".");
+    reopen(id);
+    rereadView();
+  } catch (e) {
+    if (e.status === 409) { note("detail-msg", "The batch is still running."); refreshBatch(id); } else report("detail-msg", e);
+  } finally { btn.disabled = false; }
+});
+$("pause-batch").addEventListener("click", async () => {
+  const id = selected, btn = $("pause-batch"), b0 = batches.get(id), pause = !(b0 && b0.paused);
+  btn.disabled = true;
+  try {
+    const b = await api("/v1/batches/" + id + (pause ? "/pause" : "/resume"), {method: "POST"});
+    delete b.job_ids;
+    const old = batches.get(id);
+    if (old) old.paused = b.paused;       // the flag at once, the rest as putBatch allows
+    putBatch(b);
+    note("detail-msg", b.paused ? "Batch " + id + " paused: its queued jobs wait." : "Batch " + id + " resumed.");
+    renderBatches();
+  } catch (e) {
+    report("detail-msg", e);
+  } finally { btn.disabled = false; }
+});
 $("cancel-batch").addEventListener("click", async () => {
   const id = selected, btn = $("cancel-batch");
   btn.disabled = true;
@@ -348,7 +430,8 @@ function jobRow(j) {
     (j.name ? ' <span class="muted">' + esc(j.name) + "</span>" : "") +
     "</td><td>" + esc(j.kind) + "</td><td>" + badge(j.state) + (j.attempts > 1 ? " ×" + j.attempts : "") +
     '</td><td class="num">' + ms(t.queue_ms) + '</td><td class="num">' + ms(t.run_ms) +
-    '</td><td title="' + esc(outcome(j)) + '">' + esc(outcome(j)) + '</td><td class="num mono">' + (j.worker ? j.worker.pid : "–") + "</td></tr>";
+    (j.state === "queued" || j.state === "running" ? '</td><td><button type="button" class="link cancel-job">Cancel</button>'
+      : '</td><td title="' + esc(outcome(j)) + '">' + esc(outcome(j))) + '</td><td class="num mono">' + (j.worker ? j.worker.pid : "–") + "</td></tr>";
 }
 let rowsDrawn = "";
 function renderRows() {
@@ -380,7 +463,22 @@ $("jobs-scroll").addEventListener("scroll", () => {
 $("jobs-body").addEventListener("click", (ev) => {
   const btn = ev.target.closest("button.open-job");
   if (btn) openJob(btn.closest("tr").dataset.jobId);
+  const cb = ev.target.closest("button.cancel-job");
+  if (cb) cancelJob(cb.closest("tr").dataset.jobId, cb, "detail-msg");
 });
+// cancelJob asks the server to cancel one job (queued: at once; running: killed); its
+// event then redraws the row.
+async function cancelJob(id, btn, where) {
+  btn.disabled = true;
+  try {
+    const j = await api("/v1/jobs/" + id + "/cancel", {method: "POST"});
+    note(where, "Cancel requested for " + id + " (now " + j.state + ").");
+    if (id === jobSel) refreshJob();
+    rereadView();
+  } catch (e) {
+    if (e.status === 409) note(where, "The job already finished."); else report(where, e);
+  } finally { btn.disabled = false; }
+}
 
 // ---- the timeline: one lane per worker slot, one rect per attempt ----
 // The attempts are drawn in milliseconds since the batch was created, inside a group
@@ -597,8 +695,23 @@ window.addEventListener("resize", () => {
 });
 
 // ---- the job view ----
-function closeJob() { jobSel = null; $("job").hidden = true; $("job").dataset.jobId = ""; }
-$("job-close").addEventListener("click", () => { closeJob(); scheduleRender(); });
+function closeJob() { jobSel = null; $("job").hidden = true; $("job").dataset.jobId = ""; note("job-msg", ""); }
+$("job-close").addEventListener("click", () => { closeJob(); go(selected ? "#/batches/" + selected : ""); scheduleRender(); });
+$("cancel-job").addEventListener("click", () => { if (jobSel) cancelJob(jobSel, $("cancel-job"), "job-msg"); });
+$("retry-job").addEventListener("click", async () => {
+  const id = jobSel, btn = $("retry-job");
+  if (!id) return;
+  btn.disabled = true;
+  try {
+    const j = await api("/v1/jobs/" + id + "/retry", {method: "POST"});
+    note("job-msg", "Job " + id + " is queued again (now " + j.state + ").");
+    refreshJob();
+    reopen(j.batch_id);
+    rereadView();
+  } catch (e) {
+    if (e.status === 409) note("job-msg", "The job is queued or running: nothing to retry yet."); else report("job-msg", e);
+  } finally { btn.disabled = false; }
+});
 async function openJob(id) {
   jobSel = id;
   const sec = $("job");
@@ -606,6 +719,8 @@ async function openJob(id) {
   sec.dataset.jobId = id;
   sec.dataset.loaded = "false";
   $("job-h").textContent = "Job " + id;
+  note("job-msg", "");
+  go("#/jobs/" + id);
   scheduleRender();
   await loadJob();
   sec.scrollIntoView({block: "nearest"});
@@ -616,7 +731,15 @@ async function loadJob() {
   if (!id) return;
   try {
     const j = await api("/v1/jobs/" + id);
-    if (id === jobSel) renderJob(j);
+    // A command job's output, read from GET .../output: while it runs that is what it
+    // printed so far (re-read every second, below); when it ended, its latest attempt's.
+    let out = null;
+    if (j.kind === "command") {
+      const read = (stream) => api("/v1/jobs/" + id + "/output?stream=" + stream, {text: true, headers: {Accept: "text/plain"}});
+      const [stdout, stderr] = await Promise.all([read("stdout"), read("stderr")]);
+      out = {stdout, stderr};
+    }
+    if (id === jobSel) renderJob(j, out);
   } catch (e) {
     if (e.status === 404) closeJob(); else report("detail-msg", e);
   }
@@ -632,7 +755,7 @@ function fill(id, text, empty) {
   el.textContent = text || empty;
   el.classList.toggle("empty", !text);
 }
-function renderJob(j) {
+function renderJob(j, out) {
   const sec = $("job"), t = j.timings || {};
   sec.dataset.state = j.state;
   sec.dataset.attempts = j.attempts;
@@ -651,9 +774,11 @@ function renderJob(j) {
   $("job-error").textContent = j.error || "";
   fill("job-args", json(j.args), "(none)");
   fill("job-result", json(j.result), TERMINAL.has(j.state) ? "(none)" : "(not yet)");
-  const o = j.output || {};
-  fill("job-stdout", o.stdout, j.output ? "(empty)" : "(this kind prints nothing)");
-  fill("job-stderr", o.stderr, j.output ? "(empty)" : "(this kind prints nothing)");
+  const o = j.output || {}, shown = out || o, prints = !!(out || j.output);
+  fill("job-stdout", shown.stdout, prints ? "(empty)" : "(this kind prints nothing)");
+  fill("job-stderr", shown.stderr, prints ? "(empty)" : "(this kind prints nothing)");
+  $("cancel-job").hidden = !(j.state === "queued" || j.state === "running");
+  $("retry-job").hidden = !TERMINAL.has(j.state);
   $("job-trunc").textContent = o.truncated ? "(truncated)" : "";
   const hist = attemptsOf(j);
   $("job-history-body").innerHTML = hist.length ? hist.map((h) => {
@@ -665,6 +790,40 @@ function renderJob(j) {
       '</td><td class="wrap">' + esc(h.error || "–") + "</td></tr>";
   }).join("") : '<tr><td colspan="9" class="muted">No attempt has started.</td></tr>';
 }
+
+// ---- URLs: #/batches/b_… and #/jobs/j_… name what is shown, and survive a reload ----
+let routing = false;
+// go records the view in the URL (a history entry of its own), unless the view is
+// being restored from the URL.
+function go(hash) {
+  if (routing || (location.hash || "") === hash) return;
+  history.pushState(null, "", hash || location.pathname + location.search);
+}
+// route shows what the URL names: a batch, or a job inside its batch.
+async function route() {
+  const m = /^#\/(batches|jobs)\/([A-Za-z0-9_]+)$/.exec(location.hash || "");
+  routing = true;
+  try {
+    if (!m) { if (selected) closeDetail(); return; }
+    if (m[1] === "batches") {
+      if (selected === m[2] && !jobSel) return;
+      if (!batches.has(m[2])) putBatch(await api("/v1/batches/" + m[2]));
+      if (selected === m[2]) { closeJob(); scheduleRender(); } else select(m[2]);
+      return;
+    }
+    if (jobSel === m[2]) return;
+    const j = await api("/v1/jobs/" + m[2]);
+    if (!batches.has(j.batch_id)) putBatch(await api("/v1/batches/" + j.batch_id));
+    if (selected !== j.batch_id) select(j.batch_id);
+    await openJob(m[2]);
+  } catch (e) {
+    if (e.status === 404) setStatus("error", "not found: " + m[2]);
+    else if (e.message !== "unauthorized") setStatus("error", "could not load " + m[2] + ": " + e.message);
+  } finally { routing = false; }
+}
+window.addEventListener("popstate", route);
+window.addEventListener("hashchange", route);
+let routed = false;
 
 // ---- the JSON editor ----
 const SEED_SECONDS = [2.92, 1.08, 1.83, 1.67, 3.21, 3.03, 3.68, 1.26, 2.27, 1.09, 1.66, 2.52, 1.08, 1.60, 2.95];
@@ -865,6 +1024,7 @@ function refreshPool() {
 async function refreshAll() {
   try {
     await Promise.all([loadPool(), loadBatches()]);
+    if (!routed) { routed = true; await route(); }
     if (view) { view.pages.forEach((p, k) => { if (p.loaded) view.dirty.add(k); }); pump(view); }
     if (jobSel) loadJob();
   } catch (e) {

@@ -560,6 +560,9 @@ void sched_remove(struct sbatch *b);
 int sched_queued_total(void);
 /* sched_queued_bands: queued jobs of priority > 0, == 0, < 0 in out[0..2]. */
 void sched_queued_bands(int out[3]);
+/* sched_oldest_queued_us: the oldest queued job's wait at now (now_us()),
+ * approximated per batch (sched.c, queued_note); 0 when none is queued. */
+int64_t sched_oldest_queued_us(int64_t now);
 size_t sched_bytes(void);       /* memory held for the batches, hash included */
 void sched_clear(void);
 /* Groups: a batch whose jobs run short is handed to workers many jobs at a

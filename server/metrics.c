@@ -282,6 +282,11 @@ static void render_operators(FILE *f)
 		"jobpool_queued_jobs{priority=\"normal\"} %d\n"
 		"jobpool_queued_jobs{priority=\"low\"} %d\n", bands[0],
 		bands[1], bands[2]);
+	fprintf(f, "# HELP jobpool_oldest_queued_seconds How long the oldest "
+		"queued job on this node's schedule has waited (0: none).\n"
+		"# TYPE jobpool_oldest_queued_seconds gauge\n"
+		"jobpool_oldest_queued_seconds %.3f\n",
+		(double)sched_oldest_queued_us(now_us()) / 1e6);
 	render_http_time(f);
 }
 

@@ -19,6 +19,8 @@ struct sbatch {
 	struct batch_info b;
 	struct sbatch *hnext;   /* next in its hash bucket */
 	int delayed;            /* queued but waiting out a retry backoff */
+	int64_t queued_since;   /* now_us() when queued last rose from 0;
+				 * 0 while none is queued (see queued_note) */
 	/* groups */
 	int runs;               /* finished runs seen, up to RUNS_KNOWN */
 	double run_us;          /* their moving average */
@@ -83,6 +85,22 @@ static void hash_del(struct sbatch *n)
 		*pp = n->hnext;
 }
 
+/* queued_note keeps b->queued_since after its queued count changed from
+ * old.  It stands in for the queue time of the batch's oldest queued job:
+ * jobs are claimed lowest index first, so while the count stays above 0
+ * the oldest one is usually still the one that arrived when it rose (a
+ * new batch's first job).  It can overstate the age (that job may have
+ * started while later ones kept the count up) and, for a batch loaded
+ * at start or taken over from another node, counts from then, not from
+ * the job's own queue time.  Cheap, which is what a scrape wants. */
+static void queued_note(struct sbatch *b, int old)
+{
+	if (b->b.queued <= 0)
+		b->queued_since = 0;
+	else if (old <= 0 || !b->queued_since)
+		b->queued_since = now_us();
+}
+
 static int before(const struct sbatch *a, const struct sbatch *b)
 {
 	if (a->b.priority != b->b.priority)
@@ -133,6 +151,7 @@ void sched_add(const struct batch_info *b)
 	n->b = *b;
 	n->cursor = -1;
 	n->polled_queued = n->polled_running = -1;
+	queued_note(n, 0);
 	queued_total += b->queued;
 	nbatches++;
 	if ((size_t)nbatches > nbuckets)
@@ -207,6 +226,7 @@ void sched_started(struct sbatch *b)
 	b->b.queued--;
 	b->b.running++;
 	queued_total--;
+	queued_note(b, b->b.queued + 1);
 }
 
 /* sched_cancel remembers that b was canceled: none of its jobs may be
@@ -247,6 +267,7 @@ void sched_requeued(struct sbatch *b)
 	b->b.running--;
 	b->b.queued++;
 	queued_total++;
+	queued_note(b, b->b.queued - 1);
 	b->cursor = -1;
 }
 
@@ -261,6 +282,7 @@ void sched_ready(struct sbatch *b)
 	b->delayed--;
 	b->b.queued++;
 	queued_total++;
+	queued_note(b, b->b.queued - 1);
 	b->cursor = -1;
 }
 
@@ -268,8 +290,11 @@ void sched_ready(struct sbatch *b)
  * several nodes, the others claim and finish its jobs too. */
 void sched_update(struct sbatch *b, const struct batch_info *info)
 {
+	int old = b->b.queued;
+
 	queued_total += info->queued - b->b.queued;
 	b->b.queued = info->queued;
+	queued_note(b, old);
 	b->b.running = info->running;
 	b->b.cancel_req = info->cancel_req;
 	b->b.started = b->b.started || info->started;
@@ -287,6 +312,7 @@ void sched_drop_queued(struct sbatch *b, int n)
 {
 	b->b.queued -= n;
 	queued_total -= n;
+	queued_note(b, b->b.queued + n);
 }
 
 void sched_remove(struct sbatch *b)
@@ -456,4 +482,20 @@ void sched_queued_bands(int out[3])
 	for (b = head; b; b = b->next)
 		out[b->b.priority > 0 ? 0 : b->b.priority == 0 ? 1 : 2] +=
 			b->b.queued;
+}
+
+/* sched_oldest_queued_us is how long, at now (now_us()), the oldest queued
+ * job of this node's schedule has waited, by the batches' queued_since
+ * (see queued_note for how close that is); 0 when none is queued.
+ * O(unfinished batches), like sched_queued_bands. */
+int64_t sched_oldest_queued_us(int64_t now)
+{
+	const struct sbatch *b;
+	int64_t oldest = 0;
+
+	for (b = head; b; b = b->next)
+		if (b->b.queued > 0 && b->queued_since &&
+		    (!oldest || b->queued_since < oldest))
+			oldest = b->queued_since;
+	return oldest && now > oldest ? now - oldest : 0;
 }

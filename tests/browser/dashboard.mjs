@@ -8,7 +8,9 @@
 // Events, no reload), opens its detail (timeline and jobs) and a job, cancels a long batch
 // with the button, resizes the pool, submits invalid and valid JSON through the editor,
 // runs the seed batch and watches its timeline grow, opens a retried job with captured
-// output, opens a 10,000-job batch (first paint, scrolling and long tasks measured),
+// output, retries a failed job and its batch with the buttons, reloads the page on a
+// #/jobs/<id> and a #/batches/<id> URL (the view comes back, output included), pauses and
+// resumes dispatch and a batch, cancels single jobs, opens a 10,000-job batch (first paint, scrolling and long tasks measured),
 // survives a server restart, and checks that there were no console errors, CSP
 // violations or failed requests. Saves the seed batch's view as dashboard.png in its temp
 // folder, or next to this file (the README's picture) with UPDATE_SCREENSHOT=1. Ends with "browser: N passed, M failed"; exit 1 on failure.
@@ -96,6 +98,13 @@ async function attempts(base, id) {
 	const jobs = (await api(base, `/v1/batches/${id}/jobs?limit=1000`)).json?.items ?? [];
 	return jobs.reduce((n, j) => n + (j.history?.length ?? 0) + (j.state === 'running' ? 1 : 0), 0);
 }
+// until polls fn (async) every 100 ms until it is truthy or ms passed; returns its last value.
+async function until(fn, ms) {
+	const end = Date.now() + ms;
+	let v;
+	while (!(v = await fn().catch(() => null)) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+	return v;
+}
 const timelineRects = (page) => page.locator('#timeline rect.att').count();
 
 async function main() {
@@ -153,15 +162,17 @@ async function main() {
 	});
 	page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
 	page.on('requestfailed', (r) => {
-		if (phase !== 'done' && phase !== 'restart') problems.push(`request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`);
+		if (phase !== 'done' && phase !== 'restart' && phase !== 'reload') problems.push(`request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`);
 	});
 	page.on('response', (r) => {
 		if (r.status() === 401 && phase === 'no-token') unauthorized.push(r.url());
 		else if (r.status() === 400 && expected400(r.url(), r.request().method())) return;
 		else if (r.status() >= 400) problems.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()} (${phase})`);
 	});
+	// full loads only: the page records its view in the URL (history.pushState), which is
+	// a navigation of the frame too
 	let navigations = 0;
-	page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations++; });
+	page.on('load', () => { navigations++; });
 
 	// -- the page itself is public
 	const resp = await page.goto(base + '/', { waitUntil: 'domcontentloaded' });
@@ -419,6 +430,112 @@ async function main() {
 	await page.locator('#jobs-body tr[data-index="1"] button.open-job').click();
 	await page.waitForSelector('#job[data-loaded="true"][data-state="succeeded"]', { timeout: 5000 }).catch(() => {});
 	check('the job view: a result', JSON.parse((await page.locator('#job-result').textContent()) || 'null')?.value?.answer === 42);
+
+	// -- Retry: a failed job from its view, then the failed batch, each runs one more attempt
+	const jid4 = (await api(base, `/v1/batches/${id4}/jobs`)).json?.items?.[0]?.id;
+	await page.locator('#jobs-body tr[data-index="0"] button.open-job').click();
+	await page.waitForSelector(`#job[data-job-id="${jid4}"][data-loaded="true"][data-state="failed"]`, { timeout: 5000 }).catch(() => {});
+	check('a job has its URL (#/jobs/<id>)', page.url().endsWith(`#/jobs/${jid4}`), page.url());
+	check('a finished job shows Retry, not Cancel', await page.locator('#retry-job').isVisible() &&
+		!(await page.locator('#cancel-job').isVisible()));
+	await page.click('#retry-job');
+	await page.waitForSelector('#job[data-attempts="3"][data-state="failed"][data-loaded="true"]', { timeout: 10000 }).catch(() => {});
+	const rj = await until(async () => { const j = (await api(base, `/v1/jobs/${jid4}`)).json; return j?.state === 'failed' && j.attempts === 3 && j; }, 5000);
+	await page.waitForFunction(() => document.querySelectorAll('#job-history-body tr[data-attempt]').length === 3, null, { timeout: 3000 }).catch(() => {});
+	check('the Retry button re-queues the failed job: a third attempt ran, shown in its history', rj?.history?.length === 3 &&
+		(await page.locator('#job-history-body tr[data-attempt]').count()) === 3 && /queued again/.test(await page.locator('#job-msg').textContent()),
+		JSON.stringify({ attempts: rj?.attempts, state: rj?.state }));
+	await page.waitForSelector(`#detail[data-batch-id="${id4}"][data-state="failed"]`, { timeout: 5000 }).catch(() => {});
+	check('a finished batch with failures shows Retry, not Cancel or Pause', await page.locator('#retry-batch').isVisible() &&
+		!(await page.locator('#cancel-batch').isVisible()) && !(await page.locator('#pause-batch').isVisible()));
+	await page.click('#retry-batch');
+	const rb4 = await until(async () => { const j = (await api(base, `/v1/jobs/${jid4}`)).json;
+		const b = (await api(base, `/v1/batches/${id4}`)).json; return j?.attempts === 4 && b?.state === 'failed' && b; }, 10000);
+	// the page saw the fourth attempt end (its row says ×4) and the batch end again
+	await page.waitForFunction((id) => /×4/.test(document.querySelector('#jobs-body tr[data-index="0"]')?.textContent ?? '') &&
+		document.querySelector(`tr[data-batch-id="${id}"]`)?.dataset.state === 'failed', id4, { timeout: 5000 }).catch(() => {});
+	check('the batch Retry button re-runs its failed job (4 attempts), the batch ends failed again',
+		rb4 && /Retried 1 job/.test(await page.locator('#detail-msg').textContent()) &&
+		(await page.locator(`tr[data-batch-id="${id4}"]`).getAttribute('data-state')) === 'failed',
+		`${await page.locator('#detail-msg').textContent()}`);
+
+	// -- the URL survives a reload: #/jobs/<id> shows that job, its batch and its output
+	await page.waitForSelector(`#job[data-job-id="${jid4}"][data-attempts="4"][data-loaded="true"]`, { timeout: 5000 }).catch(() => {});
+	phase = 'reload';
+	await page.reload({ waitUntil: 'domcontentloaded' });
+	await page.waitForSelector(`#job[data-job-id="${jid4}"][data-loaded="true"]`, { timeout: 8000 }).catch(() => {});
+	phase = 'after-reload';
+	const rv = await page.evaluate(() => ({
+		url: location.hash, batch: document.querySelector('#detail').dataset.batchId, visible: !document.querySelector('#job').hidden,
+		stdout: document.querySelector('#job-stdout').textContent, stderr: document.querySelector('#job-stderr').textContent,
+		attempts: document.querySelectorAll('#job-history-body tr[data-attempt]').length,
+	}));
+	check('reload on #/jobs/<id>: the job\'s detail with its output and history, in its batch', rv.url === `#/jobs/${jid4}` &&
+		rv.batch === id4 && rv.visible && /hello from sh/.test(rv.stdout) && /oops/.test(rv.stderr) && rv.attempts === 4, JSON.stringify(rv));
+	await page.click('#job-close');
+	check('closing the job leaves the batch\'s URL', page.url().endsWith(`#/batches/${id4}`), page.url());
+	phase = 'reload';
+	await page.reload({ waitUntil: 'domcontentloaded' });
+	await page.waitForSelector(`#detail[data-batch-id="${id4}"][data-loaded="true"]`, { timeout: 8000 }).catch(() => {});
+	await page.waitForSelector('#status[data-state="live"]', { timeout: 5000 }).catch(() => {});
+	phase = 'after-reload';
+	check('reload on #/batches/<id>: that batch is shown, no job', (await page.locator('#detail').getAttribute('data-batch-id')) === id4 &&
+		!(await page.locator('#job').isVisible()) && (await page.locator('#jobs-body tr[data-job-id]').count()) === 2);
+
+	// -- Pause dispatch for the whole server, then resume it
+	await page.waitForSelector('#pool[data-paused="false"] #pause-server', { timeout: 5000 }).catch(() => {});
+	await page.click('#pause-server');
+	await page.waitForSelector('#pool[data-paused="true"]', { timeout: 5000 }).catch(() => {});
+	const pq = (await post(base, { name: 'while paused', jobs: [{ kind: 'noop' }] })).json?.id;
+	await page.waitForSelector(`tr[data-batch-id="${pq}"]`, { timeout: 5000 }).catch(() => {});
+	await page.waitForTimeout(300);
+	check('Pause dispatch: GET /v1/pool says paused, the page shows it, a new batch stays queued',
+		(await api(base, '/v1/pool')).json?.paused === true && (await api(base, `/v1/batches/${pq}`)).json?.state === 'queued' &&
+		/Resume/.test(await page.locator('#pause-server').textContent()) && /paused/.test(await page.locator('#pool-summary').textContent()));
+	await page.click('#pause-server');
+	await page.waitForSelector('#pool[data-paused="false"]', { timeout: 5000 }).catch(() => {});
+	await page.waitForSelector(`tr[data-batch-id="${pq}"][data-state="succeeded"]`, { timeout: 5000 }).catch(() => {});
+	check('Resume dispatch: not paused any more, the queued batch runs', (await api(base, '/v1/pool')).json?.paused === false &&
+		(await page.locator(`tr[data-batch-id="${pq}"]`).getAttribute('data-state')) === 'succeeded' &&
+		/Pause/.test(await page.locator('#pause-server').textContent()));
+
+	// -- Pause and resume one batch; cancel single jobs (from the list, from the job view)
+	const id6 = (await post(base, { name: 'pause and cancel', concurrency: 1,
+		jobs: [{ kind: 'sleep', args: { seconds: 60 } }, { kind: 'sleep', args: { seconds: 60 } }] })).json?.id;
+	await page.waitForSelector(`tr[data-batch-id="${id6}"] button.open-batch`, { timeout: 5000 }).catch(() => {});
+	await page.click(`tr[data-batch-id="${id6}"] button.open-batch`);
+	check('a batch has its URL (#/batches/<id>)', page.url().endsWith(`#/batches/${id6}`), page.url());
+	await page.waitForSelector('#jobs-body tr[data-index="0"][data-state="running"]', { timeout: 5000 }).catch(() => {});
+	check('a running batch shows Pause and Cancel, not Retry', await page.locator('#pause-batch').isVisible() &&
+		await page.locator('#cancel-batch').isVisible() && !(await page.locator('#retry-batch').isVisible()));
+	await page.click('#pause-batch');
+	await page.waitForSelector('#detail[data-paused="true"]', { timeout: 5000 }).catch(() => {});
+	check('Pause batch: the batch is paused (API and page)', (await api(base, `/v1/batches/${id6}`)).json?.paused === true &&
+		(await page.locator(`tr[data-batch-id="${id6}"]`).getAttribute('data-paused')) === 'true' &&
+		/Resume/.test(await page.locator('#pause-batch').textContent()));
+	await page.click('#pause-batch');
+	await page.waitForSelector('#detail[data-paused="false"]', { timeout: 5000 }).catch(() => {});
+	check('Resume batch: not paused any more', (await api(base, `/v1/batches/${id6}`)).json?.paused === false &&
+		/Pause/.test(await page.locator('#pause-batch').textContent()));
+	await page.click('#jobs-body tr[data-index="0"] button.cancel-job');
+	await page.waitForSelector('#jobs-body tr[data-index="0"][data-state="canceled"]', { timeout: 5000 }).catch(() => {});
+	await page.waitForSelector('#jobs-body tr[data-index="1"][data-state="running"]', { timeout: 5000 }).catch(() => {});
+	const j6 = (await api(base, `/v1/batches/${id6}/jobs`)).json?.items ?? [];
+	check('Cancel on one job: it ends canceled, the next one runs, the batch goes on', j6[0]?.state === 'canceled' &&
+		j6[1]?.state === 'running' && (await api(base, `/v1/batches/${id6}`)).json?.state === 'running', JSON.stringify(j6.map((j) => j.state)));
+	await page.click('#jobs-body tr[data-index="1"] button.open-job');
+	await page.waitForSelector('#job[data-loaded="true"][data-state="running"]', { timeout: 5000 }).catch(() => {});
+	check('a running job shows Cancel, not Retry', await page.locator('#cancel-job').isVisible() && !(await page.locator('#retry-job').isVisible()));
+	await page.click('#cancel-job');
+	await page.waitForSelector('#job[data-state="canceled"]', { timeout: 5000 }).catch(() => {});
+	await page.waitForFunction((id) => ['failed', 'canceled'].includes(document.querySelector(`tr[data-batch-id="${id}"]`)?.dataset.state),
+		id6, { timeout: 5000 }).catch(() => {});
+	const c6 = { job: (await api(base, `/v1/jobs/${j6[1]?.id}`)).json?.state, batch: (await api(base, `/v1/batches/${id6}`)).json?.state,
+		row: await page.locator(`tr[data-batch-id="${id6}"]`).getAttribute('data-state'), retry: await page.locator('#retry-job').isVisible() };
+	// jobs canceled one by one end the batch as the API decides (not "canceled": nobody
+	// canceled the batch); the page shows that end
+	check('Cancel in the job view: the last job ends canceled, its batch ends, the job can be retried', c6.job === 'canceled' &&
+		['failed', 'canceled'].includes(c6.batch) && c6.row === c6.batch && c6.retry, JSON.stringify(c6));
 
 	// -- markup in names, args and output is shown as text, never run
 	const evil = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>';

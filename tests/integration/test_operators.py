@@ -241,3 +241,19 @@ def test_operator_metrics_present_and_moving():
             what="two queued in the high band")
         srv.post("/v1/batches/%s/cancel" % b2["id"])
         srv.wait_batch(b2["id"])
+
+
+def test_oldest_queued_seconds_gauge():
+    """jobpool_oldest_queued_seconds is 0 with nothing queued and grows
+    while a job waits behind the only, busy, worker."""
+    with Server(workers=1) as srv:
+        s0 = parse_metrics(srv.get("/metrics")[2])
+        assert s0[("jobpool_oldest_queued_seconds", "")] == 0, s0
+        b = srv.submit([{"kind": "sleep", "args": {"seconds": 30}}] * 2)
+        wait_until(lambda: parse_metrics(srv.get("/metrics")[2])[
+            ("jobpool_oldest_queued_seconds", "")] > 0, 10,
+            what="the queued job's age above 0")
+        srv.post("/v1/batches/%s/cancel" % b["id"])
+        srv.wait_batch(b["id"])
+        s = parse_metrics(srv.get("/metrics")[2])
+        assert s[("jobpool_oldest_queued_seconds", "")] == 0, s
