@@ -715,3 +715,37 @@ def kill_all():
 
 
 atexit.register(kill_all)
+
+
+class SSE:
+    """A minimal Server-Sent Events client over http.client."""
+
+    def __init__(self, srv, query="", last_id=None, timeout=10):
+        self.conn = http.client.HTTPConnection("127.0.0.1", srv.port,
+                                               timeout=timeout)
+        h = {"Accept": "text/event-stream"}
+        if last_id:
+            h["Last-Event-ID"] = str(last_id)
+        self.conn.request("GET", "/v1/events" + query, headers=h)
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200, self.resp.status
+        assert self.resp.getheader("content-type") == "text/event-stream"
+
+    def next(self):
+        ev = {}
+        while True:
+            line = self.resp.fp.readline().decode()
+            if line == "":
+                raise EOFError
+            line = line.rstrip("\n")
+            if line == "":
+                if ev:
+                    return ev
+                continue
+            if line.startswith(":"):
+                continue
+            k, _, v = line.partition(": ")
+            ev[k] = v
+
+    def close(self):
+        self.conn.close()

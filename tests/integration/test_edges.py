@@ -1,12 +1,11 @@
 """Edges of the contract: auth, CORS, /metrics, Server-Sent Events."""
 
-import http.client
 import json
 import re
 import subprocess
 import time
 
-from harness import Server, assert_problem, server_binary
+from harness import SSE, Server, assert_problem, server_binary
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": "Bearer " + TOKEN}
@@ -154,40 +153,6 @@ def test_metrics_parse_and_add_up():
         srv.wait_pool_ready(2)
         st, h, b = srv.get("/readyz")
         assert st == 200 and b == {"status": "ready"}, b
-
-
-class SSE:
-    """A minimal Server-Sent Events client over http.client."""
-
-    def __init__(self, srv, query="", last_id=None):
-        self.conn = http.client.HTTPConnection("127.0.0.1", srv.port,
-                                               timeout=10)
-        h = {"Accept": "text/event-stream"}
-        if last_id:
-            h["Last-Event-ID"] = str(last_id)
-        self.conn.request("GET", "/v1/events" + query, headers=h)
-        self.resp = self.conn.getresponse()
-        assert self.resp.status == 200, self.resp.status
-        assert self.resp.getheader("content-type") == "text/event-stream"
-
-    def next(self):
-        ev = {}
-        while True:
-            line = self.resp.fp.readline().decode()
-            if line == "":
-                raise EOFError
-            line = line.rstrip("\n")
-            if line == "":
-                if ev:
-                    return ev
-                continue
-            if line.startswith(":"):
-                continue
-            k, _, v = line.partition(": ")
-            ev[k] = v
-
-    def close(self):
-        self.conn.close()
 
 
 def test_events_reconnect_sees_every_change_once():

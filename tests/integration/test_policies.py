@@ -8,11 +8,10 @@ bounds are generous (a killed `sleep 30` must end long before 30 s);
 relative-timeout checks compare the server's own measurements.
 """
 
-import http.client
 import json
 import re
 
-from harness import Server, assert_problem, parse_ts, wait_until
+from harness import SSE, Server, assert_problem, parse_ts, wait_until
 
 CMD = ["--allow-command"]
 
@@ -38,37 +37,6 @@ def median(xs):
     xs = sorted(xs)
     n = len(xs)
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
-
-class SSE:
-    """A minimal Server-Sent Events reader (as test_edges.py has it)."""
-
-    def __init__(self, srv, query=""):
-        self.conn = http.client.HTTPConnection("127.0.0.1", srv.port,
-                                               timeout=20)
-        self.conn.request("GET", "/v1/events" + query,
-                          headers={"Accept": "text/event-stream"})
-        self.resp = self.conn.getresponse()
-        assert self.resp.status == 200, self.resp.status
-
-    def next(self):
-        ev = {}
-        while True:
-            line = self.resp.fp.readline().decode()
-            if line == "":
-                raise EOFError
-            line = line.rstrip("\n")
-            if line == "":
-                if ev:
-                    return ev
-                continue
-            if line.startswith(":"):
-                continue
-            k, _, v = line.partition(": ")
-            ev[k] = v
-
-    def close(self):
-        self.conn.close()
 
 
 # ---------------------------------------------------------------- halt
@@ -180,7 +148,7 @@ def test_halt_not_met_and_met_by_the_last_job_change_nothing():
 
 def test_halted_shows_in_events_and_long_poll_and_survives_restart():
     with Server(workers=1, args=CMD) as srv:
-        stream = SSE(srv)
+        stream = SSE(srv, timeout=20)
         b = post_batch(srv, {
             "halt": {"when": "fail", "count": 1, "mode": "soon"},
             "jobs": [sh("exit 1"), sh("true"), sh("true")]})
