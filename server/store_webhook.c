@@ -148,6 +148,20 @@ static const char outbox_triggers[] =
 	" FROM webhooks w WHERE w.batch_id = new.batch_id AND (w.events & 2) != 0;\n"
 	"END;\n";
 
+/* Whether the outbox triggers may exist: set whenever they are created,
+ * cleared once sq_webhook_idle finds or leaves none.  It only spares the
+ * end of every batch a look at the schema while no webhook is in use; a
+ * creation rolled back leaves it set, which costs one more look. */
+static int triggers_maybe = 1;
+
+/* arm_triggers creates the outbox triggers (a no-op when they exist), in
+ * the caller's transaction. */
+static int arm_triggers(void)
+{
+	triggers_maybe = 1;
+	return store_exec(outbox_triggers);
+}
+
 int sq_webhook_insert(int64_t batch_id, const json_t *w, int generated)
 {
 	sqlite3_stmt *s = get(W_INSERT);
@@ -161,8 +175,7 @@ int sq_webhook_insert(int64_t batch_id, const json_t *w, int generated)
 	sqlite3_bind_int(s, 5, generated);
 	if (store_step(s) < 0)
 		return -1;
-	/* a no-op when they exist */
-	return store_exec(outbox_triggers);
+	return arm_triggers();
 }
 
 /* sq_webhook_reopen creates the outbox triggers again when batch_id,
@@ -180,7 +193,7 @@ int sq_webhook_reopen(int64_t batch_id)
 	sqlite3_bind_int64(s, 1, batch_id);
 	has = sqlite3_step(s) == SQLITE_ROW;
 	sqlite3_reset(s);
-	return has ? store_exec(outbox_triggers) : 0;
+	return has ? arm_triggers() : 0;
 }
 
 /* sq_webhook_idle drops the outbox triggers once no unfinished batch has a
@@ -189,22 +202,29 @@ int sq_webhook_reopen(int64_t batch_id)
 void sq_webhook_idle(void)
 {
 	sqlite3_stmt *s;
-	int busy = 1;
+	int present = 1, open = 1;
 
+	if (!triggers_maybe)
+		return;
 	if (sqlite3_prepare_v2(store_db, "SELECT EXISTS (SELECT 1 FROM "
 			       "sqlite_master WHERE type = 'trigger' AND name = "
-			       "'webhook_job_finished') AND NOT EXISTS (SELECT 1 "
+			       "'webhook_job_finished'), EXISTS (SELECT 1 "
 			       "FROM webhooks w JOIN batches b ON b.id = "
 			       "w.batch_id WHERE b.state IN ('queued', "
 			       "'running'))", -1, &s, NULL) != SQLITE_OK)
 		return;
-	if (sqlite3_step(s) == SQLITE_ROW)
-		busy = !sqlite3_column_int(s, 0);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		present = sqlite3_column_int(s, 0);
+		open = sqlite3_column_int(s, 1);
+	}
 	sqlite3_finalize(s);
-	if (!busy)
-		sqlite3_exec(store_db, "DROP TRIGGER IF EXISTS "
-			     "webhook_batch_finished; DROP TRIGGER IF EXISTS "
-			     "webhook_job_finished", NULL, NULL, NULL);
+	if (present && !open &&
+	    sqlite3_exec(store_db, "DROP TRIGGER IF EXISTS "
+			 "webhook_batch_finished; DROP TRIGGER IF EXISTS "
+			 "webhook_job_finished", NULL, NULL, NULL) == SQLITE_OK)
+		present = 0;
+	if (!present)
+		triggers_maybe = 0;
 }
 
 /* due reads up to max deliveries due at now into out.  Returns how many,
