@@ -827,10 +827,14 @@ test_longpoll_across_nodes.timeout = 90
 
 
 def test_c2_limit():
-    """C2: five batches with concurrency 1, 2, 3, 4 and 6 (120 jobs of 30-80
+    """C2: five batches with concurrency 1, 2, 3, 4 and 6 (120 jobs of 80-160
     ms, 3 nodes x 4 workers): the attempts of a batch never overlap more than
-    its concurrency (exact, from the log), reach it, and a 10 ms sampler of
-    the batches' running counts never sees more."""
+    its concurrency (exact, from the log), and a 10 ms sampler of the
+    batches' running counts never sees more. Each batch also reaches its
+    limit, seen in the log or by the sampler: the log only covers the shell's
+    own run, so under a sanitizer build a slow fork can hide the last slot
+    from it while the server did hand all of them out (the sampler reads the
+    count the gate keeps)."""
     with Cluster() as cl:
         nodes = [cl[n] for n in NAMES]
         for n in nodes:
@@ -843,7 +847,7 @@ def test_c2_limit():
         for c in limits:
             k = int(round(120 * c / sum(limits)))
             bodies.append((c, [cl.sh_job("c2.%d.%d" % (c, i),
-                                         rnd.uniform(0.03, 0.08))
+                                         rnd.uniform(0.08, 0.16))
                                for i in range(k)]))
         stop = threading.Event()
         seen = {}
@@ -887,7 +891,7 @@ def test_c2_limit():
                 problems.append("c=%d: %d attempts logged for %d jobs" % (
                     c, len(att), len(jobs)))
             m = max_overlap(att)
-            reached[c] = m
+            reached[c] = max(m, seen.get(bids[c], 0))
             if m > c:
                 problems.append("c=%d: %d attempts overlapped" % (c, m))
             if seen.get(bids[c], 0) > c:
@@ -906,7 +910,7 @@ def test_c2_limit():
         for c in limits:
             assert reached[c] == c, \
                 "c=%d: at most %d attempts ran at once, never the limit " \
-                "(overlaps %r)" % (c, reached[c], reached)
+                "(log and sampler together: %r)" % (c, reached[c], reached)
 
 
 test_c2_limit.timeout = 150
