@@ -655,6 +655,14 @@ static enum MHD_Result get_or_wait(struct request *r, int is_batch)
 		http_suspend_wait(r, is_batch, id);
 		return MHD_YES;
 	}
+	/* Where the batch reports to, so a batch read shows it and can be
+	 * submitted again as read; never the secret (the 201 showed it). */
+	if (is_batch) {
+		json_t *w = store_webhook_json(id, 0);
+
+		if (w)
+			json_object_set_new(obj, "webhook", w);
+	}
 	if (fail && strcmp(fail, "true") == 0)
 		return fail_status(r, obj);
 	return http_json(r, 200, obj);

@@ -328,6 +328,7 @@ function select(id) {
   renderBatches();
   renderDetailInfo();
   renderNow();
+  refreshBatch(id); // the batch as read whole (lists leave out its webhook)
   d.scrollIntoView({block: "nearest"});
   go("#/batches/" + id);
   pump(view);
@@ -347,6 +348,11 @@ function renderDetailInfo() {
   if (b.timeout_pct != null) rows.push(["timeout", esc(b.timeout_pct + "% of the median run")]);
   if (b.halted) rows.push(["halted", esc(b.halted.reason) + '<div class="muted">' + esc(b.halted.at) + "</div>"]);
   if (b.paused && !TERMINAL.has(b.state)) rows.push(["paused", "yes: no queued job starts"]);
+  // where the batch reports, and the batches its end links (only a batch read shows webhook)
+  if (b.webhook) rows.push(["webhook", esc(b.webhook.url) + '<div class="muted">' + esc((b.webhook.events || []).join(", ")) + "</div>"]);
+  const link = (id) => '<a href="#/batches/' + esc(id) + '">' + esc(id) + "</a>";
+  if (b.parent_id) rows.push(["follows", link(b.parent_id)]);
+  if (b.then_state) rows.push(["then", b.then_batch_id ? link(b.then_batch_id) : esc(b.then_state)]);
   $("detail-info").innerHTML = rows.map((r) => "<div><dt>" + r[0] + "</dt><dd>" + r[1] + "</dd></div>").join("");
   const done = TERMINAL.has(b.state), c = b.counts || {};
   $("detail").dataset.paused = b.paused ? "true" : "false";

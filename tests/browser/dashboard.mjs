@@ -69,7 +69,7 @@ const deadline = setTimeout(async () => {
 function startServer(listen = '127.0.0.1:0') {
 	return new Promise((resolveP, reject) => {
 		const args = ['--listen', listen, '--db', join(tmp, 'jobpool.db'), '--workers', '2',
-			'--token', TOKEN, '--kill-grace-ms', '500', '--allow-command'];
+			'--token', TOKEN, '--kill-grace-ms', '500', '--allow-command', '--webhook-allow', '127.0.0.2'];
 		server = spawn(JOBPOOLD, args, { stdio: ['ignore', 'ignore', 'pipe'] });
 		let log = '';
 		const t = setTimeout(() => reject(new Error(`no "listening on" line within 10 s:\n${log}`)), 10000);
@@ -481,6 +481,25 @@ async function main() {
 	phase = 'after-reload';
 	check('reload on #/batches/<id>: that batch is shown, no job', (await page.locator('#detail').getAttribute('data-batch-id')) === id4 &&
 		!(await page.locator('#job').isVisible()) && (await page.locator('#jobs-body tr[data-job-id]').count()) === 2);
+
+	// -- A batch's webhook and follow-up in its detail; the follow-up's link opens it
+	// (the webhook goes to a loopback port where nothing listens)
+	const wh = (await post(base, { name: 'hooked', jobs: [{ kind: 'noop' }],
+		webhook: { url: 'http://127.0.0.2:9/hook' }, then: { on: 'success', batch: { name: 'after', jobs: [{ kind: 'noop' }] } } })).json?.id;
+	await page.waitForSelector(`tr[data-batch-id="${wh}"][data-state="succeeded"] button.open-batch`, { timeout: 5000 }).catch(() => {});
+	await page.click(`tr[data-batch-id="${wh}"] button.open-batch`);
+	await page.waitForFunction(() => /127\.0\.0\.2:9\/hook/.test(document.getElementById('detail-info').textContent) &&
+		document.querySelector('#detail-info a[href^="#/batches/"]'), null, { timeout: 5000 }).catch(() => {});
+	const info = await page.locator('#detail-info').textContent();
+	const next = (await api(base, `/v1/batches/${wh}`)).json?.then_batch_id;
+	check('a batch\'s detail shows its webhook (no secret) and its follow-up',
+		/http:\/\/127\.0\.0\.2:9\/hook/.test(info) && /batch\.finished/.test(info) && !/whsec_/.test(info) &&
+		next && (await page.locator(`#detail-info a[href="#/batches/${next}"]`).count()) === 1, info);
+	await page.click(`#detail-info a[href="#/batches/${next}"]`).catch(() => {});
+	await page.waitForSelector(`#detail[data-batch-id="${next}"]`, { timeout: 5000 }).catch(() => {});
+	await page.waitForFunction((p) => document.getElementById('detail-info').textContent.includes(p), wh, { timeout: 5000 }).catch(() => {});
+	check('the follow-up\'s link opens it, and it names its parent', (await page.locator('#detail').getAttribute('data-batch-id')) === next &&
+		(await page.locator(`#detail-info a[href="#/batches/${wh}"]`).count()) === 1);
 
 	// -- Pause dispatch for the whole server, then resume it
 	await page.waitForSelector('#pool[data-paused="false"] #pause-server', { timeout: 5000 }).catch(() => {});

@@ -406,7 +406,7 @@ const isTerminal = (s) => ['succeeded', 'failed', 'timed_out', 'canceled'].inclu
 async function main() {
 	console.log(`# server ${SERVER_BIN}, spec ${SPEC_PATH}`);
 	const [S, L, A] = await Promise.all([
-		startServer('main', []),
+		startServer('main', ['--webhook-allow', '127.0.0.2']),
 		startServer('limits', ['--max-body-bytes', '2048', '--max-queued-jobs', '1']),
 		startServer('auth', ['--token', TOKEN, '--cors-origin', ORIGIN]),
 	]);
@@ -633,6 +633,30 @@ async function main() {
 		json: { jobs: [{ kind: 'noop' }], webhook: { url: 'http://127.0.0.1:9/hook' } },
 		check: (r) => want(r.json?.errors?.some((e) => e.path === '/webhook/url'), `errors ${JSON.stringify(r.json?.errors)}`),
 	});
+	// a webhook to a loopback port where nothing listens: its 201 shows the
+	// generated secret, the batch read shows url and events, and its
+	// deliveries list the failed attempts
+	const hooked = await call(S, 'POST', '/v1/batches', {
+		expect: 201, label: 'POST /v1/batches 201 (webhook, generated secret)',
+		json: { jobs: [{ kind: 'noop' }], webhook: { url: 'http://127.0.0.2:9/hook', events: ['batch.finished', 'job.finished'] } },
+		check: (r) => want(/^whsec_/.test(r.json?.webhook?.secret ?? ''), `webhook ${JSON.stringify(r.json?.webhook)}`),
+	});
+	const W_ID = hooked.json?.id;
+	if (W_ID) {
+		await call(S, 'GET', `/v1/batches/${W_ID}?wait=10`, {
+			expect: 200, label: 'GET /v1/batches/{id} 200 (with its webhook, no secret)',
+			check: (r) => want(r.json?.webhook?.url === 'http://127.0.0.2:9/hook' && !('secret' in (r.json?.webhook ?? {})), `webhook ${JSON.stringify(r.json?.webhook)}`),
+		});
+		for (let i = 0; i < 50; i++) {
+			const r = await fetch(`http://127.0.0.1:${S.port}/v1/batches/${W_ID}/deliveries`).then((x) => x.json()).catch(() => null);
+			if (r?.items?.length === 2 && r.items.every((d) => d.attempts > 0)) break;
+			await new Promise((res) => setTimeout(res, 100));
+		}
+		await call(S, 'GET', `/v1/batches/${W_ID}/deliveries`, {
+			expect: 200, label: 'GET /v1/batches/{id}/deliveries 200 (failed attempts)',
+			check: (r) => want(r.json?.items?.length === 2 && r.json.items.every((d) => d.attempts > 0 && d.state === 'pending'), `items ${JSON.stringify(r.json?.items)}`),
+		});
+	}
 	await call(S, 'POST', '/v1/batches', {
 		expect: 400, label: 'POST /v1/batches 400 (a bad follow-up)',
 		json: { jobs: [{ kind: 'noop' }], then: { on: 'success', batch: { jobs: [{ kind: 'nope' }] } } },

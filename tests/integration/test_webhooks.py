@@ -182,6 +182,8 @@ def test_signed_deliveries_retried_with_a_stable_id():
 
 
 def test_generated_secret_shown_once():
+    """A generated secret is in the 201 only; a read shows url and events;
+    the batch posted back as read reports to the same url, newly signed."""
     rcv = None
     try:
         with Server(workers=1, args=ARGS) as srv:
@@ -207,6 +209,22 @@ def test_generated_secret_shown_once():
                          "/v1/batches/%s/deliveries" % b["id"]):
                 st, _, got = srv.get(path)
                 assert secret not in json.dumps(got), (path, got)
+            # a batch read shows where it reports, and posted back as read
+            # it keeps reporting there, under a new secret shown once
+            st, _, read = srv.get("/v1/batches/%s" % b["id"])
+            assert read["webhook"] == {"url": rcv.url,
+                                       "events": ["batch.finished"]}, read
+            read["jobs"] = [{"kind": "noop"}]
+            st, _, b2 = srv.request("POST", "/v1/batches", body=read)
+            assert st == 201, b2
+            assert b2["webhook"]["url"] == rcv.url, b2
+            assert b2["webhook"]["secret"] not in (None, secret), b2
+            rcv.secret = b2["webhook"]["secret"]
+            srv.wait_batch(b2["id"])
+            wait_until(lambda: rcv.events() == [("batch.finished", b["id"]),
+                                                ("batch.finished", b2["id"])],
+                       10, what="delivery of the batch posted back")
+            assert not rcv.bad, rcv.bad
     finally:
         if rcv:
             rcv.close()
