@@ -1021,18 +1021,34 @@ static enum MHD_Result api_batch_patch(struct request *r)
 	return after_commit(r, batch_set_reply);
 }
 
-/* POST /v1/pause and /v1/resume: dispatch on this node stops or restarts;
- * running jobs finish.  In memory only: a restart, and every other node
- * sharing a PostgreSQL database, dispatch as before (pause each node, or
- * pause the batches, which is stored). */
+/* POST /v1/pause and /v1/resume: dispatch stops or restarts; running jobs
+ * finish.  Stored (store_dispatch_set), so a paused server stays paused
+ * across a restart, and with PostgreSQL every node follows it within its
+ * --poll-interval.  This node follows at once: no job starts here after
+ * the request is read; a failed commit puts back what is stored. */
 static json_t *pool_view(void);
+
+static enum MHD_Result pause_reply(struct request *r)
+{
+	int stored;
+
+	if (!r->commit_ok || r->op_rc < 0) {
+		if ((stored = store_dispatch_get()) >= 0)
+			sched_pause_all(stored);
+		return not_committed(r, "the pause");
+	}
+	return http_json(r, 200, pool_view());
+}
 
 static enum MHD_Result pause_all(struct request *r, int paused)
 {
-	if (sched_all_paused() != paused)
-		log_info("pool: dispatch %s", paused ? "paused" : "resumed");
-	sched_pause_all(paused);
-	return http_json(r, 200, pool_view());
+	r->op_rc = store_dispatch_set(paused);
+	if (r->op_rc == 0) {
+		if (sched_all_paused() != paused)
+			log_info("pool: dispatch %s", paused ? "paused" : "resumed");
+		sched_pause_all(paused);
+	}
+	return after_commit(r, pause_reply);
 }
 
 static enum MHD_Result api_pause(struct request *r)
@@ -1230,6 +1246,10 @@ static enum MHD_Result api_pool_put(struct request *r)
 		return http_invalid(r, "/", "must be exactly {\"size\": N}");
 	}
 	json_decref(body);
+	/* 0 is what people try for "stop taking jobs": name the verb for it */
+	if (d == 0)
+		return http_invalid(r, "/size", "must be an integer from 1 to 1024; "
+				    "to stop starting jobs, POST /v1/pause");
 	if (d < 1 || d > POOL_MAX)
 		return http_invalid(r, "/size", "must be an integer from 1 to 1024");
 	if (shutting_down)

@@ -623,14 +623,25 @@ static void tick_fence(void *ctx)
 	pool_kill_all();
 }
 
+/* tick_dispatch: the stored server-wide pause as the store read it (with
+ * PostgreSQL, set through any node). */
+static void tick_dispatch(int paused, void *ctx)
+{
+	if (sched_all_paused() == paused)
+		return;
+	log_info("pool: dispatch %s (stored: set through another node)",
+		 paused ? "paused" : "resumed");
+	sched_pause_all(paused);
+}
+
 int64_t engine_tick(int64_t now)
 {
 	struct backoff **pp = &backoffs, *w;
 	int64_t next = 0;
 	struct sbatch *b;
 	struct store_tick cb = { tick_job, tick_cancel, tick_batch, tick_fence,
-				 tick_event, tick_live, NULL, pool_busy(),
-				 pool_size() };
+				 tick_event, tick_live, tick_dispatch, NULL,
+				 pool_busy(), pool_size() };
 
 	if (store_dispatch_after_commit()) {
 		store_tick(now_us(), &cb);
@@ -1588,9 +1599,15 @@ static void add_loaded(const struct batch_info *b, void *ctx)
 	load_policy(sched_find(b->id), b->id);
 }
 
-/* engine_load schedules the unfinished batches found at start. */
+/* engine_load schedules the unfinished batches found at start, and keeps
+ * a stored pause of dispatch (POST /v1/pause before a restart). */
 int engine_load(void)
 {
+	if (store_dispatch_get() == 1) {
+		sched_pause_all(1);
+		log_warn("pool: dispatch is paused (stored): no queued job "
+			 "starts until POST /v1/resume");
+	}
 	return store_load_active(add_loaded, NULL);
 }
 

@@ -330,6 +330,8 @@ struct store_tick {
 	void (*event)(const struct change *c, void *ctx);
 	/* the jobs this node's workers run or hold now, up to max */
 	size_t (*live)(int64_t *ids, size_t max, void *ctx);
+	/* the stored server-wide pause, as the store read it (NULL: none) */
+	void (*dispatch)(int paused, void *ctx);
 	void *ctx;
 	int busy, pool_size;    /* this node's workers, for GET /v1/nodes */
 };
@@ -524,6 +526,12 @@ json_t *store_webhook_json(int64_t batch_id, int with_secret);
  * schedule. */
 #define STORE_KEEP INT64_MIN
 int store_batch_set(int64_t batch_id, int paused, int64_t priority);
+/* store_dispatch_set stores the server-wide pause (POST /v1/pause) in the
+ * turn's transaction: 0, -1 on failure.  store_dispatch_get reads it: 1
+ * paused, 0 not, -1 on failure.  With PostgreSQL every node reads it at
+ * its look (store_tick's dispatch callback), so it holds on all of them. */
+int store_dispatch_set(int paused);
+int store_dispatch_get(void);
 /* store_jobs_list is GET /v1/jobs: jobs of every batch in id order after
  * job id `after`, whose state is one of states (a comma list, NULL: any):
  * {items, next_cursor} (new), NULL on failure. */

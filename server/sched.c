@@ -39,7 +39,8 @@ struct sbatch {
 static struct sbatch *head, *tail;
 static int queued_total;
 /* POST /v1/pause: no batch is picked, so nothing new starts on this node
- * (memory only: a restart or another node does not know it). */
+ * (the stored pause, store_dispatch_set: set by the API and at start, and
+ * by the tick when another node changed it). */
 static int all_paused;
 static int nbatches;
 static int nmedians;            /* batches holding a run-time window */

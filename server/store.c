@@ -211,6 +211,9 @@ static const char *const sql[S__COUNT] = {
 	/* pause, resume, PATCH: NULL keeps a value */
 	[S_BATCH_SET] = "UPDATE batches SET paused = coalesce(?1, paused), "
 		"priority = coalesce(?2, priority) WHERE id = ?3",
+	/* the server-wide pause (010_dispatch.sql) */
+	[S_DISPATCH_SET] = "UPDATE dispatch SET paused = ? WHERE id = 1",
+	[S_DISPATCH_GET] = "SELECT paused FROM dispatch WHERE id = 1",
 	/* GET /v1/jobs; a state list is "a,b" (validated by the API) */
 	[S_LIST_ALL_J] = "SELECT " JOB_COLS " FROM jobs WHERE id > ? "
 		"ORDER BY id LIMIT ?",
@@ -1070,6 +1073,8 @@ const struct store_ops sqlite_store_ops = {
 	.batch_runs = sq_batch_runs,
 	.batch_halt = sq_batch_halt,
 	.batch_set = sq_batch_set,
+	.dispatch_set = sq_dispatch_set,
+	.dispatch_get = sq_dispatch_get,
 	.jobs_list = sq_jobs_list,
 	.ping = sq_ping,
 	.memory_bytes = sq_memory_bytes,

@@ -19,6 +19,7 @@ enum stmt_id {
 	S_POLICY, S_RUNS, S_HALT,
 	S_THEN_SET, S_THEN_GET, S_THEN_DONE, S_THEN_PARENT, S_THEN_CHILD,
 	S_BATCH_SET, S_LIST_ALL_J, S_LIST_ALL_J_STATE,
+	S_DISPATCH_SET, S_DISPATCH_GET,
 	S__COUNT
 };
 
@@ -131,6 +132,8 @@ int sq_batch_policy(int64_t batch_id, struct batch_policy *p);
 int sq_batch_runs(int64_t batch_id, int64_t *out, int max);
 int sq_batch_halt(int64_t batch_id, const char *reason, int64_t at, int soon);
 int sq_batch_set(int64_t batch_id, int paused, int64_t priority);
+int sq_dispatch_set(int paused);
+int sq_dispatch_get(void);
 json_t *sq_jobs_list(const char *states, int64_t after, int limit);
 int sq_ping(void);
 int64_t sq_memory_bytes(void);

@@ -902,3 +902,35 @@ int sq_batch_set(int64_t batch_id, int paused, int64_t priority)
 		return -1;
 	return store_sp_end(batch_set_(batch_id, paused, priority));
 }
+
+static int dispatch_set_(int paused)
+{
+	sqlite3_stmt *s;
+
+	if (store_begin() < 0)
+		return -1;
+	s = store_get(S_DISPATCH_SET);
+	sqlite3_bind_int(s, 1, paused != 0);
+	return store_step(s) < 0 ? -1 : 0;
+}
+
+/* sq_dispatch_set: the server-wide pause, in the turn's transaction. */
+int sq_dispatch_set(int paused)
+{
+	if (store_sp_begin() < 0)
+		return -1;
+	return store_sp_end(dispatch_set_(paused));
+}
+
+int sq_dispatch_get(void)
+{
+	sqlite3_stmt *s = store_get(S_DISPATCH_GET);
+	int rc = -1;
+
+	if (!s)
+		return -1;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		rc = sqlite3_column_int(s, 0) != 0;
+	sqlite3_reset(s);
+	return rc;
+}

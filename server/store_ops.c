@@ -313,6 +313,16 @@ int store_batch_set(int64_t batch_id, int paused, int64_t priority)
 	return store_be->batch_set(batch_id, paused, priority);
 }
 
+int store_dispatch_set(int paused)
+{
+	return store_be->dispatch_set(paused);
+}
+
+int store_dispatch_get(void)
+{
+	return store_be->dispatch_get();
+}
+
 json_t *store_jobs_list(const char *states, int64_t after, int limit)
 {
 	return store_be->jobs_list(states, after, limit);

@@ -97,6 +97,9 @@ struct store_ops {
 	int64_t (*memory_bytes)(void);
 	/* pause and PATCH (see store_batch_set), GET /v1/jobs */
 	int (*batch_set)(int64_t batch_id, int paused, int64_t priority);
+	/* the server-wide pause (see store_dispatch_set) */
+	int (*dispatch_set)(int paused);
+	int (*dispatch_get)(void);
 	json_t *(*jobs_list)(const char *states, int64_t after, int limit);
 	/* webhooks: the outbox (see store_webhook_claim in jobpool.h) */
 	int (*webhook_insert)(int64_t batch_id, const json_t *webhook,

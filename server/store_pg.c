@@ -384,6 +384,11 @@ static const char *const sql[P__COUNT] = {
 	[P_BATCH_SET] = "UPDATE jp_batches SET "
 		"paused = coalesce($2::int::boolean, paused), "
 		"priority = coalesce($3::int, priority) WHERE id = $1",
+	/* the pause of dispatch on every node (pg/006_dispatch.sql); each
+	 * node reads it at its look (store_pg_node.c) */
+	[P_DISPATCH_SET] = "UPDATE jp_dispatch SET paused = $1::int::boolean "
+		"WHERE id = 1",
+	[P_DISPATCH_GET] = "SELECT paused::int FROM jp_dispatch WHERE id = 1",
 	/* GET /v1/jobs; $1 NULL: any state, else a list "a,b" */
 	[P_LIST_ALL_J] = "SELECT " JOB_COLS " FROM jp_jobs WHERE id > $2 "
 		"AND ($1::text IS NULL OR "
@@ -2024,6 +2029,38 @@ static int pg_batch_set(int64_t batch_id, int paused, int64_t priority)
 	return pg_sp_end(batch_set_(batch_id, paused, priority));
 }
 
+static int dispatch_set_(int paused)
+{
+	struct pgp p = { 0 };
+
+	if (pg_begin() < 0)
+		return -1;
+	pgp_i64(&p, paused != 0);
+	return pg_step(P_DISPATCH_SET, &p) < 0 ? -1 : 0;
+}
+
+/* pg_dispatch_set: see store_dispatch_set. */
+static int pg_dispatch_set(int paused)
+{
+	if (pg_sp_begin() < 0)
+		return -1;
+	return pg_sp_end(dispatch_set_(paused));
+}
+
+/* pg_dispatch_get: see store_dispatch_get; store_pg_node.c's look too. */
+int pg_dispatch_get(void)
+{
+	PGresult *r;
+	int rc = -1;
+
+	if (!(r = pg_run(P_DISPATCH_GET, NULL)))
+		return -1;
+	if (PQntuples(r) == 1)
+		rc = pg_i64(r, 0, 0) != 0;
+	PQclear(r);
+	return rc;
+}
+
 const struct store_ops pg_store_ops = {
 	.name = "postgresql",
 	.dispatch_after_commit = 1,
@@ -2077,6 +2114,8 @@ const struct store_ops pg_store_ops = {
 	.batch_runs = pg_batch_runs,
 	.batch_halt = pg_batch_halt,
 	.batch_set = pg_batch_set,
+	.dispatch_set = pg_dispatch_set,
+	.dispatch_get = pg_dispatch_get,
 	.jobs_list = pg_jobs_list,
 	.ping = pg_ping,
 	.memory_bytes = pg_memory_bytes,

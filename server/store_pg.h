@@ -29,7 +29,7 @@ enum pg_stmt {
 	P_ORPHANS, P_EVENTS_TRIM,
 	P_POLICY, P_RUNS, P_HALT, P_HALT_LIFT,
 	P_THEN_SET, P_THEN_GET, P_THEN_DONE, P_THEN_PARENT, P_THEN_CHILD,
-	P_BATCH_SET, P_LIST_ALL_J,
+	P_BATCH_SET, P_LIST_ALL_J, P_DISPATCH_SET, P_DISPATCH_GET,
 	/* webhooks (store_pg_webhook.c) */
 	P_WH_INSERT, P_WH_CLAIM, P_WH_NEXT, P_WH_BODY, P_WH_ATTEMPT,
 	P_WH_RESULT, P_WH_ORPHAN, P_WH_RELEASE, P_WH_LIST, P_WH_LIST_STATE,
@@ -114,6 +114,7 @@ void pg_fence_writes(int on);
 int pg_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 		   void *ctx);
 int pg_batch_info(int64_t id, struct batch_info *b);
+int pg_dispatch_get(void);
 int pg_jobs_peek(int64_t batch_id, int64_t now, int any_due,
 		 int64_t after_idx, int limit, struct claim *out);
 int pg_job_start(const struct claim *c, int slot, pid_t pid,

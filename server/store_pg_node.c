@@ -42,7 +42,7 @@ static _Atomic int64_t lease_id, renewed_mono;
 static atomic_int lease_lost, busy_workers, pool_workers;
 static int fenced;
 static int64_t rescued;         /* jobs this node's reaper took over */
-static int64_t next_reap, next_look, next_check;
+static int64_t next_reap, next_look, next_check, next_dispatch;
 
 static int64_t lease_us(void)
 {
@@ -387,6 +387,13 @@ static int look(const struct store_tick *cb)
 			cb->batch(&b, cb->ctx);
 	}
 	PQclear(r);
+	/* The stored pause of dispatch, which another node may have set:
+	 * every --poll-interval, not at each look a commit rings for. */
+	if (cb && cb->dispatch && mono_us() >= next_dispatch) {
+		next_dispatch = mono_us() + cfg.poll_interval_us;
+		if ((i = pg_dispatch_get()) >= 0)
+			cb->dispatch(i, cb->ctx);
+	}
 	p.n = 0;
 	pgp_i64(&p, pg_node_id);
 	if (!(r = pg_run(P_MY_CANCELS, &p)))

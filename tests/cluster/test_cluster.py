@@ -1259,20 +1259,48 @@ def test_batch_pause_holds_on_every_node():
     through another, it runs to the end."""
     with Cluster(n=2, workers=2) as cl:
         n1, n2 = cl["n1"], cl["n2"]
-        for n in (n1, n2):
-            st, h, body = call(n, "POST", "/v1/pause")
-            assert st == 200, body
+        # paused server-wide first (stored: every node follows), so no job
+        # starts before the batch's own pause
+        st, h, body = call(n1, "POST", "/v1/pause")
+        assert st == 200, body
+        harness.wait_until(
+            lambda: get_ok(n2, "/v1/pool")["paused"] is True, 5,
+            what="n2 to follow n1's pause")
         b = n1.submit([{"kind": "noop"}] * 3, name="paused")
         st, h, body = call(n1, "POST", "/v1/batches/%s/pause" % b["id"])
         assert st == 200, body
-        for n in (n1, n2):
-            st, h, body = call(n, "POST", "/v1/resume")
-            assert st == 200, body
+        st, h, body = call(n1, "POST", "/v1/resume")
+        assert st == 200, body
         time.sleep(1.0)         # several --poll-interval looks
         got = get_ok(n2, "/v1/batches/" + b["id"])
         assert got["paused"] is True and got["counts"]["queued"] == 3, got
         st, h, body = call(n2, "POST", "/v1/batches/%s/resume" % b["id"])
         assert st == 200, body
+        done = wait_batch(n1, b["id"], timeout=20)
+        assert done["state"] == "succeeded", done
+
+
+def test_server_pause_holds_on_every_node():
+    """POST /v1/pause through one node stops dispatch on every node (each
+    reads the stored pause every --poll-interval): a batch submitted to
+    another node starts nowhere; POST /v1/resume through that other node
+    restarts every node."""
+    with Cluster(n=2, workers=2) as cl:
+        n1, n2 = cl["n1"], cl["n2"]
+        st, h, body = call(n1, "POST", "/v1/pause")
+        assert st == 200 and body["paused"] is True, body
+        harness.wait_until(
+            lambda: get_ok(n2, "/v1/pool")["paused"] is True, 5,
+            what="n2 to follow n1's pause")
+        b = n2.submit([{"kind": "noop"}] * 3, name="held everywhere")
+        time.sleep(1.0)         # several --poll-interval looks
+        got = get_ok(n1, "/v1/batches/" + b["id"])
+        assert got["counts"]["queued"] == 3, got
+        st, h, body = call(n2, "POST", "/v1/resume")
+        assert st == 200 and body["paused"] is False, body
+        harness.wait_until(
+            lambda: get_ok(n1, "/v1/pool")["paused"] is False, 5,
+            what="n1 to follow n2's resume")
         done = wait_batch(n1, b["id"], timeout=20)
         assert done["state"] == "succeeded", done
 

@@ -326,13 +326,15 @@ def test_long_poll():
         r = srv.ok("GET", "/v1/batches/%s?wait=5" % b["id"])
         took = time.monotonic() - t0
         assert r["state"] == "succeeded", r
-        assert 0.45 <= took <= 1.5, \
+        # bounds that tell "woke at the end" from "slept out the wait"
+        # with room for a loaded machine (timings belong in benchmarks)
+        assert 0.45 <= took <= 3.0, \
             "?wait=5 on a 0.5 s batch returned after %.2f s" % took
 
         jid = b["job_ids"][0]
         t0 = time.monotonic()
         r = srv.ok("GET", "/v1/jobs/%s?wait=5" % jid)
-        assert r["state"] == "succeeded" and time.monotonic() - t0 < 0.5, \
+        assert r["state"] == "succeeded" and time.monotonic() - t0 < 2.5, \
             "long-poll on a finished job did not return at once"
 
         long = srv.submit([{"kind": "sleep", "args": {"seconds": 30}}])
@@ -344,11 +346,11 @@ def test_long_poll():
             r = srv.ok("GET", path)
             took = time.monotonic() - t0
             assert r["state"] == "running", (path, r)
-            assert 0.28 <= took <= 1.0, \
+            assert 0.28 <= took <= 2.5, \
                 "%s returned after %.2f s" % (path, took)
         t0 = time.monotonic()
         r = srv.ok("GET", "/v1/jobs/%s?wait=0" % lj)
-        assert r["state"] == "running" and time.monotonic() - t0 < 0.25
+        assert r["state"] == "running" and time.monotonic() - t0 < 2.5
 
         # a waiter is woken by cancel, and several waiters at once work
         results = []

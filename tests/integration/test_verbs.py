@@ -2,6 +2,7 @@
 batch), PATCH priority, cancel everything, GET /v1/jobs with state lists,
 live run_ms and parallelism, pool entries, and waiting from a script with
 ?wait=...&fail=true."""
+import json
 import shutil
 import subprocess
 import time
@@ -42,6 +43,34 @@ def test_server_pause_lets_running_finish_and_resume_restarts():
         assert pool["paused"] is False
         done = srv.ok("GET", "/v1/batches/%s?wait=10" % b["id"])
         assert done["state"] == "succeeded", done
+        # a pool of 0, what people try first, is refused with the verb
+        st, _, err = srv.request("PUT", "/v1/pool", body={"size": 0})
+        assert st == 400 and "POST /v1/pause" in json.dumps(err), err
+
+
+def test_server_pause_is_stored_across_a_restart():
+    """POST /v1/pause is stored: a restart keeps dispatch paused (and says
+    so in the log) until POST /v1/resume, which is stored too."""
+    with Server(workers=1) as first:
+        assert first.ok("POST", "/v1/pause")["paused"] is True
+        b = first.submit([OK, OK], name="held over a restart")
+        first.stop()
+        with Server(workers=1, tmpdir=first.tmpdir) as second:
+            assert second.pool()["paused"] is True
+            time.sleep(0.4)
+            assert counts(second, b["id"])["queued"] == 2
+            assert second.ok("POST", "/v1/resume")["paused"] is False
+            done = second.ok("GET", "/v1/batches/%s?wait=10" % b["id"])
+            assert done["state"] == "succeeded", done
+            second.stop()
+            with open(second.stderr_path, errors="replace") as f:
+                log = f.read()
+            assert "dispatch is paused (stored)" in log, log[-2000:]
+            with Server(workers=1, tmpdir=first.tmpdir) as third:
+                assert third.pool()["paused"] is False
+                c = third.submit([OK])
+                assert third.ok("GET", "/v1/batches/%s?wait=10" %
+                                c["id"])["state"] == "succeeded"
 
 
 def test_batch_pause_and_resume_are_shown_and_survive_a_restart():

@@ -828,3 +828,18 @@ Test(store_more, checkpointer_runs_after_reopen)
 	usleep(300000);
 	cr_assert_eq(tasks(), before, "the checkpointer thread is gone");
 }
+
+/* ---- the server-wide pause ---- */
+
+Test(store_more, dispatch_pause_is_stored_across_a_reopen)
+{
+	cr_assert_eq(store_dispatch_get(), 0, "a new database is not paused");
+	cr_assert_eq(store_dispatch_set(1), 0);
+	cr_assert_eq(store_flush(), 0);
+	store_close();
+	cr_assert_eq(store_open(db_path), 0);
+	cr_assert_eq(store_dispatch_get(), 1, "the pause outlived the reopen");
+	cr_assert_eq(store_dispatch_set(0), 0);
+	cr_assert_eq(store_flush(), 0);
+	cr_assert_eq(store_dispatch_get(), 0);
+}
