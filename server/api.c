@@ -971,53 +971,72 @@ static enum MHD_Result batch_set_reply(struct request *r)
  * it survives a restart and holds on every node. */
 static enum MHD_Result api_batch_pause(struct request *r)
 {
-	r->op_rc = engine_batch_set(r->ids[0], 1, STORE_KEEP);
+	r->op_rc = engine_batch_set(r->ids[0], 1, STORE_KEEP, STORE_KEEP);
 	return after_commit(r, batch_set_reply);
 }
 
 static enum MHD_Result api_batch_resume(struct request *r)
 {
-	r->op_rc = engine_batch_set(r->ids[0], 0, STORE_KEEP);
+	r->op_rc = engine_batch_set(r->ids[0], 0, STORE_KEEP, STORE_KEEP);
 	return after_commit(r, batch_set_reply);
 }
 
-/* PATCH /v1/batches/{id} {"priority": N}: the one field a client may
- * change; the schedule takes it at once. */
+/* integral_in: v is an integral number from lo to hi, as validate.c
+ * takes numbers at submission (2.0 is 2). */
+static int integral_in(const json_t *v, double lo, double hi)
+{
+	double d = json_number_value(v);
+
+	return json_is_number(v) && d == floor(d) && d >= lo && d <= hi;
+}
+
+/* PATCH /v1/batches/{id} {"priority": N, "concurrency": N | null}: what a
+ * client may change while a batch runs; the schedule takes it at once
+ * (other nodes at their next look).  A lower concurrency holds as running
+ * jobs end; none is stopped for it. */
 static enum MHD_Result api_batch_patch(struct request *r)
 {
 	enum MHD_Result rc;
 	json_t *body = parse_body(r, &rc), *v;
 	const char *key;
-	json_int_t prio;
+	int64_t prio = STORE_KEEP, conc = STORE_KEEP;
 
 	if (!body)
 		return rc;
 	if (!json_is_object(body) || json_object_size(body) == 0) {
 		json_decref(body);
-		return http_invalid(r, "/", "must be {\"priority\": N}");
+		return http_invalid(r, "/", "must be {\"priority\": N} and/or "
+				    "{\"concurrency\": N or null}");
 	}
 	json_object_foreach(body, key, v) {
-		if (strcmp(key, "priority") != 0) {
+		if (strcmp(key, "priority") != 0 &&
+		    strcmp(key, "concurrency") != 0) {
 			char path[80];
 
 			snprintf(path, sizeof(path), "/%.64s", key);
 			json_decref(body);
 			return http_invalid(r, path, "cannot be changed; only "
-					    "priority can");
+					    "priority and concurrency can");
 		}
 	}
-	v = json_object_get(body, "priority");
-	/* as validate.c takes it at submission: an integral number */
-	if (!json_is_number(v) || json_number_value(v) !=
-	    floor(json_number_value(v)) || json_number_value(v) < -1000 ||
-	    json_number_value(v) > 1000) {
-		json_decref(body);
-		return http_invalid(r, "/priority", "must be an integer from "
-				    "-1000 to 1000");
+	if ((v = json_object_get(body, "priority"))) {
+		if (!integral_in(v, -1000, 1000)) {
+			json_decref(body);
+			return http_invalid(r, "/priority", "must be an integer "
+					    "from -1000 to 1000");
+		}
+		prio = (int64_t)json_number_value(v);
 	}
-	prio = (json_int_t)json_number_value(v);
+	if ((v = json_object_get(body, "concurrency"))) {
+		if (!json_is_null(v) && !integral_in(v, 1, 10000)) {
+			json_decref(body);
+			return http_invalid(r, "/concurrency", "must be an integer "
+					    "from 1 to 10000, or null for no limit");
+		}
+		conc = json_is_null(v) ? 0 : (int64_t)json_number_value(v);
+	}
 	json_decref(body);
-	r->op_rc = engine_batch_set(r->ids[0], -1, prio);
+	r->op_rc = engine_batch_set(r->ids[0], -1, prio, conc);
 	return after_commit(r, batch_set_reply);
 }
 

@@ -1433,14 +1433,16 @@ int engine_cancel_batch(int64_t batch_id)
 }
 
 /* engine_batch_set pauses or resumes a batch (paused 1/0, -1: kept)
- * and/or gives it a new priority (STORE_KEEP: kept): stored in the turn's
- * transaction, on this node's schedule at once (a resumed batch starts at
- * the next dispatch, a raised one is picked first), on the others' at
+ * and/or gives it a new priority or concurrency (STORE_KEEP: kept;
+ * concurrency 0: none): stored in the turn's transaction, on this node's
+ * schedule at once (a resumed batch starts at the next dispatch, a raised
+ * one is picked first, a higher limit fills at once), on the others' at
  * their tick.  Returns 0, -404, or -500 when the write failed. */
-int engine_batch_set(int64_t batch_id, int paused, int64_t priority)
+int engine_batch_set(int64_t batch_id, int paused, int64_t priority,
+		     int64_t concurrency)
 {
 	struct sbatch *b;
-	int rc = store_batch_set(batch_id, paused, priority);
+	int rc = store_batch_set(batch_id, paused, priority, concurrency);
 
 	if (rc < 0)
 		return -500;
@@ -1451,6 +1453,8 @@ int engine_batch_set(int64_t batch_id, int paused, int64_t priority)
 			sched_set_paused(b, paused);
 		if (priority != STORE_KEEP)
 			sched_set_priority(b, (int)priority);
+		if (concurrency != STORE_KEEP)
+			sched_set_concurrency(b, (int)concurrency);
 	}
 	publish_batch(batch_id);        /* events and long-polls see it */
 	return 0;

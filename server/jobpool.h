@@ -520,12 +520,13 @@ json_t *store_webhook_list(int64_t batch_id, const char *state,
  * events}, and its secret too with with_secret when the server generated
  * it (the 201 of its submission).  New, NULL when it has none. */
 json_t *store_webhook_json(int64_t batch_id, int with_secret);
-/* store_batch_set changes a batch's paused flag (paused < 0: kept) and
- * priority (STORE_KEEP: kept) in the turn's transaction.  Returns 0, 1
- * when there is no such batch, -1 on failure.  The caller updates the
- * schedule. */
+/* store_batch_set changes a batch's paused flag (paused < 0: kept),
+ * priority and concurrency (STORE_KEEP: kept; concurrency 0: none) in the
+ * turn's transaction.  Returns 0, 1 when there is no such batch, -1 on
+ * failure.  The caller updates the schedule. */
 #define STORE_KEEP INT64_MIN
-int store_batch_set(int64_t batch_id, int paused, int64_t priority);
+int store_batch_set(int64_t batch_id, int paused, int64_t priority,
+		    int64_t concurrency);
 /* store_dispatch_set stores the server-wide pause (POST /v1/pause) in the
  * turn's transaction: 0, -1 on failure.  store_dispatch_get reads it: 1
  * paused, 0 not, -1 on failure.  With PostgreSQL every node reads it at
@@ -560,6 +561,7 @@ void sched_drop_queued(struct sbatch *b, int n);
 void sched_update(struct sbatch *b, const struct batch_info *info);
 void sched_set_priority(struct sbatch *b, int priority);
 void sched_set_paused(struct sbatch *b, int paused);
+void sched_set_concurrency(struct sbatch *b, int concurrency);
 /* sched_pause_all stops (1) or restarts (0) every pick on this node. */
 void sched_pause_all(int paused);
 int sched_all_paused(void);
@@ -742,7 +744,8 @@ int engine_cancel_batch(int64_t batch_id);
  * the batch has queued or running jobs) or -500 (the store refused). */
 int engine_retry_job(int64_t job_id);
 int engine_retry_batch(int64_t batch_id, unsigned states);
-int engine_batch_set(int64_t batch_id, int paused, int64_t priority);
+int engine_batch_set(int64_t batch_id, int paused, int64_t priority,
+		     int64_t concurrency);
 int engine_cancel_all(json_t *ids);
 int64_t engine_tick(int64_t now_mono);
 int engine_load(void);

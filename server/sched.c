@@ -179,6 +179,13 @@ void sched_set_paused(struct sbatch *b, int paused)
 	b->b.paused = paused;
 }
 
+/* sched_set_concurrency: a PATCHed limit (0: none).  A lower one holds as
+ * running jobs end; none is stopped for it. */
+void sched_set_concurrency(struct sbatch *b, int concurrency)
+{
+	b->b.concurrency = concurrency;
+}
+
 void sched_pause_all(int paused)
 {
 	all_paused = paused;
@@ -301,6 +308,7 @@ void sched_update(struct sbatch *b, const struct batch_info *info)
 	b->b.started = b->b.started || info->started;
 	/* another node's pause or PATCH */
 	b->b.paused = info->paused;
+	b->b.concurrency = info->concurrency;
 	sched_set_priority(b, info->priority);
 }
 

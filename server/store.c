@@ -210,7 +210,9 @@ static const char *const sql[S__COUNT] = {
 		"WHERE id = ? AND halted_at IS NULL AND NOT cancel_req",
 	/* pause, resume, PATCH: NULL keeps a value */
 	[S_BATCH_SET] = "UPDATE batches SET paused = coalesce(?1, paused), "
-		"priority = coalesce(?2, priority) WHERE id = ?3",
+		"priority = coalesce(?2, priority), concurrency = CASE "
+		"WHEN ?4 IS NULL THEN concurrency WHEN ?4 = 0 THEN NULL "
+		"ELSE ?4 END WHERE id = ?3",
 	/* the server-wide pause (010_dispatch.sql) */
 	[S_DISPATCH_SET] = "UPDATE dispatch SET paused = ? WHERE id = 1",
 	[S_DISPATCH_GET] = "SELECT paused FROM dispatch WHERE id = 1",

@@ -131,7 +131,8 @@ int sq_then_sweep(int64_t now);
 int sq_batch_policy(int64_t batch_id, struct batch_policy *p);
 int sq_batch_runs(int64_t batch_id, int64_t *out, int max);
 int sq_batch_halt(int64_t batch_id, const char *reason, int64_t at, int soon);
-int sq_batch_set(int64_t batch_id, int paused, int64_t priority);
+int sq_batch_set(int64_t batch_id, int paused, int64_t priority,
+		 int64_t concurrency);
 int sq_dispatch_set(int paused);
 int sq_dispatch_get(void);
 json_t *sq_jobs_list(const char *states, int64_t after, int limit);

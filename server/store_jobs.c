@@ -873,7 +873,8 @@ int sq_batch_delete(int64_t batch_id)
 	return store_sp_end(batch_delete_(batch_id));
 }
 
-static int batch_set_(int64_t batch_id, int paused, int64_t priority)
+static int batch_set_(int64_t batch_id, int paused, int64_t priority,
+		      int64_t concurrency)
 {
 	sqlite3_stmt *s;
 
@@ -889,18 +890,25 @@ static int batch_set_(int64_t batch_id, int paused, int64_t priority)
 	else
 		sqlite3_bind_null(s, 2);
 	sqlite3_bind_int64(s, 3, batch_id);
+	if (concurrency != STORE_KEEP)
+		sqlite3_bind_int64(s, 4, concurrency);
+	else
+		sqlite3_bind_null(s, 4);
 	if (store_step(s) < 0)
 		return -1;
 	return sqlite3_changes(store_db) == 1 ? 0 : 1;
 }
 
-/* sq_batch_set: a pause or a new priority, in the turn's transaction like
- * every write, so its answer waits for the commit (api.c after_commit). */
-int sq_batch_set(int64_t batch_id, int paused, int64_t priority)
+/* sq_batch_set: a pause, a new priority or concurrency, in the turn's
+ * transaction like every write, so its answer waits for the commit
+ * (api.c after_commit). */
+int sq_batch_set(int64_t batch_id, int paused, int64_t priority,
+		 int64_t concurrency)
 {
 	if (store_sp_begin() < 0)
 		return -1;
-	return store_sp_end(batch_set_(batch_id, paused, priority));
+	return store_sp_end(batch_set_(batch_id, paused, priority,
+				       concurrency));
 }
 
 static int dispatch_set_(int paused)

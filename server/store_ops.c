@@ -308,9 +308,10 @@ int store_batch_halt(int64_t batch_id, const char *reason, int64_t at,
 	return store_be->batch_halt(batch_id, reason, at, soon);
 }
 
-int store_batch_set(int64_t batch_id, int paused, int64_t priority)
+int store_batch_set(int64_t batch_id, int paused, int64_t priority,
+		    int64_t concurrency)
 {
-	return store_be->batch_set(batch_id, paused, priority);
+	return store_be->batch_set(batch_id, paused, priority, concurrency);
 }
 
 int store_dispatch_set(int paused)

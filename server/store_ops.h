@@ -96,7 +96,8 @@ struct store_ops {
 	int (*ping)(void);
 	int64_t (*memory_bytes)(void);
 	/* pause and PATCH (see store_batch_set), GET /v1/jobs */
-	int (*batch_set)(int64_t batch_id, int paused, int64_t priority);
+	int (*batch_set)(int64_t batch_id, int paused, int64_t priority,
+		int64_t concurrency);
 	/* the server-wide pause (see store_dispatch_set) */
 	int (*dispatch_set)(int paused);
 	int (*dispatch_get)(void);

@@ -383,7 +383,9 @@ static const char *const sql[P__COUNT] = {
 	 * their tick (P_ACTIVE), so a batch's pause holds on all of them. */
 	[P_BATCH_SET] = "UPDATE jp_batches SET "
 		"paused = coalesce($2::int::boolean, paused), "
-		"priority = coalesce($3::int, priority) WHERE id = $1",
+		"priority = coalesce($3::int, priority), "
+		"concurrency = CASE WHEN $4::int IS NULL THEN concurrency "
+		"WHEN $4::int = 0 THEN NULL ELSE $4::int END WHERE id = $1",
 	/* the pause of dispatch on every node (pg/006_dispatch.sql); each
 	 * node reads it at its look (store_pg_node.c) */
 	[P_DISPATCH_SET] = "UPDATE jp_dispatch SET paused = $1::int::boolean "
@@ -2007,7 +2009,8 @@ static json_t *pg_jobs_list(const char *states, int64_t after, int limit)
 	return list(P_LIST_ALL_J, &p, limit, 0, store_render_job, 'j');
 }
 
-static int batch_set_(int64_t batch_id, int paused, int64_t priority)
+static int batch_set_(int64_t batch_id, int paused, int64_t priority,
+		      int64_t concurrency)
 {
 	struct pgp p = { 0 };
 	int n;
@@ -2017,16 +2020,20 @@ static int batch_set_(int64_t batch_id, int paused, int64_t priority)
 	pgp_i64(&p, batch_id);
 	pgp_opt(&p, paused != 0, paused >= 0);
 	pgp_opt(&p, priority, priority != STORE_KEEP);
+	pgp_opt(&p, concurrency, concurrency != STORE_KEEP);
 	n = pg_step(P_BATCH_SET, &p);
+	if (n == 1 && concurrency != STORE_KEEP)
+		pg_conc_note(batch_id, (int)concurrency);
 	return n < 0 ? -1 : n == 1 ? 0 : 1;
 }
 
 /* pg_batch_set: see store_batch_set. */
-static int pg_batch_set(int64_t batch_id, int paused, int64_t priority)
+static int pg_batch_set(int64_t batch_id, int paused, int64_t priority,
+			int64_t concurrency)
 {
 	if (pg_sp_begin() < 0)
 		return -1;
-	return pg_sp_end(batch_set_(batch_id, paused, priority));
+	return pg_sp_end(batch_set_(batch_id, paused, priority, concurrency));
 }
 
 static int dispatch_set_(int paused)

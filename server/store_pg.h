@@ -115,6 +115,7 @@ int pg_load_active(void (*fn)(const struct batch_info *b, void *ctx),
 		   void *ctx);
 int pg_batch_info(int64_t id, struct batch_info *b);
 int pg_dispatch_get(void);
+void pg_conc_note(int64_t batch_id, int concurrency);
 int pg_jobs_peek(int64_t batch_id, int64_t now, int any_due,
 		 int64_t after_idx, int limit, struct claim *out);
 int pg_job_start(const struct claim *c, int slot, pid_t pid,

@@ -75,9 +75,11 @@ static int settle(int64_t batch_id, int *done)
 
 /* ---- claims ---- */
 
-/* A batch's concurrency never changes: remember it (0: none) for the
- * batches claimed from lately, so unlimited batches skip the gate's
- * statement. */
+/* A batch's concurrency, remembered (0: none) for the batches claimed from
+ * lately, so unlimited batches skip the gate's statement.  A PATCH changes
+ * it: the node that made the change notes it at once, every other node at
+ * its next look (pg_conc_note), and the gate itself reads the stored
+ * limit, so a limited batch is held to its current one. */
 #define CONC_CACHE 256
 static struct {
 	int64_t id;
@@ -105,6 +107,16 @@ static int batch_conc(int64_t batch_id, int *started)
 	if (started)
 		*started = conc_cache[h].started;
 	return conc_cache[h].conc;
+}
+
+/* pg_conc_note: the batch's concurrency as the database has it now
+ * (a PATCH here or on another node); only a remembered batch is changed. */
+void pg_conc_note(int64_t batch_id, int concurrency)
+{
+	unsigned h = (unsigned)batch_id % CONC_CACHE;
+
+	if (conc_cache[h].id == batch_id)
+		conc_cache[h].conc = concurrency;
 }
 
 static void batch_started(int64_t batch_id)
@@ -250,9 +262,17 @@ static int gate(int64_t batch_id, int want)
 	if (!(r = pg_run(P_GATE, &p)))
 		return -1;
 	n = PQntuples(r);
+	/* the limit as stored now, read under the lock: a PATCH made on
+	 * another node holds here before this node's next look */
+	if (n)
+		conc = PQgetisnull(r, 0, 0) ? 0 : (int)pg_i64(r, 0, 0);
 	PQclear(r);
 	if (!n)
 		return 0;       /* another node claims from it right now */
+	if (conc <= 0) {
+		pg_conc_note(batch_id, 0);
+		return want;
+	}
 	if (!(r = pg_run(P_GATE_SUM, &p)))
 		return -1;
 	n = conc - (int)(pg_i64(r, 0, 0) + pg_pending_running(batch_id));

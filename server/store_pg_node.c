@@ -375,6 +375,8 @@ static int look(const struct store_tick *cb)
 		b.cancel_req = (int)pg_i64(r, i, 5);
 		b.started = (int)pg_i64(r, i, 6);
 		b.paused = (int)pg_i64(r, i, 7);
+		/* another node's PATCH of its concurrency */
+		pg_conc_note(b.id, b.concurrency);
 		if (b.queued == 0 && b.running == 0)
 			pg_settle_later(b.id);
 		else if (b.started && pg_i64(r, i, 8) && pg_begin() == 0) {

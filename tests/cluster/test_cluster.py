@@ -1305,6 +1305,54 @@ def test_server_pause_holds_on_every_node():
         assert done["state"] == "succeeded", done
 
 
+def test_patch_concurrency_holds_on_every_node():
+    """PATCH {"concurrency"} through one node while the batch runs on two:
+    raised, the nodes together reach the new limit; lowered through the
+    other node, once the attempts started before it have ended (0.3 s) and
+    every node has looked (--poll-interval), no instant has more attempts
+    running than the new limit (exact, from the log)."""
+    with Cluster(n=2, workers=3) as cl:
+        n1, n2 = cl["n1"], cl["n2"]
+        b = n1.submit([cl.sh_job("pc.%d" % i, 0.3) for i in range(40)],
+                      name="patched", concurrency=1)
+        bid = b["id"]
+        harness.wait_until(
+            lambda: get_ok(n2, "/v1/batches/" + bid)["counts"]["running"]
+            == 1, 10, what="one running")
+        st, h, got = call(n2, "PATCH", "/v1/batches/" + bid,
+                          {"concurrency": 4})
+        assert st == 200 and got["concurrency"] == 4, got
+        harness.wait_until(
+            lambda: get_ok(n1, "/v1/batches/" + bid)["counts"]["running"]
+            == 4, 10, 0.01, what="four running after the raise")
+        t_low = time.time_ns()
+        st, h, got = call(n1, "PATCH", "/v1/batches/" + bid,
+                          {"concurrency": 2})
+        assert st == 200 and got["concurrency"] == 2, got
+        done = wait_batch(n2, bid, timeout=60)
+        assert done["state"] == "succeeded", done
+        att = cl.read_log().all("pc.")
+        assert len(att) == 40, "%d attempts logged" % len(att)
+        t_from = t_low + int((0.3 + 0.25 + 0.2) * 1e9)
+        after = [Clip(a, t_from) for a in att
+                 if (a.e_ns or a.last_ns) > t_from]
+        m = max_overlap(after)
+        nodes = sorted({a.node for a in att})
+        note("PATCH concurrency: %d attempts after the lowering window, "
+             "at most %d at once; ran on %s" % (len(after), m, nodes))
+        assert m <= 2, "%d attempts at once under concurrency 2" % m
+        assert after, "no attempt after the lowering window"
+
+
+class Clip:
+    """An attempt of the side log seen from t_ns on (for max_overlap)."""
+
+    def __init__(self, a, t_ns):
+        self.s_ns = max(a.s_ns, t_ns)
+        self.e_ns = a.e_ns
+        self.last_ns = a.last_ns
+
+
 def test_c6_cancel_across_nodes():
     """C6: a job running on n3 canceled through n1; a batch running on all
     nodes canceled through n3; a batch canceled through n2 while the nodes

@@ -623,6 +623,19 @@ async function main() {
 		},
 	});
 	await call(S, 'GET', `/v1/batches/${A_ID}/joblog?limit=5`, { expect: 400, label: 'GET /v1/batches/{id}/joblog?limit=5 400' });
+	await call(S, 'PATCH', `/v1/batches/${A_ID}`, {
+		expect: 200, label: 'PATCH /v1/batches/{id} 200 (priority and concurrency)', json: { priority: 7, concurrency: 3 },
+		check: (r) => want(r.json?.priority === 7 && r.json?.concurrency === 3, `priority ${r.json?.priority}, concurrency ${r.json?.concurrency}`),
+	});
+	await call(S, 'PATCH', `/v1/batches/${A_ID}`, {
+		expect: 200, label: 'PATCH /v1/batches/{id} 200 (concurrency lifted)', json: { concurrency: null },
+		check: (r) => want(r.json?.concurrency === null, `concurrency ${r.json?.concurrency}`),
+	});
+	await call(S, 'PATCH', `/v1/batches/${A_ID}`, {
+		expect: 400, label: 'PATCH /v1/batches/{id} 400 (a field that cannot change)', json: { name: 'x' },
+		check: (r) => want(r.json?.errors?.some((e) => e.path === '/name'), `errors ${JSON.stringify(r.json?.errors)}`),
+	});
+	await call(S, 'PATCH', '/v1/batches/b_999999999999', { expect: 404, json: { priority: 1 }, label: 'PATCH /v1/batches/{id} 404' });
 	await call(S, 'GET', `/v1/batches/${A_ID}/deliveries`, {
 		expect: 200, label: 'GET /v1/batches/{id}/deliveries 200 (no webhook)',
 		check: (r) => want(Array.isArray(r.json?.items) && r.json.items.length === 0 && r.json.next_cursor === null, 'not an empty page'),

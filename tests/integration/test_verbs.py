@@ -118,13 +118,50 @@ def test_patch_priority_reorders_the_queue():
         jb = srv.jobs(high["id"])[0]["started_at"]
         assert jb <= ja, (ja, jb)
         for body in ({"name": "x"}, {"priority": "high"}, {"priority": 1.5},
-                     {}, {"priority": 1, "concurrency": 2}):
+                     {}, {"priority": 1, "name": "x"}):
             st, h, b = srv.request("PATCH", "/v1/batches/" + high["id"],
                                    body)
             assert_problem(st, h, b, 400)
         st, h, b = srv.request("PATCH", "/v1/batches/b_999999999999",
                                {"priority": 1})
         assert_problem(st, h, b, 404)
+
+
+def test_patch_concurrency_raises_lowers_and_lifts_the_limit():
+    """PATCH {"concurrency": N | null} while a batch runs: a higher limit
+    fills at once, a lower one holds as running jobs end (none is stopped
+    for it), null lifts it (the pool is the limit)."""
+    with Server(workers=4) as srv:
+        b = srv.submit([sleep(0.5) for _ in range(16)], concurrency=1)
+        bid = b["id"]
+        wait_until(lambda: counts(srv, bid)["running"] == 1, 10,
+                   what="one running")
+        got = srv.ok("PATCH", "/v1/batches/" + bid, {"concurrency": 3})
+        assert got["concurrency"] == 3, got
+        wait_until(lambda: counts(srv, bid)["running"] == 3, 10,
+                   what="three running after the raise")
+        got = srv.ok("PATCH", "/v1/batches/" + bid, {"concurrency": 1})
+        assert got["concurrency"] == 1, got
+        wait_until(lambda: counts(srv, bid)["running"] <= 1, 10,
+                   what="the running ones above the new limit to end")
+        seen = []
+        t_end = time.monotonic() + 1.0
+        while time.monotonic() < t_end:
+            seen.append(counts(srv, bid)["running"])
+            time.sleep(0.02)
+        assert max(seen) <= 1, seen
+        got = srv.ok("PATCH", "/v1/batches/" + bid, {"concurrency": None})
+        assert got["concurrency"] is None, got
+        wait_until(lambda: counts(srv, bid)["running"] == 4, 10,
+                   what="the pool full once the limit is lifted")
+        done = srv.ok("GET", "/v1/batches/%s?wait=30" % bid)
+        assert done["state"] == "succeeded", done
+        for body in ({"concurrency": 0}, {"concurrency": 1.5},
+                     {"concurrency": "2"}, {"concurrency": 10001}):
+            st, h, e = srv.request("PATCH", "/v1/batches/" + bid, body)
+            assert_problem(st, h, e, 400)
+            assert any(x.get("path") == "/concurrency"
+                       for x in e.get("errors", [])), e
 
 
 def test_cancel_all_cancels_every_unfinished_batch():

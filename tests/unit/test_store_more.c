@@ -843,3 +843,34 @@ Test(store_more, dispatch_pause_is_stored_across_a_reopen)
 	cr_assert_eq(store_flush(), 0);
 	cr_assert_eq(store_dispatch_get(), 0);
 }
+
+/* ---- PATCH ---- */
+
+Test(store_more, batch_set_changes_what_it_is_given_and_keeps_the_rest)
+{
+	json_t *body = noop_batch(2, NULL), *ids = NULL;
+	struct batch_info b;
+	int64_t id = 0;
+
+	json_object_set_new(body, "concurrency", json_integer(1));
+	json_object_set_new(body, "priority", json_integer(2));
+	cr_assert_eq(store_batch_insert(body, T0, NULL, NULL, &id, &ids), 0);
+	json_decref(body);
+	json_decref(ids);
+	cr_assert_eq(store_flush(), 0);
+
+	cr_assert_eq(store_batch_set(id, -1, STORE_KEEP, 3), 0);
+	cr_assert_eq(store_flush(), 0);
+	cr_assert_eq(store_batch_info(id, &b), 0);
+	cr_assert_eq(b.concurrency, 3);
+	cr_assert_eq(b.priority, 2, "priority kept");
+	cr_assert_eq(b.paused, 0, "paused kept");
+	cr_assert_eq(store_batch_set(id, 1, 9, 0), 0);
+	cr_assert_eq(store_flush(), 0);
+	cr_assert_eq(store_batch_info(id, &b), 0);
+	cr_assert_eq(b.concurrency, 0, "0 lifts the limit");
+	cr_assert_eq(b.priority, 9);
+	cr_assert_eq(b.paused, 1);
+	cr_assert_eq(store_batch_set(id + 100, -1, 1, STORE_KEEP), 1,
+		     "no such batch");
+}
