@@ -79,6 +79,11 @@ function report(where, e) {
   el.textContent = String(e && e.message || e);
   el.classList.add("err");
 }
+// reportErrors shows an API 400's errors[] (path and message), else the error itself.
+function reportErrors(where, e) {
+  const errs = e.body && e.body.errors ? e.body.errors.map((x) => x.path + " " + x.message).join("; ") : "";
+  report(where, errs ? new Error(errs) : e);
+}
 function note(where, text) {
   const el = $(where);
   el.textContent = text;
@@ -132,8 +137,7 @@ $("resize-form").addEventListener("submit", async (ev) => {
     note("resize-msg", "Pool resized to " + p.size + (p.size < p.workers.length ? " (busy workers leave after their job)" : "") + ".");
     await loadPool();
   } catch (e) {
-    const errs = e.body && e.body.errors ? e.body.errors.map((x) => x.path + " " + x.message).join("; ") : "";
-    report("resize-msg", errs ? new Error(errs) : e);
+    reportErrors("resize-msg", e);
   } finally { btn.disabled = false; }
 });
 
@@ -359,11 +363,37 @@ function renderDetailInfo() {
   $("cancel-batch").hidden = done;
   // Retry puts back what did not succeed (the API's default states).
   $("retry-batch").hidden = !done || !((c.failed || 0) + (c.timed_out || 0) + (c.canceled || 0));
+  // PATCH: filled once per batch shown (and after a change), never while being typed in
+  const pf = $("patch-form");
+  pf.hidden = done;
+  if (pf.dataset.batchId !== b.id) fillPatch(b);
   const pb = $("pause-batch");
   pb.hidden = done;
   pb.textContent = b.paused ? "Resume batch" : "Pause batch";
   pb.setAttribute("aria-pressed", b.paused ? "true" : "false");
 }
+function fillPatch(b) {
+  $("patch-form").dataset.batchId = b.id;
+  $("patch-conc").value = b.concurrency == null ? "" : b.concurrency;
+  $("patch-prio").value = b.priority == null ? 0 : b.priority;
+}
+// PATCH /v1/batches/{id}: a running batch's concurrency (empty: the pool is the limit) and
+// priority; a lower limit holds as running jobs end.
+$("patch-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const id = selected, btn = $("patch-batch"), c = $("patch-conc").value.trim();
+  const body = {concurrency: c === "" ? null : Number(c), priority: Number($("patch-prio").value)};
+  btn.disabled = true;
+  try {
+    const b = await api("/v1/batches/" + id, {method: "PATCH", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    putBatch(b);
+    fillPatch(b);
+    renderBatches();
+    note("detail-msg", "Batch " + id + ": concurrency " + (b.concurrency == null ? "the pool's" : b.concurrency) + ", priority " + b.priority + ".");
+  } catch (e) {
+    reportErrors("detail-msg", e);
+  } finally { btn.disabled = false; }
+});
 $("retry-batch").addEventListener("click", async () => {
   const id = selected, btn = $("retry-batch");
   btn.disabled = true;

@@ -556,6 +556,29 @@ async function main() {
 	check('Cancel in the job view: the last job ends canceled, its batch ends, the job can be retried', c6.job === 'canceled' &&
 		['failed', 'canceled'].includes(c6.batch) && c6.row === c6.batch && c6.retry, JSON.stringify(c6));
 
+	// -- Set a running batch's concurrency and priority from its details (PATCH)
+	const id7 = (await post(base, { name: 'patched', concurrency: 1,
+		jobs: [{ kind: 'sleep', args: { seconds: 30 } }, { kind: 'sleep', args: { seconds: 30 } }] })).json?.id;
+	await page.waitForSelector(`tr[data-batch-id="${id7}"] button.open-batch`, { timeout: 5000 }).catch(() => {});
+	await page.click(`tr[data-batch-id="${id7}"] button.open-batch`);
+	await page.waitForSelector('#jobs-body tr[data-index="0"][data-state="running"]', { timeout: 5000 }).catch(() => {});
+	check('a running batch offers its concurrency and priority to change', await page.locator('#patch-form').isVisible() &&
+		(await page.inputValue('#patch-conc')) === '1' && (await page.inputValue('#patch-prio')) === '0');
+	await page.fill('#patch-conc', '2');
+	await page.fill('#patch-prio', '5');
+	await page.click('#patch-batch');
+	await page.waitForSelector('#jobs-body tr[data-index="1"][data-state="running"]', { timeout: 5000 }).catch(() => {});
+	const p7 = (await api(base, `/v1/batches/${id7}`)).json;
+	check('Set: concurrency 2 and priority 5 are stored, the second job starts, the page says so', p7?.concurrency === 2 &&
+		p7?.priority === 5 && p7?.counts?.running === 2 && /concurrency 2, priority 5/.test(await page.locator('#detail-msg').textContent()),
+		JSON.stringify({ concurrency: p7?.concurrency, priority: p7?.priority, counts: p7?.counts }));
+	await page.fill('#patch-conc', '');
+	await page.click('#patch-batch');
+	await page.waitForFunction(() => /the pool's/.test(document.getElementById('detail-msg').textContent), null, { timeout: 5000 }).catch(() => {});
+	check('Set with an empty concurrency lifts the limit', (await api(base, `/v1/batches/${id7}`)).json?.concurrency === null);
+	await api(base, `/v1/batches/${id7}/cancel`, { method: 'POST' });
+	await page.waitForSelector(`tr[data-batch-id="${id7}"][data-state="canceled"]`, { timeout: 5000 }).catch(() => {});
+
 	// -- markup in names, args and output is shown as text, never run
 	const evil = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>';
 	const xb = await post(base, { name: evil, jobs: [{ kind: 'echo', name: evil, args: { value: evil } }] });
