@@ -981,15 +981,6 @@ static enum MHD_Result api_batch_resume(struct request *r)
 	return after_commit(r, batch_set_reply);
 }
 
-/* integral_in: v is an integral number from lo to hi, as validate.c
- * takes numbers at submission (2.0 is 2). */
-static int integral_in(const json_t *v, double lo, double hi)
-{
-	double d = json_number_value(v);
-
-	return json_is_number(v) && d == floor(d) && d >= lo && d <= hi;
-}
-
 /* PATCH /v1/batches/{id} {"priority": N, "concurrency": N | null}: what a
  * client may change while a batch runs; the schedule takes it at once
  * (other nodes at their next look).  A lower concurrency holds as running
@@ -1020,7 +1011,7 @@ static enum MHD_Result api_batch_patch(struct request *r)
 		}
 	}
 	if ((v = json_object_get(body, "priority"))) {
-		if (!integral_in(v, -1000, 1000)) {
+		if (!validate_int(v, PRIORITY_MIN, PRIORITY_MAX)) {
 			json_decref(body);
 			return http_invalid(r, "/priority", "must be an integer "
 					    "from -1000 to 1000");
@@ -1028,7 +1019,7 @@ static enum MHD_Result api_batch_patch(struct request *r)
 		prio = (int64_t)json_number_value(v);
 	}
 	if ((v = json_object_get(body, "concurrency"))) {
-		if (!json_is_null(v) && !integral_in(v, 1, 10000)) {
+		if (!json_is_null(v) && !validate_int(v, 1, CONCURRENCY_MAX)) {
 			json_decref(body);
 			return http_invalid(r, "/concurrency", "must be an integer "
 					    "from 1 to 10000, or null for no limit");

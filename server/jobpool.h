@@ -125,9 +125,16 @@ struct joblog_buf {
 int joblog_job(struct joblog_buf *b, const json_t *job);
 
 /* ---- validate.c ---- */
+/* A batch's priority and concurrency, at submission and in a PATCH. */
+#define PRIORITY_MIN (-1000)
+#define PRIORITY_MAX 1000
+#define CONCURRENCY_MAX 10000
 /* validate_batch checks a decoded submission.  Returns 0 when valid, else
  * the number of problems appended to errors ([{path, message}]). */
 int validate_batch(const json_t *body, json_t *errors);
+/* validate_int: j is an integer from lo to hi, as a submission's numbers
+ * are taken (a real with no fraction counts: 2.0 is 2). */
+int validate_int(const json_t *j, double lo, double hi);
 
 /* ---- webhook.c ---- */
 /* A batch's webhook (Standard Webhooks): checked, signed and scheduled

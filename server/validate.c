@@ -59,6 +59,13 @@ static int is_int(const json_t *j, double *out)
 	return 1;
 }
 
+int validate_int(const json_t *j, double lo, double hi)
+{
+	double d;
+
+	return is_int(j, &d) && d >= lo && d <= hi;
+}
+
 /* check_int and check_number take null as absent when null_ok: a field a
  * read shows as null can be sent back as read. */
 static void check_int(struct verr *v, const json_t *obj, const char *field,
@@ -66,11 +73,10 @@ static void check_int(struct verr *v, const json_t *obj, const char *field,
 {
 	const json_t *j = json_object_get(obj, field);
 	char msg[96];
-	double d;
 
 	if (!j || (null_ok && json_is_null(j)))
 		return;
-	if (!is_int(j, &d) || d < lo || d > hi) {
+	if (!validate_int(j, lo, hi)) {
 		snprintf(msg, sizeof(msg), "must be an integer between %g and %g",
 			 lo, hi);
 		add(v, field, msg);
@@ -429,8 +435,8 @@ static void check_batch(struct verr *v, const json_t *body, int depth)
 	}
 	kind_check_only(body, allowed, kind_err, v);
 	check_name(v, body);
-	check_int(v, body, "concurrency", 1, 10000, 1);
-	check_int(v, body, "priority", -1000, 1000, 0);
+	check_int(v, body, "concurrency", 1, CONCURRENCY_MAX, 1);
+	check_int(v, body, "priority", PRIORITY_MIN, PRIORITY_MAX, 0);
 	check_halt(v, body);
 	check_webhook(v, body);
 	/* above 100: a limit at or below the median would kill half of the
