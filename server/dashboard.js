@@ -84,6 +84,16 @@ function reportErrors(where, e) {
   const errs = e.body && e.body.errors ? e.body.errors.map((x) => x.path + " " + x.message).join("; ") : "";
   report(where, errs ? new Error(errs) : e);
 }
+// act runs an action of a button: disabled while it runs; a 409 shows conflict (then runs
+// onConflict) when given, any other error goes to where.
+async function act(btn, where, fn, conflict, onConflict) {
+  btn.disabled = true;
+  try {
+    await fn();
+  } catch (e) {
+    if (conflict && e.status === 409) { note(where, conflict); if (onConflict) onConflict(); } else reportErrors(where, e);
+  } finally { btn.disabled = false; }
+}
 function note(where, text) {
   const el = $(where);
   el.textContent = text;
@@ -129,16 +139,13 @@ $("pause-server").addEventListener("click", async () => {
 });
 $("resize-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const size = parseInt($("pool-size-input").value, 10), btn = $("resize");
-  btn.disabled = true;
-  try {
+  const size = parseInt($("pool-size-input").value, 10);
+  await act($("resize"), "resize-msg", async () => {
     const p = await api("/v1/pool", {method: "PUT", headers: {"Content-Type": "application/json"}, body: JSON.stringify({size})});
     poolSizeTouched = false;
     note("resize-msg", "Pool resized to " + p.size + (p.size < p.workers.length ? " (busy workers leave after their job)" : "") + ".");
     await loadPool();
-  } catch (e) {
-    reportErrors("resize-msg", e);
-  } finally { btn.disabled = false; }
+  });
 });
 
 // ---- batches ----
@@ -381,35 +388,28 @@ function fillPatch(b) {
 // priority; a lower limit holds as running jobs end.
 $("patch-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const id = selected, btn = $("patch-batch"), c = $("patch-conc").value.trim();
+  const id = selected, c = $("patch-conc").value.trim();
   const body = {concurrency: c === "" ? null : Number(c), priority: Number($("patch-prio").value)};
-  btn.disabled = true;
-  try {
+  await act($("patch-batch"), "detail-msg", async () => {
     const b = await api("/v1/batches/" + id, {method: "PATCH", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     putBatch(b);
     fillPatch(b);
     renderBatches();
     note("detail-msg", "Batch " + id + ": concurrency " + (b.concurrency == null ? "the pool's" : b.concurrency) + ", priority " + b.priority + ".");
-  } catch (e) {
-    reportErrors("detail-msg", e);
-  } finally { btn.disabled = false; }
+  });
 });
-$("retry-batch").addEventListener("click", async () => {
-  const id = selected, btn = $("retry-batch");
-  btn.disabled = true;
-  try {
+$("retry-batch").addEventListener("click", () => {
+  const id = selected;
+  return act($("retry-batch"), "detail-msg", async () => {
     const b = await api("/v1/batches/" + id + "/retry", {method: "POST"});
     note("detail-msg", "Retried " + b.retried + " job" + (b.retried === 1 ? "" : "s") + " of " + id + ".");
     reopen(id);
     rereadView();
-  } catch (e) {
-    if (e.status === 409) { note("detail-msg", "The batch is still running."); refreshBatch(id); } else report("detail-msg", e);
-  } finally { btn.disabled = false; }
+  }, "The batch is still running.", () => refreshBatch(id));
 });
-$("pause-batch").addEventListener("click", async () => {
-  const id = selected, btn = $("pause-batch"), b0 = batches.get(id), pause = !(b0 && b0.paused);
-  btn.disabled = true;
-  try {
+$("pause-batch").addEventListener("click", () => {
+  const id = selected, b0 = batches.get(id), pause = !(b0 && b0.paused);
+  return act($("pause-batch"), "detail-msg", async () => {
     const b = await api("/v1/batches/" + id + (pause ? "/pause" : "/resume"), {method: "POST"});
     delete b.job_ids;
     const old = batches.get(id);
@@ -417,21 +417,16 @@ $("pause-batch").addEventListener("click", async () => {
     putBatch(b);
     note("detail-msg", b.paused ? "Batch " + id + " paused: its queued jobs wait." : "Batch " + id + " resumed.");
     renderBatches();
-  } catch (e) {
-    report("detail-msg", e);
-  } finally { btn.disabled = false; }
+  });
 });
 $("cancel-batch").addEventListener("click", async () => {
-  const id = selected, btn = $("cancel-batch");
-  btn.disabled = true;
-  try {
+  const id = selected;
+  return act($("cancel-batch"), "detail-msg", async () => {
     putBatch(await api("/v1/batches/" + id + "/cancel", {method: "POST"}));
     note("detail-msg", "Cancel requested for " + id + ".");
     renderBatches();
     refreshBatch(id);
-  } catch (e) {
-    if (e.status === 409) { note("detail-msg", "The batch already finished."); refreshBatch(id); } else report("detail-msg", e);
-  } finally { btn.disabled = false; }
+  }, "The batch already finished.", () => refreshBatch(id));
 });
 
 // scheduleRender redraws the job rows and the timeline once per frame at most; a
@@ -504,16 +499,13 @@ $("jobs-body").addEventListener("click", (ev) => {
 });
 // cancelJob asks the server to cancel one job (queued: at once; running: killed); its
 // event then redraws the row.
-async function cancelJob(id, btn, where) {
-  btn.disabled = true;
-  try {
+function cancelJob(id, btn, where) {
+  return act(btn, where, async () => {
     const j = await api("/v1/jobs/" + id + "/cancel", {method: "POST"});
     note(where, "Cancel requested for " + id + " (now " + j.state + ").");
     if (id === jobSel) refreshJob();
     rereadView();
-  } catch (e) {
-    if (e.status === 409) note(where, "The job already finished."); else report(where, e);
-  } finally { btn.disabled = false; }
+  }, "The job already finished.");
 }
 
 // ---- the timeline: one lane per worker slot, one rect per attempt ----
@@ -734,19 +726,16 @@ window.addEventListener("resize", () => {
 function closeJob() { jobSel = null; $("job").hidden = true; $("job").dataset.jobId = ""; note("job-msg", ""); }
 $("job-close").addEventListener("click", () => { closeJob(); go(selected ? "#/batches/" + selected : ""); scheduleRender(); });
 $("cancel-job").addEventListener("click", () => { if (jobSel) cancelJob(jobSel, $("cancel-job"), "job-msg"); });
-$("retry-job").addEventListener("click", async () => {
-  const id = jobSel, btn = $("retry-job");
+$("retry-job").addEventListener("click", () => {
+  const id = jobSel;
   if (!id) return;
-  btn.disabled = true;
-  try {
+  return act($("retry-job"), "job-msg", async () => {
     const j = await api("/v1/jobs/" + id + "/retry", {method: "POST"});
     note("job-msg", "Job " + id + " is queued again (now " + j.state + ").");
     refreshJob();
     reopen(j.batch_id);
     rereadView();
-  } catch (e) {
-    if (e.status === 409) note("job-msg", "The job is queued or running: nothing to retry yet."); else report("job-msg", e);
-  } finally { btn.disabled = false; }
+  }, "The job is queued or running: nothing to retry yet.");
 });
 async function openJob(id) {
   jobSel = id;
