@@ -237,6 +237,18 @@ def is_number(x):
         and math.isfinite(x)
 
 
+def send_until_close(sock, request):
+    """Send raw request bytes on sock and read every byte the server sends
+    until it closes the connection (ask with Connection: close)."""
+    sock.sendall(request)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def wait_until(pred, timeout, interval=0.02, what="condition"):
     """Poll pred() until it returns something truthy; returns that value."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,8 @@ import socket
 import subprocess
 import tempfile
 
-from harness import Server, assert_problem, parse_ts, wait_until
+from harness import (Server, assert_problem, parse_ts, send_until_close,
+                     wait_until)
 
 HEADER = ["Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive",
           "Exitval", "Signal", "Command"]
@@ -311,15 +312,10 @@ def head_then_get(srv, path):
     after a HEAD, and a keep-alive client read it as its next answer)."""
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
     try:
-        sock.sendall(("HEAD %s HTTP/1.1\r\nHost: t\r\n\r\n"
-                      "GET /healthz HTTP/1.1\r\nHost: t\r\n"
-                      "Connection: close\r\n\r\n" % path).encode())
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = send_until_close(sock, (
+            "HEAD %s HTTP/1.1\r\nHost: t\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: t\r\n"
+            "Connection: close\r\n\r\n" % path).encode())
     finally:
         sock.close()
     head, _, rest = data.partition(b"\r\n\r\n")

@@ -17,7 +17,8 @@ import subprocess
 import tempfile
 import time
 
-from harness import PG_BASE, Server, pg_database, server_binary, wait_until
+from harness import (PG_BASE, Server, pg_database, send_until_close,
+                     server_binary, wait_until)
 from test_edges import parse_metrics
 
 ID_RE = {"batch_id": re.compile(r"^b_[0-9]{12}$"),
@@ -149,14 +150,9 @@ def test_ipv6_loopback_is_loopback():
             m = re.search(r"listening on http://\[::1\]:(\d+)", text())
             assert m, text()
             s = socket.create_connection(("::1", int(m.group(1))), timeout=5)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
-                      b"Connection: close\r\n\r\n")
-            reply = b""
-            while True:
-                got = s.recv(4096)
-                if not got:
-                    break
-                reply += got
+            reply = send_until_close(
+                s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                   b"Connection: close\r\n\r\n")
             s.close()
             assert reply.startswith(b"HTTP/1.1 200"), reply
         finally:
